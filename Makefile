@@ -1,0 +1,43 @@
+# Strata: every command a developer or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= uv
+STACK := $(UV) run --frozen python deploy/local/stack.py
+
+.PHONY: help setup stack-up stack-down stack-status test test-unit lint format proto proto-check
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## Install what a fresh machine lacks (Debian packages, uv, Python deps, Kafka jars, buf)
+	bash deploy/local/setup.sh
+
+stack-up: ## Start Kafka, Postgres, Redis and S3 on loopback; returns when each answers
+	$(STACK) up
+
+stack-down: ## Stop every server of the local stack
+	$(STACK) down
+
+stack-status: ## Show each server of the local stack and whether it answers
+	$(STACK) status
+
+test: stack-up ## Unit and integration tests against the real local stack
+	$(UV) run --frozen pytest
+
+test-unit: ## Unit tests only (no servers needed)
+	$(UV) run --frozen pytest tests/unit
+
+lint: proto-check ## ruff, mypy and the proto checks
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy
+
+format: ## Apply ruff's fixes and formatting
+	$(UV) run --frozen ruff check --fix .
+	$(UV) run --frozen ruff format .
+
+proto: ## Regenerate libs/api from protos/
+	$(UV) run --frozen python protos/generate.py
+
+proto-check: ## Fail when libs/api differs from what protos/ generate
+	$(UV) run --frozen python protos/generate.py --check

@@ -1,0 +1,204 @@
+"""Typed settings for every Strata process, one class per area.
+
+Every field reads a ``STRATA_<AREA>_<FIELD>`` environment variable and defaults to
+the local stack on loopback (``make stack-up``), so a fresh checkout needs no
+configuration. This module is the one place where ports are written down: the
+local stack and the services both read them from here.
+
+A value of the wrong type refuses to start the process with a message that names
+the variable (:func:`load`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from strata.core.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[5]
+"""The checkout this package runs from (editable install in the uv workspace)."""
+
+
+def _area(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    """The Kafka cluster every event goes through."""
+
+    model_config = _area("STRATA_KAFKA_")
+
+    host: str = Field("127.0.0.1", description="Address the broker listens on.")
+    port: int = Field(19092, description="Client (PLAINTEXT) port of the broker.")
+    controller_port: int = Field(19093, description="KRaft controller port (local stack only).")
+    bootstrap_servers: str | None = Field(
+        None, description="Comma-separated host:port list; defaults to host:port."
+    )
+    heap: str = Field("512m", description="Java heap of the local broker (-Xmx and -Xms).")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class PostgresSettings(BaseSettings):
+    """The Postgres server holding each service's own schema."""
+
+    model_config = _area("STRATA_POSTGRES_")
+
+    host: str = Field("127.0.0.1", description="Address of the Postgres server.")
+    port: int = Field(15432, description="Port of the Postgres server.")
+    user: str = Field("strata", description="Role the services log in as.")
+    password: SecretStr = Field(SecretStr("strata"), description="Password of that role.")
+    database: str = Field("strata", description="Database holding every service schema.")
+    pool_min: int = Field(1, ge=0, description="Connections a pool keeps open.")
+    pool_max: int = Field(10, ge=1, description="Connections a pool opens at most.")
+
+    @property
+    def dsn(self) -> str:
+        secret = self.password.get_secret_value()
+        return f"postgresql://{self.user}:{secret}@{self.host}:{self.port}/{self.database}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RedisSettings(BaseSettings):
+    """The Redis server that holds online features."""
+
+    model_config = _area("STRATA_REDIS_")
+
+    host: str = Field("127.0.0.1", description="Address of the Redis server.")
+    port: int = Field(16379, description="Port of the Redis server.")
+    db: int = Field(0, ge=0, description="Redis logical database number.")
+    password: SecretStr | None = Field(None, description="Password (AUTH), if the server has one.")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class BlobSettings(BaseSettings):
+    """Where artifacts and offline data are stored: S3 or the local filesystem."""
+
+    model_config = _area("STRATA_BLOB_")
+
+    backend: Literal["local", "s3"] = Field(
+        "local", description="'local' (a folder, no server) or 's3' (any S3-compatible server)."
+    )
+    root: Path = Field(
+        REPO_ROOT / ".stack" / "blobs", description="Folder of the 'local' backend."
+    )
+    bucket: str = Field("strata", description="Bucket of the 's3' backend.")
+    s3_host: str = Field("127.0.0.1", description="Address of the S3-compatible server.")
+    s3_port: int = Field(19000, description="Port of the S3-compatible server.")
+    s3_endpoint_url: str | None = Field(
+        None, description="Full endpoint URL; defaults to http://s3_host:s3_port. Unset on AWS."
+    )
+    s3_region: str = Field("us-east-1", description="Region sent to the S3 server.")
+    s3_access_key: SecretStr = Field(SecretStr("strata"), description="S3 access key id.")
+    s3_secret_key: SecretStr = Field(SecretStr("strata-secret"), description="S3 secret key.")
+    multipart_threshold: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Objects above this size go multipart."
+    )
+    multipart_chunk: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Size of one multipart part, bytes."
+    )
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.s3_endpoint_url or f"http://{self.s3_host}:{self.s3_port}"
+
+
+class StackSettings(BaseSettings):
+    """The local stack of real servers started by ``make stack-up``."""
+
+    model_config = _area("STRATA_STACK_")
+
+    home: Path = Field(
+        REPO_ROOT / ".stack", description="Folder with every server's data, logs and pid files."
+    )
+    start_timeout: float = Field(90.0, gt=0, description="Seconds stack-up waits per server.")
+
+
+class TelemetrySettings(BaseSettings):
+    """Logs and traces."""
+
+    model_config = _area("STRATA_TELEMETRY_")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level of log lines written."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="'json' (one object a line) or 'console' (for people)."
+    )
+    traces: Literal["off", "console", "otlp"] = Field(
+        "off", description="Where spans go: nowhere, stderr, or an OTLP collector."
+    )
+    otlp_endpoint: str = Field(
+        "http://127.0.0.1:4317", description="OTLP/gRPC collector, when traces='otlp'."
+    )
+
+
+class AuthSettings(BaseSettings):
+    """Bearer tokens accepted by the gRPC servers, mapped to a principal and roles.
+
+    ``STRATA_AUTH_TOKENS`` is JSON: ``{"<token>": {"principal": "ci", "roles": ["admin"]}}``.
+    """
+
+    model_config = _area("STRATA_AUTH_")
+
+    enabled: bool = Field(True, description="Require a bearer token on every gRPC call.")
+    tokens: dict[str, dict[str, str | list[str]]] = Field(
+        default_factory=lambda: {"dev-admin-token": {"principal": "dev", "roles": ["admin"]}},
+        description="Token -> {principal, roles}. The default suits the local stack only.",
+    )
+    client_token: SecretStr = Field(
+        SecretStr("dev-admin-token"), description="Token this process sends as a gRPC client."
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """Where each service listens. Ports are fixed per service so clients find them."""
+
+    model_config = _area("STRATA_SERVICE_")
+
+    host: str = Field("127.0.0.1", description="Address every service's gRPC server binds.")
+    scheduler_port: int = Field(50051, description="gRPC port of the scheduler.")
+    provisioner_port: int = Field(50052, description="gRPC port of the provisioner.")
+    agent_port: int = Field(50053, description="gRPC port of a node agent (health only).")
+    streamer_port: int = Field(50054, description="gRPC port of the feature streamer.")
+    registry_port: int = Field(50055, description="gRPC port of the model registry.")
+    gateway_port: int = Field(50056, description="gRPC port of the deploy gateway.")
+    shutdown_grace: float = Field(3.0, ge=0, description="Seconds in-flight calls get on SIGTERM.")
+
+    def port_of(self, service: str) -> int:
+        port = getattr(self, f"{service}_port", None)
+        if not isinstance(port, int):
+            raise ConfigError(f"no gRPC port is configured for service {service!r}")
+        return port
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Build ``cls`` from the environment; a bad value raises :class:`ConfigError`.
+
+    The error names each offending variable and what was expected, e.g.
+    ``STRATA_KAFKA_PORT='abc': Input should be a valid integer``.
+    """
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = [
+            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}={err['input']!r}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
