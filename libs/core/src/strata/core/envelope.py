@@ -1,0 +1,111 @@
+"""Seal events into the common envelope and open them again.
+
+Every event on Kafka is a ``strata.common.v1.Envelope`` whose payload is a packed
+protobuf message. Sealing is shared by the bus (direct publish) and the outbox
+(publish after commit), so both put the same bytes on the wire. Opening checks the
+envelope field by field and names what is wrong, which is the reason a dead-letter
+record carries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf import symbol_database
+from google.protobuf.message import DecodeError, Message
+
+from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.core.errors import StrataError
+
+REQUIRED_FIELDS = ("event_id", "type", "occurred_at", "producer", "payload")
+
+
+class MalformedEvent(StrataError):
+    """Bytes that are not a well-formed envelope; ``reason`` says what is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownEventType(MalformedEvent):
+    """A well-formed envelope whose payload type this process does not know."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An opened envelope: its metadata and the decoded payload."""
+
+    envelope: Envelope
+    payload: Message
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+
+def seal(
+    payload: Message,
+    *,
+    key: str,
+    producer: str,
+    trace_context: Mapping[str, str] | None = None,
+    schema_version: int = 1,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> Envelope:
+    """Wrap ``payload`` in a new envelope with a fresh event id."""
+    envelope = Envelope(
+        event_id=event_id or str(uuid.uuid4()),
+        type=payload.DESCRIPTOR.full_name,
+        producer=producer,
+        schema_version=schema_version,
+        key=key,
+        trace_context=dict(trace_context or {}),
+    )
+    envelope.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
+    envelope.payload.Pack(payload)
+    return envelope
+
+
+def open_envelope(data: bytes) -> Event:
+    """Parse ``data`` into an :class:`Event`, or say exactly why it cannot be.
+
+    Raises :class:`MalformedEvent` for bytes that are not an envelope or miss a
+    required field, and :class:`UnknownEventType` when the payload's type is not
+    registered in this process (its ``_pb2`` module was never imported).
+    """
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(data)
+    except DecodeError as exc:
+        raise MalformedEvent(f"not a strata.common.v1.Envelope: {exc}") from None
+    missing = [f for f in REQUIRED_FIELDS if not _present(envelope, f)]
+    if missing:
+        raise MalformedEvent(f"envelope is missing field(s): {', '.join(missing)}")
+    payload_type = envelope.payload.TypeName()
+    if payload_type != envelope.type:
+        raise MalformedEvent(
+            f"envelope type {envelope.type!r} does not match payload type {payload_type!r}"
+        )
+    try:
+        cls = symbol_database.Default().GetSymbol(payload_type)
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {payload_type!r}") from None
+    payload = cls()
+    if not envelope.payload.Unpack(payload):
+        raise MalformedEvent(f"payload does not decode as {payload_type!r}")
+    return Event(envelope=envelope, payload=payload)
+
+
+def _present(envelope: Envelope, field: str) -> bool:
+    if field in ("occurred_at", "payload"):
+        return envelope.HasField(field)
+    return bool(getattr(envelope, field))
