@@ -1,0 +1,51 @@
+"""Integration tests talk to the shared local stack; this makes sure it is up first.
+
+``stack.py up`` is a no-op when the stack already runs (``make test`` starts it
+before pytest), so the session pays for a start only when nothing was running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from strata.core.settings import (
+    REPO_ROOT,
+    BlobSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RedisSettings,
+    load,
+)
+
+STACK = REPO_ROOT / "deploy" / "local" / "stack.py"
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """Settings of the servers the shared local stack runs, as services would load them."""
+
+    kafka: KafkaSettings
+    postgres: PostgresSettings
+    redis: RedisSettings
+    blobs: BlobSettings
+    """The stack's S3 server (``backend='s3'``), whatever ``STRATA_BLOB_BACKEND`` says."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_stack() -> LocalStack:
+    """Start the shared local stack unless it runs, and fail with its report if it cannot."""
+    started = subprocess.run(
+        [sys.executable, str(STACK), "up"], capture_output=True, text=True, check=False
+    )
+    if started.returncode != 0:
+        pytest.fail(f"the local stack is not up:\n{started.stdout}{started.stderr}", pytrace=False)
+    return LocalStack(
+        kafka=load(KafkaSettings),
+        postgres=load(PostgresSettings),
+        redis=load(RedisSettings),
+        blobs=load(BlobSettings).model_copy(update={"backend": "s3"}),
+    )
