@@ -11,11 +11,12 @@ the variable (:func:`load`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from strata.core.errors import ConfigError
 
@@ -43,6 +44,30 @@ class KafkaSettings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class BusSettings(BaseSettings):
+    """How services publish and consume events (``strata.core.bus``)."""
+
+    model_config = _area("STRATA_BUS_")
+
+    producer: str | None = Field(
+        None, description="Name in each envelope's producer field; defaults to <service>/<host>."
+    )
+    linger_ms: int = Field(0, ge=0, description="Producer wait to batch records; 0 = send now.")
+    retry_attempts: int = Field(
+        5, ge=1, description="Handler runs per record on transient errors before the DLQ."
+    )
+    retry_backoff_initial: float = Field(
+        0.1, gt=0, description="Seconds before the first retry; doubles each time."
+    )
+    retry_backoff_max: float = Field(5.0, gt=0, description="Longest wait between retries, s.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading."
+    )
+    fetch_max_wait_ms: int = Field(
+        100, ge=0, description="Longest broker-side wait of an empty fetch (1 byte minimum)."
+    )
 
 
 class PostgresSettings(BaseSettings):
@@ -91,9 +116,7 @@ class BlobSettings(BaseSettings):
     backend: Literal["local", "s3"] = Field(
         "local", description="'local' (a folder, no server) or 's3' (any S3-compatible server)."
     )
-    root: Path = Field(
-        REPO_ROOT / ".stack" / "blobs", description="Folder of the 'local' backend."
-    )
+    root: Path = Field(REPO_ROOT / ".stack" / "blobs", description="Folder of the 'local' backend.")
     bucket: str = Field("strata", description="Bucket of the 's3' backend.")
     s3_host: str = Field("127.0.0.1", description="Address of the S3-compatible server.")
     s3_port: int = Field(19000, description="Port of the S3-compatible server.")
@@ -108,6 +131,9 @@ class BlobSettings(BaseSettings):
     )
     multipart_chunk: int = Field(
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Size of one multipart part, bytes."
+    )
+    multipart_concurrency: int = Field(
+        4, ge=1, description="Multipart parts uploaded at once (memory: about 2x this many parts)."
     )
 
     @property
@@ -145,6 +171,10 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+def _dev_admin() -> dict[str, str | list[str]]:
+    return {"principal": "dev", "roles": ["admin"]}
+
+
 class AuthSettings(BaseSettings):
     """Bearer tokens accepted by the gRPC servers, mapped to a principal and roles.
 
@@ -155,7 +185,7 @@ class AuthSettings(BaseSettings):
 
     enabled: bool = Field(True, description="Require a bearer token on every gRPC call.")
     tokens: dict[str, dict[str, str | list[str]]] = Field(
-        default_factory=lambda: {"dev-admin-token": {"principal": "dev", "roles": ["admin"]}},
+        default_factory=lambda: {"dev-admin-token": _dev_admin()},
         description="Token -> {principal, roles}. The default suits the local stack only.",
     )
     client_token: SecretStr = Field(
@@ -176,6 +206,12 @@ class ServiceSettings(BaseSettings):
     registry_port: int = Field(50055, description="gRPC port of the model registry.")
     gateway_port: int = Field(50056, description="gRPC port of the deploy gateway.")
     shutdown_grace: float = Field(3.0, ge=0, description="Seconds in-flight calls get on SIGTERM.")
+    ping_timeout: float = Field(
+        5.0, gt=0, description="Seconds one health ping of a dependency may take."
+    )
+    health_interval: float = Field(
+        10.0, gt=0, description="Seconds between dependency pings once a service is SERVING."
+    )
 
     def port_of(self, service: str) -> int:
         port = getattr(self, f"{service}_port", None)
@@ -193,12 +229,25 @@ def load(cls: type[S]) -> S:
     The error names each offending variable and what was expected, e.g.
     ``STRATA_KAFKA_PORT='abc': Input should be a valid integer``.
     """
+    prefix = str(cls.model_config.get("env_prefix", ""))
     try:
         return cls()
     except ValidationError as exc:
-        prefix = str(cls.model_config.get("env_prefix", ""))
-        problems = [
-            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}={err['input']!r}: {err['msg']}"
-            for err in exc.errors()
-        ]
+        problems = [_problem(prefix, err["loc"], err["input"], err["msg"]) for err in exc.errors()]
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a JSON-valued variable that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = prefix + (field.group(1).upper() if field else "*")
+        raise ConfigError(f"invalid settings: {name}: not valid JSON") from None
+
+
+def _problem(prefix: str, loc: tuple[int | str, ...], value: object, msg: str) -> str:
+    """One problem, named by its variable; inner keys and values are left out.
+
+    Inside a JSON-valued variable the keys can be secrets (``STRATA_AUTH_TOKENS`` is
+    keyed by token), so only the variable and the scalar value of a plain one show.
+    """
+    variable = f"{prefix}{str(loc[0]).upper()}" if loc else prefix.rstrip("_")
+    if len(loc) == 1 and isinstance(value, str | int | float | bool):
+        return f"{variable}={value!r}: {msg}"
+    return f"{variable}: {msg}"
