@@ -4,7 +4,8 @@ SHELL := /bin/bash
 UV ?= uv
 STACK := $(UV) run --frozen python deploy/local/stack.py
 
-.PHONY: help setup stack-up stack-down stack-status test test-unit lint format proto proto-check
+.PHONY: help setup stack-up stack-down stack-status test test-unit lint format proto proto-check \
+	proto-lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,7 +28,7 @@ test: stack-up ## Unit and integration tests against the real local stack
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit
 
-lint: proto-check ## ruff, mypy and the proto checks
+lint: proto-check proto-lint ## ruff, mypy and the proto checks
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
@@ -41,3 +42,12 @@ proto: ## Regenerate libs/api from protos/
 
 proto-check: ## Fail when libs/api differs from what protos/ generate
 	$(UV) run --frozen python protos/generate.py --check
+
+BUF := bin/buf
+PROTO_BASE ?= main
+
+proto-lint: ## buf lint and format of protos/, and no breaking change against main
+	@test -x $(BUF) || { echo "$(BUF) is missing: run 'make setup'" >&2; exit 1; }
+	$(BUF) lint protos
+	$(BUF) format --diff --exit-code protos
+	BUF=$(BUF) bash protos/breaking.sh $(PROTO_BASE)

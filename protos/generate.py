@@ -52,7 +52,7 @@ def _protoc(scratch: Path) -> None:
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{PROTOS}", f"-I{WELL_KNOWN}",
         f"--python_out={scratch}", f"--grpc_python_out={scratch}",
-        f"--mypy_out={scratch}", f"--mypy_grpc_out={scratch}",
+        f"--mypy_out=quiet:{scratch}", f"--mypy_grpc_out=quiet:{scratch}",
         *files,
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=PROTOS)
@@ -78,8 +78,12 @@ def _place(scratch: Path, dest: Path) -> None:
 
 
 def _same_tree(a: Path, b: Path) -> bool:
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    files_a = {
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    files_b = {
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
     return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
