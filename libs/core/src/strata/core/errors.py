@@ -1,6 +1,6 @@
 """The errors every Strata component raises, independent of transport.
 
-The gRPC edge maps each class to one status code (``strata.core.grpc``); the bus
+The gRPC edge maps each class to one status code (``strata.core.rpc.status``); the bus
 maps them to retry-or-dead-letter. Domain code raises these and never imports grpc.
 """
 
@@ -27,3 +27,51 @@ class UnreachableError(StrataError):
         self.component = component
         self.address = address
         self.reason = reason
+
+
+class PermanentError(StrataError):
+    """Processing this input can never succeed, so retrying it is pointless.
+
+    An event handler raises it (or a subclass) to send the event straight to the
+    dead-letter topic; any other exception counts as transient and is retried first.
+    """
+
+
+class InvalidArgumentError(PermanentError):
+    """A request or event has a missing or malformed field; ``field`` names it.
+
+    ``field`` is the path a caller would write, e.g. ``workflow.steps[2].image``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid {field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFoundError(StrataError):
+    """The thing asked for does not exist; ``what`` says which, e.g. ``model 'churn'``."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+        self.what = what
+
+
+class AlreadyExistsError(StrataError):
+    """Creating something that exists already, e.g. a model version registered twice."""
+
+
+class FailedPreconditionError(StrataError):
+    """The system is not in a state where this request can run, e.g. cancelling a finished run."""
+
+
+class UnauthenticatedError(StrataError):
+    """The caller did not prove who it is: no bearer token, or one nobody issued."""
+
+
+class PermissionDeniedError(StrataError):
+    """The caller is known but none of its roles allows this request."""
+
+
+class UnavailableError(StrataError):
+    """Something needed right now is down; the same request may succeed later."""

@@ -1,0 +1,113 @@
+"""A gRPC server as every Strata service runs it: auth, error mapping, health, reflection.
+
+Health starts NOT_SERVING; the process runner (:mod:`strata.core.service`) turns it
+to SERVING once the service's dependencies answer, and back on shutdown, before
+the server stops accepting calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from strata.core.rpc.auth import AccessPolicy, Gatekeeper, TokenBook
+from strata.core.rpc.edge import EdgeInterceptor
+from strata.core.settings import AuthSettings
+
+log = structlog.stdlib.get_logger(__name__)
+
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 0),  # a port taken by another process is an error, not shared
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service to serve, and who may call it.
+
+    ``add`` is the generated ``add_<Name>Servicer_to_server`` bound to a servicer,
+    e.g. ``partial(add_ModelRegistryServicer_to_server, RegistryServicer(store))``.
+    ``roles`` maps a method name (``"GetModel"``) or ``"*"`` (every method) to the
+    roles that may call it; ``admin`` may call anything.
+    """
+
+    name: str
+    add: Callable[[grpc.aio.Server], None]
+    roles: Mapping[str, Collection[str]] = field(default_factory=dict)
+
+
+class RpcServer:
+    """A ``grpc.aio`` server with the Strata edge, health and reflection; create it in a loop."""
+
+    def __init__(
+        self,
+        services: Sequence[Service],
+        auth: AuthSettings,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        """``interceptors`` run before the edge (e.g. tracing, which must see refusals too)."""
+        if not auth.enabled:
+            log.warning("auth is disabled: every gRPC caller is admin; local experiments only")
+        book = TokenBook.from_settings(auth) if auth.enabled else None
+        gatekeeper = Gatekeeper(book, access_policy(services))
+        self._server = grpc.aio.server(
+            interceptors=[*interceptors, EdgeInterceptor(gatekeeper)], options=SERVER_OPTIONS
+        )
+        self._names = [service.name for service in services]
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [
+                *self._names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self._server,
+        )
+        for service in services:
+            service.add(self._server)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0 picks a free port), NOT_SERVING; returns the port bound."""
+        await self.set_serving(False)
+        try:
+            bound: int = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # grpc says only "Failed to bind"
+            raise OSError(
+                f"cannot listen on {host}:{port}: in use, or not an address of this host"
+            ) from exc
+        await self._server.start()
+        return bound
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server ("") and each of its services."""
+        status = _SERVING if serving else _NOT_SERVING
+        for name in ["", *self._names]:
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING for good, refuse new calls, give in-flight ones ``grace`` seconds."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+
+def access_policy(services: Sequence[Service]) -> AccessPolicy:
+    """The policy of all ``services``: ``/pkg.Service/Method`` (or ``/*``) -> roles."""
+    rules: dict[str, Collection[str]] = {}
+    for service in services:
+        for method, roles in service.roles.items():
+            rules[f"/{service.name}/{method}"] = roles
+    return AccessPolicy(rules)

@@ -1,0 +1,58 @@
+"""Who may call which method, and which calls a client retries."""
+
+from __future__ import annotations
+
+import json
+
+from strata.core.rpc.auth import ADMIN_ROLE, AccessPolicy, Principal, is_open
+from strata.core.rpc.client import retry_config
+from strata.core.rpc.server import Service, access_policy
+
+REGISTRY = "strata.registry.v1.ModelRegistry"
+
+
+def _ignore(server: object) -> None:
+    pass
+
+
+POLICY = access_policy(
+    [Service(REGISTRY, _ignore, roles={"GetModel": ["reader", "deployer"], "*": ["deployer"]})]
+)
+
+
+def test_a_listed_method_takes_its_own_roles() -> None:
+    assert POLICY.roles_for(f"/{REGISTRY}/GetModel") == {"reader", "deployer"}
+
+
+def test_other_methods_of_the_service_take_its_wildcard_roles() -> None:
+    assert POLICY.roles_for(f"/{REGISTRY}/DeleteModel") == {"deployer"}
+
+
+def test_a_method_nobody_listed_is_admin_only() -> None:
+    policy = AccessPolicy({})
+    assert policy.roles_for("/strata.other.v1.Other/Do") == frozenset()
+    assert not Principal("ana", frozenset({"reader"})).may(frozenset())
+    assert Principal("root", frozenset({ADMIN_ROLE})).may(frozenset())
+
+
+def test_a_principal_needs_only_one_of_the_roles() -> None:
+    assert Principal("ci", frozenset({"deployer", "trainer"})).may({"reader", "deployer"})
+
+
+def test_health_and_both_reflection_versions_are_open() -> None:
+    assert is_open("/grpc.health.v1.Health/Check")
+    assert is_open("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert is_open("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    assert not is_open(f"/{REGISTRY}/GetModel")
+    assert not is_open("/grpc.health.v1.HealthX/Check")
+
+
+def test_retries_apply_to_the_named_idempotent_calls_only() -> None:
+    config = json.loads(retry_config([REGISTRY + "/GetModel", "strata.scheduler.v1.Scheduler"]))
+    (method_config,) = config["methodConfig"]
+    assert method_config["name"] == [
+        {"service": REGISTRY, "method": "GetModel"},
+        {"service": "strata.scheduler.v1.Scheduler"},
+    ]
+    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert json.loads(retry_config([])) == {}
