@@ -23,7 +23,7 @@ from strata.core.errors import StrataError
 REQUIRED_FIELDS = ("event_id", "type", "occurred_at", "producer", "payload")
 
 
-class MalformedEvent(StrataError):
+class MalformedEventError(StrataError):
     """Bytes that are not a well-formed envelope; ``reason`` says what is wrong."""
 
     def __init__(self, reason: str) -> None:
@@ -31,7 +31,7 @@ class MalformedEvent(StrataError):
         self.reason = reason
 
 
-class UnknownEventType(MalformedEvent):
+class UnknownEventTypeError(MalformedEventError):
     """A well-formed envelope whose payload type this process does not know."""
 
 
@@ -78,34 +78,36 @@ def seal(
 def open_envelope(data: bytes) -> Event:
     """Parse ``data`` into an :class:`Event`, or say exactly why it cannot be.
 
-    Raises :class:`MalformedEvent` for bytes that are not an envelope or miss a
-    required field, and :class:`UnknownEventType` when the payload's type is not
+    Raises :class:`MalformedEventError` for bytes that are not an envelope or miss a
+    required field, and :class:`UnknownEventTypeError` when the payload's type is not
     registered in this process (its ``_pb2`` module was never imported).
     """
     envelope = Envelope()
     try:
         envelope.ParseFromString(data)
     except DecodeError as exc:
-        raise MalformedEvent(f"not a strata.common.v1.Envelope: {exc}") from None
+        raise MalformedEventError(f"not a strata.common.v1.Envelope: {exc}") from None
     missing = [f for f in REQUIRED_FIELDS if not _present(envelope, f)]
     if missing:
-        raise MalformedEvent(f"envelope is missing field(s): {', '.join(missing)}")
+        raise MalformedEventError(f"envelope is missing field(s): {', '.join(missing)}")
     payload_type = envelope.payload.TypeName()
     if payload_type != envelope.type:
-        raise MalformedEvent(
+        raise MalformedEventError(
             f"envelope type {envelope.type!r} does not match payload type {payload_type!r}"
         )
     try:
         cls = symbol_database.Default().GetSymbol(payload_type)
     except KeyError:
-        raise UnknownEventType(f"unknown event type {payload_type!r}") from None
+        raise UnknownEventTypeError(f"unknown event type {payload_type!r}") from None
     payload = cls()
     if not envelope.payload.Unpack(payload):
-        raise MalformedEvent(f"payload does not decode as {payload_type!r}")
+        raise MalformedEventError(f"payload does not decode as {payload_type!r}")
     return Event(envelope=envelope, payload=payload)
 
 
 def _present(envelope: Envelope, field: str) -> bool:
-    if field in ("occurred_at", "payload"):
-        return envelope.HasField(field)
+    if field == "occurred_at":
+        return envelope.HasField("occurred_at")
+    if field == "payload":
+        return envelope.HasField("payload")
     return bool(getattr(envelope, field))

@@ -1,0 +1,150 @@
+"""Traces that follow one request or one event across processes, over gRPC and Kafka.
+
+A span's context travels as W3C trace context (``traceparent``/``tracestate``): in
+gRPC metadata (the interceptors below, from OpenTelemetry's own gRPC
+instrumentation) and in Kafka record headers and the event envelope
+(:mod:`strata.core.bus`). Every process calls :func:`configure_tracing` once at
+start; from then on the log lines of :mod:`strata.core.logging` carry the trace id
+of the span they were written in.
+
+Spans get ids even when exporting is ``off``, so trace ids still join the logs of
+all processes that took part in a request; only shipping the spans is switched off.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+
+from strata.core.settings import TelemetrySettings
+
+KafkaHeaders = Iterable[tuple[str, bytes | None]]
+"""Record headers as aiokafka gives them: a list of (key, value) pairs."""
+
+GrpcMetadata = Iterable[tuple[str, str | bytes]]
+"""gRPC metadata: (key, value) pairs; binary values (``-bin`` keys) are bytes."""
+
+
+def configure_tracing(service: str, settings: TelemetrySettings | None = None) -> TracerProvider:
+    """Install the process-wide tracer provider for ``service`` and return it.
+
+    ``settings.traces`` picks where finished spans go: ``off`` (nowhere), ``console``
+    (stderr, one JSON object per span) or ``otlp`` (the collector at
+    ``settings.otlp_endpoint``). Like OpenTelemetry's global provider, the first call
+    in a process wins: later calls return the installed provider unchanged.
+    """
+    installed = trace.get_tracer_provider()
+    if isinstance(installed, TracerProvider):
+        return installed
+    settings = settings or TelemetrySettings()
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    processor = _span_processor(settings)
+    if processor is not None:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _span_processor(settings: TelemetrySettings) -> SpanProcessor | None:
+    if settings.traces == "console":
+        # Unbatched, so a span shows up next to the log lines it belongs with.
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
+    if settings.traces == "otlp":
+        return BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+    return None
+
+
+def trace_carrier(context: Context | None = None) -> dict[str, str]:
+    """The W3C fields of ``context`` (default: the current one) as text.
+
+    This is what the envelope's ``trace_context`` map holds; empty when there is no
+    valid span to continue.
+    """
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+def context_from_carrier(carrier: Mapping[str, str]) -> Context:
+    """The context whose W3C fields are in ``carrier`` (e.g. ``envelope.trace_context``)."""
+    return propagate.extract({key.lower(): value for key, value in carrier.items()})
+
+
+def inject_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """Kafka record headers carrying ``context`` (default: the current one)."""
+    return [(key, value.encode()) for key, value in trace_carrier(context).items()]
+
+
+def extract_context(headers: KafkaHeaders) -> Context:
+    """The producer's context from Kafka record headers; empty when they carry none.
+
+    Header values that are missing or not text are skipped rather than failing the
+    record: a broken header costs the trace link, never the event.
+    """
+    carrier: dict[str, str] = {}
+    for key, value in headers:
+        if value is None:
+            continue
+        try:
+            carrier[key.lower()] = value.decode()
+        except UnicodeDecodeError:
+            continue
+    return propagate.extract(carrier)
+
+
+def has_trace_context(context: Context) -> bool:
+    """Whether ``context`` holds a valid span to continue (a parent was found)."""
+    return trace.get_current_span(context).get_span_context().is_valid
+
+
+def inject_metadata(
+    metadata: GrpcMetadata = (), context: Context | None = None
+) -> list[tuple[str, str | bytes]]:
+    """gRPC ``metadata`` plus the W3C fields of ``context`` (default: the current one).
+
+    The interceptors do this for every call; this is for messages that travel on a
+    long-lived stream, where each one should continue its own trace.
+    """
+    return [*metadata, *trace_carrier(context).items()]
+
+
+def extract_metadata(metadata: GrpcMetadata | None) -> Context:
+    """The caller's context from gRPC metadata; empty when it carries none."""
+    carrier = {key.lower(): value for key, value in (metadata or ()) if isinstance(value, str)}
+    return propagate.extract(carrier)
+
+
+def server_interceptor() -> grpc.aio.ServerInterceptor:
+    """A grpc.aio server interceptor: each call runs in a SERVER span continuing the caller's.
+
+    The span records the method, the peer and the status code; aborts and uncaught
+    exceptions mark it as an error.
+    """
+    return cast(grpc.aio.ServerInterceptor, aio_server_interceptor())  # type: ignore[no-untyped-call]
+
+
+def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
+    """grpc.aio channel interceptors: each call gets a CLIENT span whose context is sent
+    in the call's metadata, for unary and streaming calls alike."""
+    interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
+    return cast(list[grpc.aio.ClientInterceptor], interceptors)
+
+
+def current_trace_id() -> str | None:
+    """The current trace id as 32 hex digits, or None outside any span."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None

@@ -1,0 +1,165 @@
+"""Trace context crosses process boundaries: Kafka headers, envelopes, gRPC metadata.
+
+The gRPC tests run a real grpc.aio server on loopback in this process: the
+interceptors are what put the caller's trace into the call and take it out again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from strata.core.telemetry import (
+    client_interceptors,
+    configure_tracing,
+    context_from_carrier,
+    current_trace_id,
+    extract_context,
+    extract_metadata,
+    has_trace_context,
+    inject_headers,
+    inject_metadata,
+    server_interceptor,
+    trace_carrier,
+)
+
+SERVICE = "test.Echo"
+
+
+@pytest.fixture(scope="module")
+def tracer() -> trace.Tracer:
+    configure_tracing("test")
+    return trace.get_tracer("test")
+
+
+def _trace_id(span: trace.Span) -> int:
+    return span.get_span_context().trace_id
+
+
+def _trace_id_of(context: object) -> int:
+    return trace.get_current_span(context).get_span_context().trace_id  # type: ignore[arg-type]
+
+
+def test_configure_tracing_installs_one_provider_for_the_process(tracer: trace.Tracer) -> None:
+    first = configure_tracing("test")
+    assert isinstance(first, TracerProvider)
+    assert configure_tracing("another") is first
+    assert first.resource.attributes["service.name"] != "another"
+
+
+def test_kafka_headers_carry_the_trace(tracer: trace.Tracer) -> None:
+    with tracer.start_as_current_span("produce") as span:
+        headers = inject_headers()
+
+    assert dict(headers)["traceparent"].startswith(b"00-")
+    assert _trace_id_of(extract_context(headers)) == _trace_id(span)
+
+
+def test_unreadable_headers_cost_the_trace_not_the_record(tracer: trace.Tracer) -> None:
+    context = extract_context([("traceparent", b"\xff\xfe"), ("tracestate", None)])
+    assert not has_trace_context(context)
+
+
+def test_an_envelope_carrier_continues_the_trace(tracer: trace.Tracer) -> None:
+    with tracer.start_as_current_span("seal") as span:
+        carrier = trace_carrier()
+    assert _trace_id_of(context_from_carrier(carrier)) == _trace_id(span)
+    assert trace_carrier() == {}
+
+
+def test_metadata_helpers_carry_the_trace_on_a_stream(tracer: trace.Tracer) -> None:
+    with tracer.start_as_current_span("assign") as span:
+        metadata = inject_metadata([("authorization", "Bearer t")])
+
+    assert ("authorization", "Bearer t") in metadata
+    assert _trace_id_of(extract_metadata(metadata)) == _trace_id(span)
+    assert not has_trace_context(extract_metadata(None))
+
+
+def test_the_trace_id_is_known_inside_a_span_only(tracer: trace.Tracer) -> None:
+    assert current_trace_id() is None
+    with tracer.start_as_current_span("work") as span:
+        assert current_trace_id() == format(_trace_id(span), "032x")
+
+
+class Echo:
+    """A gRPC service that answers with the trace id it runs in."""
+
+    async def say(self, request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
+        return StringValue(value=current_trace_id() or "")
+
+    async def count(
+        self, request: StringValue, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[StringValue]:
+        for _ in range(2):
+            yield StringValue(value=current_trace_id() or "")
+
+
+@pytest.fixture
+async def channel(tracer: trace.Tracer) -> AsyncIterator[grpc.aio.Channel]:
+    echo = Echo()
+    handlers = {
+        "Say": grpc.unary_unary_rpc_method_handler(
+            echo.say, StringValue.FromString, StringValue.SerializeToString
+        ),
+        "Count": grpc.unary_stream_rpc_method_handler(
+            echo.count, StringValue.FromString, StringValue.SerializeToString
+        ),
+    }
+    server = grpc.aio.server(interceptors=[server_interceptor()])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", interceptors=client_interceptors()
+    ) as channel:
+        yield channel
+    await server.stop(None)
+
+
+async def test_a_unary_call_runs_in_the_callers_trace(
+    tracer: trace.Tracer, channel: grpc.aio.Channel
+) -> None:
+    say = channel.unary_unary(
+        f"/{SERVICE}/Say", StringValue.SerializeToString, StringValue.FromString
+    )
+    with tracer.start_as_current_span("request") as span:
+        reply = await say(StringValue(value="hi"))
+
+    assert reply.value == format(_trace_id(span), "032x")
+
+
+async def test_a_streaming_call_runs_in_the_callers_trace(
+    tracer: trace.Tracer, channel: grpc.aio.Channel
+) -> None:
+    count = channel.unary_stream(
+        f"/{SERVICE}/Count", StringValue.SerializeToString, StringValue.FromString
+    )
+    with tracer.start_as_current_span("request") as span:
+        replies = [reply.value async for reply in count(StringValue(value="hi"))]
+
+    assert replies == [format(_trace_id(span), "032x")] * 2
+
+
+def test_console_export_writes_each_span_to_stderr() -> None:
+    script = (
+        "from opentelemetry import trace\n"
+        "from strata.core.settings import TelemetrySettings\n"
+        "from strata.core.telemetry import configure_tracing\n"
+        "configure_tracing('scheduler', TelemetrySettings())\n"
+        "with trace.get_tracer('t').start_as_current_span('apply-workflow'): pass\n"
+    )
+    env = {**os.environ, "STRATA_TELEMETRY_TRACES": "console"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert '"name": "apply-workflow"' in done.stderr
+    assert '"service.name": "scheduler"' in done.stderr
