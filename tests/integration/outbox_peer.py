@@ -1,0 +1,35 @@
+"""A producer process that commits a state change with its event, then never relays.
+
+Usage: ``python outbox_peer.py SCHEMA TOPIC WORKFLOW``. In one transaction it
+stores the workflow and enqueues a ``StringValue(WORKFLOW)`` event keyed by the
+workflow name, commits, prints ``committed <event id>``, and blocks until killed:
+the test SIGKILLs it between commit and publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from google.protobuf.wrappers_pb2 import StringValue
+
+from strata.core.envelope import seal
+from strata.core.outbox import enqueue
+from strata.core.postgres import create_pool
+from strata.core.settings import PostgresSettings, load
+
+
+async def main(schema: str, topic: str, workflow: str) -> None:
+    pool = await create_pool(load(PostgresSettings))
+    envelope = seal(StringValue(value=workflow), key=workflow, producer="outbox-peer")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            f'INSERT INTO "{schema}".workflows (name, spec) VALUES ($1, $2)', workflow, b"{}"
+        )
+        await enqueue(conn, schema, topic, envelope)
+    print(f"committed {envelope.event_id}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))
