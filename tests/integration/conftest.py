@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 
+from strata.core.postgres import create_pool
 from strata.core.settings import (
     REPO_ROOT,
     BlobSettings,
@@ -49,3 +52,11 @@ def local_stack() -> LocalStack:
         redis=load(RedisSettings),
         blobs=load(BlobSettings).model_copy(update={"backend": "s3"}),
     )
+
+
+@pytest.fixture
+async def pool(local_stack: LocalStack) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on the stack's Postgres, closed after the test."""
+    pool = await create_pool(local_stack.postgres)
+    yield pool
+    await pool.close()

@@ -13,8 +13,6 @@ import asyncpg
 import pytest
 
 from strata.core.migrations import MigrationError, migrate
-from strata.core.postgres import create_pool
-from strata.core.settings import PostgresSettings, load
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +24,6 @@ FILES = {
     "0002_more.sql": "ALTER TABLE items ADD COLUMN label text;",
     "0003_seed.sql": "INSERT INTO items (id, label) VALUES (1, 'seeded once');",
 }
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(load(PostgresSettings))
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

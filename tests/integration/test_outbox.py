@@ -27,21 +27,13 @@ from strata.core.envelope import open_envelope, seal
 from strata.core.inbox import claim, claim_many, prune
 from strata.core.migrations import migrate
 from strata.core.outbox import OutboxRelay, enqueue
-from strata.core.postgres import create_pool
-from strata.core.settings import KafkaSettings, PostgresSettings, load
+from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
 
 PEER = Path(__file__).with_name("outbox_peer.py")
 PARTITIONS = 3
 CONSUMER = "test-consumer"
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(load(PostgresSettings))
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
