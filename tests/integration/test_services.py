@@ -139,3 +139,38 @@ async def test_an_unreachable_postgres_is_named_and_keeps_the_service_not_servin
     finally:
         code = await service.terminate()
     assert code == 0, service.log.read_text()
+
+
+async def test_a_service_process_authenticates_and_authorises_every_call(tmp_path: Path) -> None:
+    """Health stays open; a protected method needs a known token with a role allowed to call it."""
+    tokens = {
+        "admin-token": {"principal": "ops", "roles": ["admin"]},
+        "viewer-token": {"principal": "dashboard", "roles": ["viewer"]},
+    }
+    service = await _start("scheduler", tmp_path, STRATA_AUTH_TOKENS=json.dumps(tokens))
+    try:
+        await service.until_health(SERVING)
+        codes = {
+            token: await _call_get_run(service.port, token)
+            for token in (None, "not-a-token", "viewer-token", "admin-token")
+        }
+    finally:
+        await service.terminate()
+    assert codes == {
+        None: grpc.StatusCode.UNAUTHENTICATED,
+        "not-a-token": grpc.StatusCode.UNAUTHENTICATED,
+        "viewer-token": grpc.StatusCode.PERMISSION_DENIED,
+        # Past authentication and authorisation; the scheduler's body comes in a later issue.
+        "admin-token": grpc.StatusCode.UNIMPLEMENTED,
+    }
+
+
+async def _call_get_run(port: int, token: str | None) -> grpc.StatusCode:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        get_run = channel.unary_unary("/strata.scheduler.v1.SchedulerService/GetRun")
+        try:
+            await get_run(b"", metadata=metadata, timeout=5.0)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK

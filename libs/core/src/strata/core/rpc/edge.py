@@ -38,13 +38,18 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
-        if handler is None or is_open(details.method):
+        if is_open(details.method):
             return handler
         try:
             principal = self._gatekeeper.admit(details.method, details.invocation_metadata or ())
         except StrataError as exc:
             log.info("call refused", method=details.method, reason=str(exc))
-            return _rebuilt(handler, _refusal(exc))
+            # An unknown method is refused like a known one: callers who may not
+            # call learn nothing about which methods exist.
+            unknown = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
+            return _rebuilt(handler or unknown, _refusal(exc))
+        if handler is None:
+            return None
         return _rebuilt(handler, lambda behaviour: _guarded(behaviour, principal, details.method))
 
 
