@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= uv
-STACK := $(UV) run --frozen python deploy/local/stack.py
+STACK := $(UV) run --frozen strata stack
 
 .PHONY: help setup stack-up stack-down stack-status test test-unit lint format proto proto-check \
 	proto-lint

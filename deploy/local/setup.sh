@@ -18,7 +18,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian's postinst starts a system cluster and redis on the default ports; the stack
-# uses its own private ones (deploy/local/stack.py), so those are left alone.
+# uses its own private ones (`strata stack`, strata.sdk.stack), so those are left alone.
 echo "ok: postgres $(ls -d /usr/lib/postgresql/*/ | head -1), $(redis-server --version | cut -d' ' -f3)," \
   "$(java -version 2>&1 | head -1), $(MAVEN_OPTS="-Djansi.strip=true" mvn -v 2>/dev/null | head -1 | cut -d" " -f1-3)"
 

@@ -1,6 +1,6 @@
 """Integration tests talk to the shared local stack; this makes sure it is up first.
 
-``stack.py up`` is a no-op when the stack already runs (``make test`` starts it
+``strata stack up`` is a no-op when the stack already runs (``make test`` starts it
 before pytest), so the session pays for a start only when nothing was running.
 """
 
@@ -10,13 +10,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from strata.core.postgres import create_pool
 from strata.core.settings import (
-    REPO_ROOT,
     BlobSettings,
     KafkaSettings,
     PostgresSettings,
@@ -24,7 +24,8 @@ from strata.core.settings import (
     load,
 )
 
-STACK = REPO_ROOT / "deploy" / "local" / "stack.py"
+STRATA = Path(sys.executable).with_name("strata")
+"""The ``strata`` CLI of the venv that runs the tests (``make`` runs the same script)."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,7 @@ class LocalStack:
 @pytest.fixture(scope="session", autouse=True)
 def local_stack() -> LocalStack:
     """Start the shared local stack unless it runs, and fail with its report if it cannot."""
-    started = subprocess.run(
-        [sys.executable, str(STACK), "up"], capture_output=True, text=True, check=False
-    )
+    started = subprocess.run([STRATA, "stack", "up"], capture_output=True, text=True, check=False)
     if started.returncode != 0:
         pytest.fail(f"the local stack is not up:\n{started.stdout}{started.stderr}", pytrace=False)
     return LocalStack(

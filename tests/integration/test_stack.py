@@ -1,4 +1,4 @@
-"""``stack.py`` as a developer uses it: idempotent ``up``, complete ``down``, clear refusals.
+"""``strata stack`` as developers use it: idempotent ``up``, complete ``down``, clear refusals.
 
 The shared stack (the one every other integration test uses) is only asked to
 come up again. Crashes, ``down`` and a port held by a stranger are tried on a
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from strata.core.settings import REPO_ROOT, StackSettings, load
+from strata.core.settings import StackSettings, load
 
 pytestmark = pytest.mark.integration
 
-STACK = REPO_ROOT / "deploy" / "local" / "stack.py"
+STRATA = Path(sys.executable).with_name("strata")
+"""The ``strata`` CLI of the venv that runs the tests (``make`` runs the same script)."""
 SERVERS = ("kafka", "postgres", "redis", "s3")
 PORT_VARIABLES = (
     "STRATA_KAFKA_PORT",
@@ -56,9 +57,9 @@ class IsolatedStack:
 
 
 def stack(command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``stack.py <command>`` the way ``make`` does; stdout and stderr together."""
+    """Run ``strata stack <command>`` the way ``make`` does; stdout and stderr together."""
     return subprocess.run(
-        [sys.executable, str(STACK), command],
+        [STRATA, "stack", command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -152,7 +153,7 @@ def test_port_held_by_a_stranger_stops_up_and_the_stranger_lives(
         assert refused.returncode != 0
         assert f"redis: port {port}" in refused.stdout
         assert "STRATA_REDIS_PORT" in refused.stdout
-        assert stranger.poll() is None, "stack.py must not stop a process that is not its own"
+        assert stranger.poll() is None, "up must not stop a process that is not its own"
         assert processes_of(isolated.home) == [], "nothing may start while a port is taken"
     finally:
         stranger.kill()

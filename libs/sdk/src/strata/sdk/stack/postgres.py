@@ -1,0 +1,162 @@
+"""PostgreSQL for the stack: Debian's server with a private data directory.
+
+Postgres refuses to run as root, so as root the cluster belongs to, and runs as,
+the Debian package's ``postgres`` user. The superuser reaches it over a private
+unix socket (trust) to create the services' role and database; the services log in
+over TCP with a password, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+
+import strata.core.postgres
+from strata.core.reachability import probe
+from strata.core.settings import PostgresSettings
+from strata.sdk.stack.server import Listener, Server, StartError
+
+
+class Postgres(Server):
+    """Debian's PostgreSQL with a private data directory, run as an unprivileged user."""
+
+    name = "postgres"
+    programs = ("postgres", "initdb")  # the server titles its processes "postgres: ..."
+    stop_signal = signal.SIGINT  # "fast" shutdown: do not wait for clients to leave
+    superuser = "postgres"
+
+    def __init__(self, home: Path, settings: PostgresSettings) -> None:
+        super().__init__(home)
+        self.settings = settings
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "run"
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def listeners(self) -> list[Listener]:
+        return [Listener(self.settings.host, self.settings.port, "STRATA_POSTGRES_PORT")]
+
+    def run_as(self) -> str | None:
+        """Postgres refuses to run as root; then it runs as the Debian package's user."""
+        return self.superuser if os.geteuid() == 0 else None
+
+    def binary(self, program: str) -> str:
+        """``program`` of the newest PostgreSQL Debian installed (/usr/lib/postgresql/<n>)."""
+        installed = [
+            p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()
+        ]
+        if not installed:
+            raise StartError("PostgreSQL is not installed (/usr/lib/postgresql); run `make setup`")
+        return str(max(installed, key=lambda bin_dir: int(bin_dir.parent.name)) / program)
+
+    async def prepare(self) -> None:
+        """Hand the folder to the server's user; ``initdb`` once, the first time."""
+        self.sockets.mkdir(exist_ok=True)
+        self.sockets.chmod(0o700)  # only the server's user (and root) may use the socket
+        user = self.run_as()
+        if user:
+            try:
+                account = pwd.getpwnam(user)
+            except KeyError:
+                raise StartError(f"Postgres refuses root and no user {user!r} exists") from None
+            for path in [self.dir, *self.dir.rglob("*")]:
+                os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+        if (self.data / "PG_VERSION").exists():
+            return
+        initdb = [
+            self.binary("initdb"),
+            f"--pgdata={self.data}",
+            f"--username={self.superuser}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-instructions",
+        ]
+        with self.open_log() as log:
+            initialising = await asyncio.create_subprocess_exec(
+                *initdb,
+                cwd=self.dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+                group=user,
+                extra_groups=[] if user else None,
+            )
+            if await initialising.wait() != 0:
+                raise StartError("initdb failed")
+
+    def command(self) -> list[str]:
+        return [
+            self.binary("postgres"),
+            "-D",
+            str(self.data),
+            "-c",
+            f"listen_addresses={self.settings.host}",
+            "-c",
+            f"port={self.settings.port}",
+            "-c",
+            f"unix_socket_directories={self.sockets}",
+            "-c",
+            "max_connections=200",
+        ]
+
+    async def ping(self, seconds: float) -> None:
+        await strata.core.postgres.ping(self.settings, seconds)
+
+    async def ping_bootstrap(self, seconds: float) -> None:
+        """``SELECT 1`` as superuser over the private socket: no need for the services' role."""
+
+        async def select_one() -> None:
+            connection = await self.connect_superuser(seconds)
+            try:
+                await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close()
+
+        failures = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+        await probe("Postgres", self.address, select_one, seconds, failures)
+
+    async def connect_superuser(self, seconds: float = 5.0) -> asyncpg.Connection:
+        """A superuser session over the private socket, which needs no password."""
+        return await asyncpg.connect(
+            host=str(self.sockets),
+            port=self.settings.port,
+            user=self.superuser,
+            database="postgres",
+            timeout=seconds,
+        )
+
+    async def provision(self) -> None:
+        """Create (or update the password of) the services' role, and their database."""
+        role, database = self.settings.user, self.settings.database
+        password = self.settings.password.get_secret_value()
+        connection = await self.connect_superuser()
+        try:
+            exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            verb = "ALTER" if exists else "CREATE"
+            statement = await connection.fetchval(
+                f"SELECT format('{verb} ROLE %I WITH LOGIN PASSWORD %L', $1::text, $2::text)",
+                role,
+                password,
+            )
+            await connection.execute(statement)
+            if not await connection.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", database
+            ):
+                statement = await connection.fetchval(
+                    "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+                    database,
+                    role,
+                )
+                await connection.execute(statement)
+        finally:
+            await connection.close()
