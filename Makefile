@@ -4,8 +4,8 @@ SHELL := /bin/bash
 UV ?= uv
 STACK := $(UV) run --frozen strata stack
 
-.PHONY: help setup stack-up stack-down stack-status test test-unit lint format proto proto-check \
-	proto-lint
+.PHONY: help setup stack-up stack-down stack-status test test-unit bench lint format proto \
+	proto-check proto-lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: stack-up ## Unit and integration tests against the real local stack
 
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit
+
+bench: stack-up ## Event bus benchmark vs bare aiokafka (~3 min); writes bench/results/
+	$(UV) run --frozen python -m bench.bus
 
 lint: proto-check proto-lint ## ruff, mypy and the proto checks
 	$(UV) run --frozen ruff check .
