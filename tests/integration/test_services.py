@@ -112,6 +112,7 @@ async def test_a_service_serves_health_and_exits_0_on_sigterm(
         code = await service.terminate()
     assert code == 0, service.log.read_text()
     assert service.lines()[-1]["event"] == "stopped"
+    assert _warned_of_the_public_token(service)
     assert {line["service"] for line in service.lines()} == {name}
 
 
@@ -156,6 +157,7 @@ async def test_a_service_process_authenticates_and_authorises_every_call(tmp_pat
         }
     finally:
         await service.terminate()
+    assert not _warned_of_the_public_token(service)
     assert codes == {
         None: grpc.StatusCode.UNAUTHENTICATED,
         "not-a-token": grpc.StatusCode.UNAUTHENTICATED,
@@ -174,3 +176,7 @@ async def _call_get_run(port: int, token: str | None) -> grpc.StatusCode:
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK
+
+
+def _warned_of_the_public_token(service: Running) -> bool:
+    return any("public local-stack token" in line["event"] for line in service.lines())

@@ -171,6 +171,10 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+DEV_ADMIN_TOKEN = "dev-admin-token"
+"""The local stack's admin token: public, so a server that accepts it is for development only."""
+
+
 def _dev_admin() -> dict[str, str | list[str]]:
     return {"principal": "dev", "roles": ["admin"]}
 
@@ -185,11 +189,11 @@ class AuthSettings(BaseSettings):
 
     enabled: bool = Field(True, description="Require a bearer token on every gRPC call.")
     tokens: dict[str, dict[str, str | list[str]]] = Field(
-        default_factory=lambda: {"dev-admin-token": _dev_admin()},
+        default_factory=lambda: {DEV_ADMIN_TOKEN: _dev_admin()},
         description="Token -> {principal, roles}. The default suits the local stack only.",
     )
     client_token: SecretStr = Field(
-        SecretStr("dev-admin-token"), description="Token this process sends as a gRPC client."
+        SecretStr(DEV_ADMIN_TOKEN), description="Token this process sends as a gRPC client."
     )
 
 

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from strata.core.rpc.auth import AccessPolicy, Gatekeeper, TokenBook
 from strata.core.rpc.edge import EdgeInterceptor
-from strata.core.settings import AuthSettings
+from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -61,6 +61,11 @@ class RpcServer:
         """``interceptors`` run before the edge (e.g. tracing, which must see refusals too)."""
         if not auth.enabled:
             log.warning("auth is disabled: every gRPC caller is admin; local experiments only")
+        elif DEV_ADMIN_TOKEN in auth.tokens:
+            log.warning(
+                "the public local-stack token is accepted as admin; "
+                "set STRATA_AUTH_TOKENS anywhere but on a development machine"
+            )
         book = TokenBook.from_settings(auth) if auth.enabled else None
         gatekeeper = Gatekeeper(book, access_policy(services))
         self._server = grpc.aio.server(
