@@ -9,12 +9,11 @@ TIMEOUT = 30.0
 """Longest wait for one event: a guard against a hung run, not part of any figure."""
 
 SETTLE = 0.008
-"""Pause after each latency sample, so every sample starts with an idle pipeline.
-
-A consumer commits the offset of each handled record before it takes the next, and
-Kafka 4's group coordinator holds each commit up to ``group.coordinator.append.linger.ms``
-(5 ms by default). Without the pause a sample would mostly measure the tail of the
-previous record's commit, the same for every variant, which hides what the variants add.
+"""Pause after each latency sample of the ``idle`` pace, so every sample meets an idle
+pipeline: the broker's fetch waiting, the consumers' loops parked, as on a quiet
+dispatch path. It also outlasts an offset commit (Kafka 4's group coordinator holds
+each up to ``group.coordinator.append.linger.ms``, 5 ms by default), so a consumer
+that commits after each record (commit → handled) starts every sample afresh.
 """
 
 

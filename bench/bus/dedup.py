@@ -3,31 +3,37 @@
 The topic is filled first with records of which every 10th redelivers an earlier
 event (:func:`bench.bus.workload.with_redeliveries`). Each round a fresh consumer
 group and a fresh inbox consumer name read it all, and the clock runs from the
-first record received to the last one handled. Two consumers:
+first record received to the last one handled. Three consumers:
 
-- ``per event``: the :class:`~strata.core.bus.Bus` consumer services use. Each
-  record: one transaction (``claim`` + the state change), then the Kafka offset
-  commit the Bus makes after every handled record.
-- ``batch``: an aiokafka consumer that applies each fetched batch in one
-  transaction with ``claim_many``, then commits the batch's offsets.
+- ``Bus batch``: the :class:`~strata.core.bus.Bus` consumer with a batch handler
+  (``on_batch``), the path services take for throughput: one transaction per batch
+  (``claim_many`` + the state change); the Bus commits offsets in the background.
+- ``aiokafka batch`` (its peer): an aiokafka consumer that applies each fetched
+  batch the same way, then commits the batch's offsets and waits for the commit.
+- ``Bus per event``: the Bus consumer with a handler per event: one transaction
+  per event (``claim`` + the state change), partitions side by side. Its peer is
+  the same handler called without Kafka, as many at a time as the topic has
+  partitions: the most any per-event consumer of this topic could do here.
 
-Both must handle each distinct event exactly once; the run stops with an error
-if the counts say otherwise.
+Batch rounds alternate which of the two goes first. Every consumer must handle
+each distinct event exactly once; the run stops with an error if the counts say
+otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
 from bench.bus.plan import Plan
-from bench.bus.stage import Stage
-from bench.bus.stats import Rates, rate
-from bench.bus.workload import unique_count, with_redeliveries
+from bench.bus.stage import PARTITIONS, Stage
+from bench.bus.stats import Rates, paired_ratio, rate
+from bench.bus.workload import state_change, unique_count, with_redeliveries
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.scheduler.v1.scheduler_pb2 import TaskStateChanged
 from strata.core import kafka
@@ -37,8 +43,8 @@ from strata.core.inbox import claim, claim_many
 from strata.core.migrations import DbConnection
 from strata.core.settings import BusSettings
 
-BATCH = 1_000
-"""Most records the batch consumer applies in one transaction."""
+BATCH = BusSettings().max_batch
+"""Most records a batch consumer applies in one transaction: the Bus's default fetch."""
 TIMEOUT = 120.0
 """A round that takes longer has hung; the run stops with an error instead."""
 
@@ -75,27 +81,46 @@ class DedupResult:
     distinct: int
     per_event_records: int
     per_event: Rates
+    handler_alone: Rates
+    """The per-event handler without Kafka, one caller per partition."""
+    per_event_ratio: float
+    """Median over rounds of Bus per event / handler alone events per second."""
+    bus_batch: Rates
     batch: Rates
+    """The aiokafka batch consumer, the Bus batch consumer's peer."""
+    ratio: float
+    """Median over rounds of Bus batch / aiokafka batch events per second."""
 
 
 async def measure(stage: Stage, plan: Plan) -> DedupResult:
-    """Rounds of the per-event and the batch consumer over pre-filled topics."""
+    """Interleaved rounds of both batch consumers, then rounds of the per-event one."""
     batch_topic = await _filled(stage, "dedup-batch", plan.throughput_events)
     per_event_topic = await _filled(stage, "dedup-event", plan.per_event_events)
-    batch = [
-        await _batch_round(stage, batch_topic, plan.throughput_events, name=f"batch-{n}")
-        for n in range(plan.throughput_rounds)
-    ]
-    per_event = [
-        await _per_event_round(stage, per_event_topic, plan.per_event_events, name=f"event-{n}")
-        for n in range(plan.per_event_rounds)
-    ]
+    bus_batch: list[float] = []
+    batch: list[float] = []
+    for n in range(plan.throughput_rounds):
+        rounds = [
+            (bus_batch, _bus_batch_round(stage, batch_topic, plan.throughput_events, f"bus-{n}")),
+            (batch, _batch_round(stage, batch_topic, plan.throughput_events, name=f"batch-{n}")),
+        ]
+        for rates, work in rounds if n % 2 == 0 else rounds[::-1]:
+            rates.append(await work)
+    per_event: list[float] = []
+    alone: list[float] = []
+    for n in range(plan.per_event_rounds):
+        total = plan.per_event_events
+        per_event.append(await _per_event_round(stage, per_event_topic, total, name=f"event-{n}"))
+        alone.append(await _handler_round(stage, total, name=f"alone-{n}"))
     return DedupResult(
         records=plan.throughput_events,
         distinct=unique_count(plan.throughput_events),
         per_event_records=plan.per_event_events,
         per_event=Rates.of(per_event),
+        handler_alone=Rates.of(alone),
+        per_event_ratio=paired_ratio(per_event, alone),
+        bus_batch=Rates.of(bus_batch),
         batch=Rates.of(batch),
+        ratio=paired_ratio(bus_batch, batch),
     )
 
 
@@ -116,11 +141,49 @@ async def _per_event_round(stage: Stage, topic: str, total: int, *, name: str) -
     @bus.consumer(topic, group=stage.group(name)).on(TaskStateChanged)
     async def on_change(change: TaskStateChanged, envelope: Envelope) -> None:
         meter.receive()
+        meter.handled(await _handle_one(stage, name, change, envelope.event_id))
+
+    async with bus, asyncio.timeout(TIMEOUT):
+        await meter.done.wait()
+    _check(meter, total)
+    return meter.rate()
+
+
+async def _handler_round(stage: Stage, total: int, *, name: str) -> float:
+    """The per-event handler over ``total`` new events, one caller per partition."""
+    events = [(state_change(n), str(uuid.uuid4())) for n in range(total)]
+
+    async def caller(share: Sequence[tuple[TaskStateChanged, str]]) -> None:
+        for change, event_id in share:
+            await _handle_one(stage, name, change, event_id)
+
+    started = time.perf_counter()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(caller(events[p::PARTITIONS]) for p in range(PARTITIONS)))
+    return rate(total, time.perf_counter() - started)
+
+
+async def _handle_one(stage: Stage, name: str, change: TaskStateChanged, event_id: str) -> int:
+    """The per-event handler: claim the event and apply it, in one transaction."""
+    async with stage.pool.acquire() as conn, conn.transaction():
+        fresh = await claim(conn, stage.schema, event_id, consumer=name)
+        if fresh:
+            await _apply(conn, stage, [event_id], [change])
+    return int(fresh)
+
+
+async def _bus_batch_round(stage: Stage, topic: str, total: int, name: str) -> float:
+    meter = Meter(expected=total)
+    bus = Bus("bench", kafka=stage.kafka, settings=BusSettings(producer=f"bench/{name}"))
+
+    @bus.consumer(topic, group=stage.group(name)).on_batch(TaskStateChanged)
+    async def on_changes(events: Sequence[tuple[TaskStateChanged, Envelope]]) -> None:
+        meter.receive(len(events))
+        changes = {envelope.event_id: change for change, envelope in events}
         async with stage.pool.acquire() as conn, conn.transaction():
-            fresh = await claim(conn, stage.schema, envelope.event_id, consumer=name)
-            if fresh:
-                await _apply(conn, stage, [envelope.event_id], [change])
-        meter.handled(int(fresh))
+            fresh = await claim_many(conn, stage.schema, name, changes)
+            await _apply(conn, stage, list(fresh), [changes[event_id] for event_id in fresh])
+        meter.handled(len(fresh))
 
     async with bus, asyncio.timeout(TIMEOUT):
         await meter.done.wait()

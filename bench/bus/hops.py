@@ -1,15 +1,18 @@
 """One hop from a producer to a handler, by the three ways a service could send an event.
 
-Each path owns a topic and a consumer group, sends with an idempotent ``acks=all``
-producer and waits for the acknowledgement, and its consumer commits the offset
-after each handled record. They differ only in what rides along:
+Each path owns a topic and a consumer group and sends with an idempotent
+``acks=all`` producer, waiting for the acknowledgement. Every consumer commits in
+the background (the aiokafka paths with aiokafka's auto-commit, the Bus its own
+way), so no hop waits for an offset commit. They differ in what rides along:
 
 - :func:`bare`: payload bytes on plain aiokafka; the peer.
 - :func:`enveloped`: the same aiokafka clients plus exactly what Strata adds per
-  event: the envelope sealed and opened, a PRODUCER and a CONSUMER span, and the
-  trace context in headers and envelope.
+  event, with Strata's own code: the envelope sealed and opened, the Bus's
+  PRODUCER and CONSUMER spans (:mod:`strata.core.bus.spans`), and the trace
+  context in headers and envelope.
 - :func:`bus`: :class:`strata.core.bus.Bus`, as services use it: the envelope and
-  the spans, FastStream's consumer loop and the Bus's retry and dead-letter frame.
+  the spans, FastStream's publish path, the Bus's reader (offsets committed in
+  the background) and its retry and dead-letter frame.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from opentelemetry import trace
 
 from bench.bus.arrivals import Arrivals
 from bench.bus.stage import Stage, running
@@ -27,15 +29,15 @@ from bench.bus.workload import PRODUCER
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.scheduler.v1.scheduler_pb2 import TaskStateChanged
 from strata.core import kafka
-from strata.core.bus import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Bus
+from strata.core.bus import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Bus, spans
 from strata.core.envelope import open_envelope, seal
 from strata.core.settings import BusSettings
-from strata.core.telemetry import extract_context, inject_headers, trace_carrier
 
 Send = Callable[[str, TaskStateChanged], Awaitable[object]]
 """Publish one event under a key and wait for the broker's acknowledgement."""
 
-_tracer = trace.get_tracer("bench.bus")
+GROUP = "bench-hops"
+"""The consumer group named on the CONSUMER spans of the enveloped path."""
 
 
 @contextlib.asynccontextmanager
@@ -82,27 +84,21 @@ async def enveloped(stage: Stage, arrivals: Arrivals) -> AsyncIterator[Send]:
 def sending_traced(
     topic: str, key: str, change: TaskStateChanged
 ) -> Iterator[tuple[bytes, list[tuple[str, bytes]]]]:
-    """A PRODUCER span around the send: the sealed bytes and the headers the Bus sends."""
-    with _tracer.start_as_current_span(f"send {topic}", kind=trace.SpanKind.PRODUCER) as span:
-        envelope = seal(change, key=key, producer=PRODUCER, trace_context=trace_carrier())
-        span.set_attributes(_attributes(topic, envelope, "send"))
+    """What the Bus's publisher does around a send: the span, the sealed bytes, the headers."""
+    with spans.sending(topic, key) as carrier:
+        envelope = seal(change, key=key, producer=PRODUCER, trace_context=carrier)
         headers = [
             (HEADER_EVENT_TYPE, envelope.type.encode()),
             (HEADER_EVENT_ID, envelope.event_id.encode()),
-            *inject_headers(),
+            *((name, value.encode()) for name, value in carrier.items()),
         ]
         yield envelope.SerializeToString(), headers
 
 
 def handle_traced(record: Any, arrived: Callable[[str], None]) -> None:
-    """Open the envelope and call ``arrived`` in a CONSUMER span continuing the producer's."""
+    """What the Bus's consumer does around a handler: open the envelope, run in its span."""
     event = open_envelope(record.value)
-    with _tracer.start_as_current_span(
-        f"process {record.topic}",
-        context=extract_context(record.headers),
-        kind=trace.SpanKind.CONSUMER,
-        attributes=_attributes(record.topic, event.envelope, "process"),
-    ):
+    with spans.processing(record, event, GROUP):
         arrived(event.envelope.key)
 
 
@@ -128,8 +124,10 @@ async def bus(stage: Stage, arrivals: Arrivals) -> AsyncIterator[Send]:
 async def _consuming(
     stage: Stage, topic: str, purpose: str, on_record: Callable[[Any], None]
 ) -> AsyncIterator[None]:
-    """A consumer in a fresh group that handles then commits each record, in the background."""
-    consumer = kafka.consumer(stage.kafka, topic, group_id=stage.group(purpose))
+    """A consumer in a fresh group that handles each record, committing in the background."""
+    consumer = kafka.consumer(
+        stage.kafka, topic, group_id=stage.group(purpose), enable_auto_commit=True
+    )
     async with consumer, running(_consume(consumer, on_record)):
         yield
 
@@ -137,15 +135,3 @@ async def _consuming(
 async def _consume(consumer: AIOKafkaConsumer, on_record: Callable[[Any], None]) -> None:
     async for record in consumer:
         on_record(record)
-        await consumer.commit()
-
-
-def _attributes(topic: str, envelope: Envelope, operation: str) -> dict[str, str]:
-    """The messaging attributes the Bus puts on its spans (OpenTelemetry conventions)."""
-    return {
-        "messaging.system": "kafka",
-        "messaging.operation.type": operation,
-        "messaging.destination.name": topic,
-        "messaging.kafka.message.key": envelope.key,
-        "messaging.message.id": envelope.event_id,
-    }

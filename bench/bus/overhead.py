@@ -1,13 +1,21 @@
 """What the envelope and tracing add to one hop, against bare aiokafka in the same run.
 
 Four variants, each timing a hop from just before its send to its handler, one
-event at a time, each into an idle pipeline (:data:`bench.bus.arrivals.SETTLE`):
-bare aiokafka (the peer), aiokafka with the envelope and spans, the Bus with spans
-created but not exported (every service's default), and the Bus with every span
-also exported (batch processor into memory). Rounds rotate the order of the
-variants, so drift in the machine's load hits all of them alike. Besides latency,
-each variant's process CPU time per hop is recorded: it counts the producer and
-consumer work of this process, not the broker's.
+event at a time: bare aiokafka (the peer), aiokafka with the envelope and the
+Bus's spans, the Bus with traces ``off`` (every service's default: spans that
+would not be recorded are not made), and the Bus recording every span and
+exporting it (batch processor into memory). Each variant runs at two paces:
+
+- ``idle``: a pause after each hop (:data:`bench.bus.arrivals.SETTLE`), so each
+  event meets an idle pipeline, as on a quiet dispatch path. Between events the
+  broker and the other processes run, so the Python code of each hop starts on
+  cold CPU caches: the same work then takes several times longer than back to back.
+- ``back to back``: the next send as soon as the handler ran: warm caches, as
+  under steady traffic.
+
+Rounds rotate the order of the variants, so drift in the machine's load hits all
+of them alike. Besides latency, each variant's process CPU time per hop is
+recorded: it counts the producer and consumer work of this process, not the broker's.
 """
 
 from __future__ import annotations
@@ -42,10 +50,12 @@ class Variant:
 VARIANTS = (
     Variant("aiokafka, bare", hops.bare),
     Variant("aiokafka + envelope + spans", hops.enveloped),
-    Variant("Bus, spans not exported", hops.bus),
-    Variant("Bus, spans exported", hops.bus, export=True),
+    Variant("Bus, traces off", hops.bus),
+    Variant("Bus, spans recorded and exported", hops.bus, export=True),
 )
 PEER = VARIANTS[0].name
+PACES = {"idle": SETTLE, "back to back": 0.0}
+"""Pause after each hop, by the name of the pace."""
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Tally:
 @dataclass(frozen=True)
 class VariantResult:
     name: str
+    pace: str
     hop: Distribution
     cpu_us_per_hop: float
     p50_ratio: float
@@ -77,35 +88,38 @@ class OverheadResult:
 
 @dataclass(frozen=True)
 class Received:
-    """The parts of a consumer record a handler reads, for the loop without Kafka."""
+    """The parts of a consumer record the Bus reads, for the loop without Kafka."""
 
     topic: str
+    partition: int
+    offset: int
     value: bytes
     headers: list[tuple[str, bytes]]
 
 
 async def measure(stage: Stage, plan: Plan, shipping: SpanShipping) -> OverheadResult:
-    """Open every path, warm each up, then run the interleaved rounds."""
+    """Open every path, warm each up, then run the interleaved rounds at both paces."""
     arrivals = Arrivals()
-    tallies = {variant.name: Tally() for variant in VARIANTS}
+    tallies = {(pace, v.name): Tally() for pace in PACES for v in VARIANTS}
     counter = itertools.count()
     async with contextlib.AsyncExitStack() as stack:
         sends = {}
         for path in dict.fromkeys(v.path for v in VARIANTS):
             sends[path] = await stack.enter_async_context(path(stage, arrivals))
         for variant in VARIANTS:
-            await _hops(sends[variant.path], arrivals, counter, plan.warmup)
+            await _hops(sends[variant.path], arrivals, counter, plan.warmup, SETTLE)
         spans = 0
         per_round = plan.hop_samples // plan.hop_rounds
         for round_number in range(plan.hop_rounds):
-            for variant in _rotated(VARIANTS, round_number):
-                shipping.on = variant.export
-                started = time.process_time()
-                taken = await _hops(sends[variant.path], arrivals, counter, per_round)
-                tallies[variant.name].cpu += time.process_time() - started
-                tallies[variant.name].samples.extend(taken)
-                shipping.on = False
-                spans += shipping.drain()
+            for pace, pause in PACES.items():
+                for variant in _rotated(VARIANTS, round_number):
+                    shipping.on = variant.export
+                    started = time.process_time()
+                    taken = await _hops(sends[variant.path], arrivals, counter, per_round, pause)
+                    tallies[pace, variant.name].cpu += time.process_time() - started
+                    tallies[pace, variant.name].samples.extend(taken)
+                    shipping.on = False
+                    spans += shipping.drain()
     return OverheadResult(
         _results(tallies), spans_exported=spans, hot_added_us=hot_added_cost(plan.throughput_events)
     )
@@ -123,7 +137,7 @@ def hot_added_cost(events: int) -> float:
         change = state_change(number)
         with hops.sending_traced(topic, change.attempt.run_id, change) as (value, headers):
             pass
-        hops.handle_traced(Received(topic, value, headers), _ignore)
+        hops.handle_traced(Received(topic, 0, number, value, headers), _ignore)
     enveloped = time.process_time() - started
     started = time.process_time()
     for number in range(events):
@@ -137,7 +151,7 @@ def _ignore(key: str) -> None:
 
 
 async def _hops(
-    send: hops.Send, arrivals: Arrivals, counter: Iterator[int], count: int
+    send: hops.Send, arrivals: Arrivals, counter: Iterator[int], count: int, pause: float
 ) -> list[float]:
     """``count`` hops one after another, each under a key never used before."""
     taken = []
@@ -148,7 +162,8 @@ async def _hops(
         started = time.perf_counter()
         await send(key, state_change(number))
         taken.append(await arrivals.wait(arrival, key) - started)
-        await asyncio.sleep(SETTLE)
+        if pause:
+            await asyncio.sleep(pause)
     return taken
 
 
@@ -157,15 +172,17 @@ def _rotated(variants: tuple[Variant, ...], steps: int) -> tuple[Variant, ...]:
     return variants[steps:] + variants[:steps]
 
 
-def _results(tallies: dict[str, Tally]) -> list[VariantResult]:
-    peer = tallies[PEER]
-    peer_hop = Distribution.of(peer.samples)
+def _results(tallies: dict[tuple[str, str], Tally]) -> list[VariantResult]:
+    """Each variant at each pace, with its ratios to the peer at the same pace."""
     results = []
-    for name, tally in tallies.items():
+    for (pace, name), tally in tallies.items():
+        peer = tallies[pace, PEER]
+        peer_hop = Distribution.of(peer.samples)
         hop = Distribution.of(tally.samples)
         results.append(
             VariantResult(
                 name=name,
+                pace=pace,
                 hop=hop,
                 cpu_us_per_hop=tally.cpu / len(tally.samples) * 1e6,
                 p50_ratio=hop.p50 / peer_hop.p50,

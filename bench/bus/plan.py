@@ -2,7 +2,7 @@
 
 The sizes trade stability against the time budget of a 2-core machine: throughput
 over 20,000 events a round, commit-to-handled over 2,000 sequential samples, 1,000
-hops per variant, peers in interleaved rounds so that a noisy neighbour hurts both
+hops per variant and pace, peers in interleaved rounds so that a noisy neighbour hurts both
 sides alike. A full run takes two to three minutes.
 """
 
@@ -19,13 +19,13 @@ class Plan:
     """Events per round through the relay, its bare peer and the batch consumer."""
     throughput_rounds: int
     per_event_events: int
-    """Records per round through the per-event Bus consumer: it commits each record's
-    offset before the next, which Kafka 4 holds about 5 ms, so it gets fewer."""
+    """Records per round through the per-event Bus consumer: a Postgres transaction
+    (and its WAL flush) per event bounds it, so it gets fewer."""
     per_event_rounds: int
     latency_samples: int
     """Sequential commit-to-handled samples."""
     hop_samples: int
-    """Sequential produce-to-handler samples per variant, spread over ``hop_rounds``."""
+    """Sequential produce-to-handler samples per variant and pace, over ``hop_rounds``."""
     hop_rounds: int
     warmup: int
     """Samples thrown away before each latency measurement: connections open, consumer
@@ -45,8 +45,8 @@ class Plan:
 FULL = Plan(
     throughput_events=20_000,
     throughput_rounds=3,
-    per_event_events=600,
-    per_event_rounds=2,
+    per_event_events=3_000,
+    per_event_rounds=3,
     latency_samples=2_000,
     hop_samples=1_000,
     hop_rounds=5,

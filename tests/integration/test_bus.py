@@ -3,17 +3,23 @@
 One trace follows an event from a producer process to a consumer in this one; bad
 records land in the dead-letter topic with their reason while the consumer goes
 on; and the group's committed offset ends past every record, so each one was
-either handled or dead-lettered: nothing is lost.
+either handled or dead-lettered: nothing is lost. Offsets are committed behind
+the work, yet a stop or a rebalance hands on exactly what was handled; a batch
+consumer claims events in its inbox (Postgres) once, whatever Kafka redelivers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
@@ -27,7 +33,10 @@ from strata.core import kafka
 from strata.core.bus import Bus
 from strata.core.envelope import seal
 from strata.core.errors import PermanentError
-from strata.core.settings import BusSettings, KafkaSettings, load
+from strata.core.inbox import claim_many
+from strata.core.logging import configure_logging
+from strata.core.migrations import quote_schema
+from strata.core.settings import BusSettings, KafkaSettings, TelemetrySettings, load
 from strata.core.telemetry import configure_tracing, current_trace_id
 from strata.core.topics import dead_letter_topic
 
@@ -43,12 +52,28 @@ SETTINGS = load(KafkaSettings)
 @pytest.fixture
 async def topic() -> AsyncIterator[str]:
     """A fresh one-partition topic and its dead-letter topic, deleted afterwards."""
+    async with _topic(partitions=1) as name:
+        yield name
+
+
+@pytest.fixture
+async def topic_of_two() -> AsyncIterator[str]:
+    """A fresh two-partition topic and its dead-letter topic, deleted afterwards."""
+    async with _topic(partitions=2) as name:
+        yield name
+
+
+@contextlib.asynccontextmanager
+async def _topic(partitions: int) -> AsyncIterator[str]:
     name = f"test.bus.{uuid.uuid4().hex[:12]}"
     admin = kafka.admin(SETTINGS)
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(t, 1, replication_factor=1) for t in (name, dead_letter_topic(name))]
+            [
+                NewTopic(name, partitions, replication_factor=1),
+                NewTopic(dead_letter_topic(name), 1, replication_factor=1),
+            ]
         )
         yield name
         await admin.delete_topics([name, dead_letter_topic(name)])
@@ -65,9 +90,14 @@ async def producer() -> AsyncIterator[AIOKafkaProducer]:
     await producer.stop()
 
 
-def _bus(name: str) -> Bus:
+def _bus(name: str, *, commit_on_stop_only: bool = False) -> Bus:
+    """A bus; ``commit_on_stop_only`` leaves committing to a stop or a rebalance."""
     configure_tracing("test-bus")
     settings = BusSettings(producer=f"{name}/test", retry_backoff_initial=0.01)
+    if commit_on_stop_only:
+        settings = settings.model_copy(
+            update={"commit_interval_ms": 3_600_000, "commit_every": 1_000_000}
+        )
     return Bus(name, kafka=SETTINGS, settings=settings)
 
 
@@ -162,6 +192,136 @@ async def test_a_transient_failure_is_retried_not_dead_lettered(topic: str) -> N
     assert await _end_offset(dead_letter_topic(topic)) == 0
 
 
+async def test_a_stop_commits_every_handled_offset(topic: str) -> None:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    bus = _bus("consumer", commit_on_stop_only=True)
+    handled: asyncio.Queue[Message] = asyncio.Queue()
+
+    @bus.consumer(topic, group=group).on(StringValue)
+    async def on_text(payload: StringValue, envelope: Envelope) -> None:
+        handled.put_nowait(payload)
+
+    async with bus:
+        for n in range(5):
+            await bus.publish(topic, StringValue(value=str(n)), key="k")
+        for _ in range(5):
+            await _next(handled)
+
+    assert await _committed(group, topic) == 5
+
+
+async def test_a_rebalance_hands_on_exactly_what_was_handled(topic_of_two: str) -> None:
+    """Offsets committed when partitions are revoked: the new member redoes nothing."""
+    topic, group = topic_of_two, f"g-{uuid.uuid4().hex[:8]}"
+    seen: dict[str, list[str]] = {}
+    arrived: asyncio.Queue[str] = asyncio.Queue()
+
+    def member(name: str) -> Bus:
+        bus = _bus(name, commit_on_stop_only=True)
+
+        @bus.consumer(topic, group=group).on(StringValue)
+        async def on_text(payload: StringValue, envelope: Envelope) -> None:
+            seen.setdefault(payload.value, []).append(name)
+            arrived.put_nowait(name)
+
+        return bus
+
+    first, second = member("first"), member("second")
+    async with first:
+        for n in range(10):
+            await first.publish(topic, StringValue(value=f"before-{n}"), key=f"k{n}")
+        assert [await _next_name(arrived) for _ in range(10)] == ["first"] * 10
+        async with second:
+            # Until the group has rebalanced, the first member handles every probe.
+            n = 0
+            while await _probe(first, topic, arrived, n) != "second":
+                n += 1
+        ends = await _end_offsets(topic, partitions=2)
+
+    assert all(len(members) == 1 for members in seen.values()), seen
+    assert len(seen) == 10 + n + 1
+    assert await _committed_all(group, topic, partitions=2) == ends
+
+
+async def test_a_batch_consumer_applies_each_event_once(
+    topic: str, producer: AIOKafkaProducer, pool: asyncpg.Pool
+) -> None:
+    group, schema = f"g-{uuid.uuid4().hex[:8]}", f"test_bus_{uuid.uuid4().hex[:8]}"
+    quoted = quote_schema(schema)
+    await pool.execute(
+        f"CREATE SCHEMA {quoted}; "
+        f"CREATE TABLE {quoted}.inbox (consumer text NOT NULL, event_id uuid NOT NULL, "
+        "handled_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id)); "
+        f"CREATE TABLE {quoted}.applied (event_id uuid PRIMARY KEY, value text NOT NULL)"
+    )
+    bus = _bus("consumer")
+    records: asyncio.Queue[int] = asyncio.Queue()
+
+    @bus.consumer(topic, group=group).on_batch(StringValue)
+    async def on_texts(events: Sequence[tuple[StringValue, Envelope]]) -> None:
+        by_id = {envelope.event_id: payload.value for payload, envelope in events}
+        async with pool.acquire() as conn, conn.transaction():
+            fresh = await claim_many(conn, schema, "applier", by_id)
+            await conn.executemany(
+                f"INSERT INTO {quoted}.applied VALUES ($1, $2)",
+                [(uuid.UUID(event_id), by_id[event_id]) for event_id in fresh],
+            )
+        for _ in events:
+            records.put_nowait(1)
+
+    try:
+        envelopes = [seal(StringValue(value=str(n)), key="k", producer="p") for n in range(20)]
+        async with bus:
+            for envelope in envelopes:
+                await bus.publish_sealed(topic, envelope)
+            await producer.send_and_wait(topic, b"\x00\xffgarbage", key=b"k")
+            for envelope in envelopes[:5]:  # redelivered, as after a relay restart
+                await bus.publish_sealed(topic, envelope)
+            for _ in range(25):
+                await asyncio.wait_for(records.get(), WAIT)
+
+        rows = await pool.fetch(f"SELECT value FROM {quoted}.applied")
+        assert sorted(int(row["value"]) for row in rows) == list(range(20))
+        [letter] = await _read(dead_letter_topic(topic), count=1)
+        assert (letter.offset, letter.cause) == (20, DeadLetter.CAUSE_MALFORMED)
+        assert await _committed(group, topic) == 26
+    finally:
+        await pool.execute(f"DROP SCHEMA {quoted} CASCADE")
+
+
+async def test_faststream_lines_are_json_on_stderr_at_the_process_level(
+    topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("scheduler", TelemetrySettings(log_format="json", log_level="WARNING"))
+        async with _bus("scheduler") as bus:
+            # FastStream writes all its own lines through this state's logger.
+            bus.broker.config.logger.log("consumer joined", logging.INFO)
+            bus.broker.config.logger.log("connection lost", logging.WARNING)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    out, err = capsys.readouterr()
+    lines = [json.loads(text) for text in err.splitlines() if text.strip()]
+    assert out == ""
+    assert [(line["event"], line["level"], line["service"]) for line in lines] == [
+        ("connection lost", "warning", "scheduler")
+    ]
+
+
+async def _probe(bus: Bus, topic: str, arrived: asyncio.Queue[str], n: int) -> str:
+    """Publish one event and return the name of the member that handled it."""
+    await bus.publish(topic, StringValue(value=f"probe-{n}"), key=f"p{n}")
+    return await _next_name(arrived)
+
+
+async def _next_name(arrived: asyncio.Queue[str]) -> str:
+    return await asyncio.wait_for(arrived.get(), WAIT)
+
+
 def _unknown_type() -> bytes:
     """A well-formed envelope whose payload type no Strata contract defines."""
     envelope = seal(StringValue(value="x"), key="k", producer="elsewhere")
@@ -196,13 +356,29 @@ async def _read(topic: str, count: int) -> list[DeadLetter]:
 
 
 async def _committed(group: str, topic: str) -> int:
+    [offset] = await _committed_all(group, topic, partitions=1)
+    return offset
+
+
+async def _committed_all(group: str, topic: str, partitions: int) -> list[int]:
     admin = kafka.admin(SETTINGS)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
-    return int(offsets[TopicPartition(topic, 0)].offset)
+    return [int(offsets[TopicPartition(topic, p)].offset) for p in range(partitions)]
+
+
+async def _end_offsets(topic: str, partitions: int) -> list[int]:
+    reader = AIOKafkaConsumer(bootstrap_servers=SETTINGS.bootstrap)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await reader.end_offsets(tps)
+        return [int(ends[tp]) for tp in tps]
+    finally:
+        await reader.stop()
 
 
 async def _end_offset(topic: str) -> int:

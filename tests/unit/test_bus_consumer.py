@@ -1,21 +1,24 @@
-"""What happens to each record a consumer reads, on FastStream's in-memory broker.
+"""What happens to each record a consumer reads, with FastStream's in-memory broker.
 
 Handled, skipped, retried or dead-lettered with the reason: every record ends in
-exactly one of these, and the consumer goes on with the next one.
+exactly one of these, is reported settled only then, and the consumer goes on
+with the next one. Published records reach the consumer through a loopback
+subscriber, the way the Bus's reader hands them over; records that no publisher
+would write are handed to :meth:`Consumer.process` directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import ConsumerRecord
 from faststream.kafka import TestKafkaBroker
-from faststream.kafka.subscriber.usecase import DefaultSubscriber
+from faststream.kafka.annotations import KafkaMessage
 from google.protobuf.any_pb2 import Any as AnyPayload
 from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from google.protobuf.wrappers_pb2 import BoolValue, Int64Value, StringValue
 from opentelemetry import trace
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
@@ -34,11 +37,13 @@ ATTEMPTS = 4
 
 @dataclass
 class Seen:
-    """What the handlers received and what reached the dead-letter topic."""
+    """What the handlers received, what reached the dead-letter topic, what settled."""
 
     handled: list[tuple[Message, Envelope]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     trace_ids: list[int] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)
+    """Offsets reported settled, in order."""
 
 
 @dataclass
@@ -50,6 +55,14 @@ class Harness:
     async def send_raw(self, value: bytes, headers: dict[str, str] | None = None) -> None:
         await self.bus.broker.publish(value, TOPIC, key=b"k", headers=headers)
 
+    async def process(self, *values: bytes) -> None:
+        """Hand records holding ``values`` (offsets 0, 1, ...) to the consumer at once."""
+        records = [_record(value, offset) for offset, value in enumerate(values)]
+        await self.consumer.process(records, self.settle)
+
+    def settle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.seen.settled.append(record.offset)
+
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
@@ -60,18 +73,23 @@ async def harness() -> AsyncIterator[Harness]:
     bus = Bus("test", settings=settings)
     seen = Seen()
     consumer = bus.consumer(TOPIC, group=GROUP)
+    harness = Harness(bus, consumer, seen)
 
     @consumer.on(StringValue)
     async def on_text(payload: StringValue, envelope: Envelope) -> None:
         seen.trace_ids.append(trace.get_current_span().get_span_context().trace_id)
         seen.handled.append((payload, envelope))
 
+    @bus.broker.subscriber(TOPIC)
+    async def loopback(message: KafkaMessage) -> None:
+        await consumer.process([message.raw_message], harness.settle)
+
     @bus.broker.subscriber(dead_letter_topic(TOPIC))
     async def on_dead(body: bytes) -> None:
         seen.dead.append(DeadLetter.FromString(body))
 
     async with TestKafkaBroker(bus.broker):
-        yield Harness(bus, consumer, seen)
+        yield harness
 
 
 async def test_an_event_reaches_the_handler_of_its_type(harness: Harness) -> None:
@@ -114,6 +132,17 @@ async def test_an_unknown_event_type_is_dead_lettered(harness: Harness) -> None:
     assert "strata.nowhere.v1.Ghost" in letter.reason
     assert letter.event_id == envelope.event_id
     assert letter.event_type == "strata.nowhere.v1.Ghost"
+
+
+async def test_a_payload_that_does_not_decode_is_dead_lettered(harness: Harness) -> None:
+    envelope = seal(StringValue(value="x"), key="k", producer="elsewhere")
+    envelope.payload.value = b"\x0a\xff"  # field 1, length 255, and nothing after
+    await harness.send_raw(envelope.SerializeToString())
+
+    [letter] = harness.seen.dead
+    assert letter.cause == DeadLetter.CAUSE_MALFORMED
+    assert "payload does not decode as 'google.protobuf.StringValue'" in letter.reason
+    assert harness.seen.handled == []
 
 
 async def test_a_missing_envelope_field_is_named_in_the_dead_letter(harness: Harness) -> None:
@@ -165,13 +194,18 @@ async def test_a_transient_error_is_retried_until_it_passes(harness: Harness) ->
 async def test_a_transient_error_that_never_passes_ends_in_the_dead_letters(
     harness: Harness,
 ) -> None:
+    calls = 0
+
     @harness.consumer.on(Int64Value)
     async def on_number(payload: Int64Value, envelope: Envelope) -> None:
+        nonlocal calls
+        calls += 1
         raise TimeoutError("feature store did not answer")
 
     await harness.bus.publish(TOPIC, Int64Value(value=7), key="k")
 
     [letter] = harness.seen.dead
+    assert calls == ATTEMPTS
     assert letter.cause == DeadLetter.CAUSE_RETRIES_EXHAUSTED
     assert letter.attempts == ATTEMPTS
     assert "TimeoutError: feature store did not answer" in letter.reason
@@ -182,21 +216,18 @@ async def test_an_event_type_without_a_handler_here_is_skipped(harness: Harness)
 
     assert harness.seen.handled == []
     assert harness.seen.dead == []
+    assert harness.seen.settled == [0]
 
 
 async def test_a_binary_header_does_not_stop_the_record(harness: Harness) -> None:
-    headers = [("blob", b"\xff\xfe"), ("event-type", b"x")]
-    [subscriber] = [
-        s
-        for s in harness.bus.broker.subscribers
-        if isinstance(s, DefaultSubscriber) and TOPIC in s.topic_names
-    ]
+    headers = [("blob", b"\xff\xfe"), ("traceparent", b"\xff"), ("event-type", b"x")]
 
-    await subscriber.process_message(_record(b"garbage", headers))
+    await harness.consumer.process([_record(b"garbage", 41, headers)], harness.settle)
 
     [letter] = harness.seen.dead
     assert [(h.key, h.value) for h in letter.headers] == headers
     assert letter.offset == 41
+    assert harness.seen.settled == [41]
 
 
 async def test_the_handler_runs_in_the_producers_trace(harness: Harness) -> None:
@@ -205,6 +236,14 @@ async def test_the_handler_runs_in_the_producers_trace(harness: Harness) -> None
         await harness.bus.publish(TOPIC, StringValue(value="traced"), key="k")
 
     assert harness.seen.trace_ids == [span.get_span_context().trace_id]
+
+
+async def test_an_event_published_outside_any_trace_starts_one(harness: Harness) -> None:
+    sent = await harness.bus.publish(TOPIC, StringValue(value="untraced"), key="k")
+
+    [trace_id] = harness.seen.trace_ids
+    assert trace_id != 0
+    assert format(trace_id, "032x") in sent.trace_context["traceparent"]
 
 
 async def test_without_trace_headers_the_envelope_carries_the_trace(harness: Harness) -> None:
@@ -218,41 +257,46 @@ async def test_without_trace_headers_the_envelope_carries_the_trace(harness: Har
     assert harness.seen.trace_ids == [span.get_span_context().trace_id]
 
 
-async def test_a_failed_dead_letter_write_fails_the_record_so_it_is_read_again() -> None:
-    """The record must not be acknowledged: FastStream then rewinds to it (nack)."""
+async def test_a_failed_dead_letter_write_leaves_the_record_unsettled() -> None:
+    """The Bus then reads the partition again from that record."""
     bus = Bus("test", settings=BusSettings(producer="test/unit"))
-    bus.consumer(TOPIC, group=GROUP)
+    consumer = bus.consumer(TOPIC, group=GROUP)
+    settled: list[int] = []
 
     @bus.broker.subscriber(dead_letter_topic(TOPIC))
     async def dead_letter_topic_is_down(body: bytes) -> None:
         raise ConnectionError("no leader for test.bus.unit.dlq")
 
     async with TestKafkaBroker(bus.broker):
+        records = [_record(_sealed(StringValue(value="ok")), 0), _record(b"garbage", 1)]
         with pytest.raises(ConnectionError, match="no leader"):
-            await bus.broker.publish(b"garbage", TOPIC, key=b"k")
+            await consumer.process(records, lambda record: settled.append(record.offset))
+
+    assert settled == [0]
+
+
+async def test_processing_stops_before_the_next_record_once_halted(harness: Harness) -> None:
+    values = [_sealed(StringValue(value=str(n))) for n in range(4)]
+
+    def halted() -> bool:
+        return len(harness.seen.handled) == 2
+
+    records = [_record(value, offset) for offset, value in enumerate(values)]
+    await harness.consumer.process(records, harness.settle, halted)
+
+    assert [p for p, _ in harness.seen.handled] == [StringValue(value=n) for n in "01"]
+    assert harness.seen.settled == [0, 1]
 
 
 async def test_a_second_handler_for_one_type_is_refused(harness: Harness) -> None:
     async def again(payload: StringValue, envelope: Envelope) -> None: ...
 
+    async def batch(events: Sequence[tuple[StringValue, Envelope]]) -> None: ...
+
     with pytest.raises(ValueError, match=r"payload_type: google\.protobuf\.StringValue"):
         harness.consumer.on(StringValue)(again)
-
-
-def _record(value: bytes, headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=TOPIC,
-        partition=0,
-        offset=41,
-        timestamp=1_700_000_000_000,
-        timestamp_type=0,
-        key=b"k",
-        value=value,
-        checksum=None,
-        serialized_key_size=1,
-        serialized_value_size=len(value),
-        headers=headers,
-    )
+    with pytest.raises(ValueError, match=r"payload_type: google\.protobuf\.StringValue"):
+        harness.consumer.on_batch(StringValue)(batch)
 
 
 def test_one_group_gets_one_consumer_per_topic() -> None:
@@ -260,3 +304,157 @@ def test_one_group_gets_one_consumer_per_topic() -> None:
     bus.consumer(TOPIC, group=GROUP)
     with pytest.raises(ValueError, match=f"group: '{GROUP}' already consumes"):
         bus.consumer(TOPIC, group=GROUP)
+
+
+@dataclass
+class Batches:
+    """A batch handler of Int64Value events that applies a batch only if all of it passes."""
+
+    calls: list[list[int]] = field(default_factory=list)
+    applied: list[int] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)
+    """Raised by the next calls, one each, before any poison check."""
+    poison: int | None = None
+
+    async def __call__(self, events: Sequence[tuple[Int64Value, Envelope]]) -> None:
+        values = [payload.value for payload, _ in events]
+        self.calls.append(values)
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.poison in values:
+            raise ValueError(f"cannot apply {self.poison}")
+        if any(value < 0 for value in values):
+            raise PermanentError("negative numbers are refused")
+        self.applied.extend(values)
+
+
+@pytest.fixture
+def batches(harness: Harness) -> Batches:
+    handler = Batches()
+    harness.consumer.on_batch(Int64Value)(handler)
+    return handler
+
+
+def _numbers(*values: int) -> list[bytes]:
+    return [_sealed(Int64Value(value=value)) for value in values]
+
+
+async def test_consecutive_events_go_to_the_batch_handler_together(
+    harness: Harness, batches: Batches
+) -> None:
+    await harness.process(*_numbers(1, 2, 3, 4))
+
+    assert batches.calls == [[1, 2, 3, 4]]
+    assert batches.applied == [1, 2, 3, 4]
+    assert harness.seen.settled == [3]
+
+
+async def test_a_batch_holds_at_most_max_batch_events() -> None:
+    bus = Bus("test", settings=BusSettings(producer="test/unit", max_batch=2))
+    consumer = bus.consumer(TOPIC, group=GROUP)
+    batches = Batches()
+    consumer.on_batch(Int64Value)(batches)
+    settled: list[int] = []
+
+    records = [_record(value, offset) for offset, value in enumerate(_numbers(1, 2, 3, 4, 5))]
+    await consumer.process(records, lambda record: settled.append(record.offset))
+
+    assert batches.calls == [[1, 2], [3, 4], [5]]
+    assert settled == [1, 3, 4]
+
+
+async def test_events_nobody_here_handles_ride_along_in_a_batch(
+    harness: Harness, batches: Batches
+) -> None:
+    await harness.process(*_numbers(1), _sealed(BoolValue(value=True)), *_numbers(2))
+
+    assert batches.calls == [[1, 2]]
+    assert harness.seen.settled == [2]
+
+
+async def test_an_event_for_another_handler_ends_the_batch_in_order(
+    harness: Harness, batches: Batches
+) -> None:
+    order: list[str] = []
+
+    @harness.consumer.on(BoolValue)
+    async def on_flag(payload: BoolValue, envelope: Envelope) -> None:
+        order.append(f"flag after {batches.applied}")
+
+    await harness.process(*_numbers(1, 2), _sealed(BoolValue(value=True)), *_numbers(3))
+
+    assert batches.calls == [[1, 2], [3]]
+    assert order == ["flag after [1, 2]"]
+    assert harness.seen.settled == [1, 2, 3]
+
+
+async def test_a_malformed_record_in_a_batch_is_dead_lettered_alone(
+    harness: Harness, batches: Batches
+) -> None:
+    await harness.process(*_numbers(1), b"\xff garbage", *_numbers(2))
+
+    [letter] = harness.seen.dead
+    assert (letter.offset, letter.cause) == (1, DeadLetter.CAUSE_MALFORMED)
+    assert batches.applied == [1, 2]
+    assert harness.seen.settled == [0, 1, 2]
+
+
+async def test_a_transient_batch_error_retries_the_whole_batch(
+    harness: Harness, batches: Batches
+) -> None:
+    batches.failures = [ConnectionError("database restarting")] * 2
+
+    await harness.process(*_numbers(1, 2, 3))
+
+    assert batches.calls == [[1, 2, 3]] * 3
+    assert batches.applied == [1, 2, 3]
+    assert harness.seen.dead == []
+
+
+async def test_a_permanent_batch_error_isolates_the_poison_event(
+    harness: Harness, batches: Batches
+) -> None:
+    await harness.process(*_numbers(1, -1, 2))
+
+    assert batches.calls == [[1, -1, 2], [1], [-1], [2]]
+    assert batches.applied == [1, 2]
+    [letter] = harness.seen.dead
+    assert (letter.offset, letter.cause, letter.attempts) == (1, DeadLetter.CAUSE_REJECTED, 1)
+    assert letter.reason == "PermanentError: negative numbers are refused"
+    assert harness.seen.settled == [2]
+
+
+async def test_a_batch_error_that_outlasts_the_retries_isolates_the_poison_event(
+    harness: Harness, batches: Batches
+) -> None:
+    batches.poison = 13
+
+    await harness.process(*_numbers(1, 13, 2))
+
+    assert batches.calls == [[1, 13, 2]] * ATTEMPTS + [[1]] + [[13]] * ATTEMPTS + [[2]]
+    assert batches.applied == [1, 2]
+    [letter] = harness.seen.dead
+    assert (letter.offset, letter.cause) == (1, DeadLetter.CAUSE_RETRIES_EXHAUSTED)
+    assert "ValueError: cannot apply 13" in letter.reason
+
+
+def _sealed(payload: Message) -> bytes:
+    return seal(payload, key="k", producer="elsewhere").SerializeToString()
+
+
+def _record(
+    value: bytes, offset: int, headers: list[tuple[str, bytes]] | None = None
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=TOPIC,
+        partition=0,
+        offset=offset,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=headers or [],
+    )

@@ -17,6 +17,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from strata.core.settings import TelemetrySettings
 from strata.core.telemetry import (
     client_interceptors,
     configure_tracing,
@@ -27,7 +28,10 @@ from strata.core.telemetry import (
     has_trace_context,
     inject_headers,
     inject_metadata,
+    new_trace,
+    records_span,
     server_interceptor,
+    span_sampler,
     trace_carrier,
 )
 
@@ -88,6 +92,35 @@ def test_the_trace_id_is_known_inside_a_span_only(tracer: trace.Tracer) -> None:
     assert current_trace_id() is None
     with tracer.start_as_current_span("work") as span:
         assert current_trace_id() == format(_trace_id(span), "032x")
+
+
+def _tracer_shipping(traces: str) -> trace.Tracer:
+    settings = TelemetrySettings.model_validate({"traces": traces})
+    return TracerProvider(sampler=span_sampler(settings)).get_tracer("test")
+
+
+def test_spans_are_recorded_only_where_they_are_shipped() -> None:
+    with _tracer_shipping("off").start_as_current_span("unshipped") as unshipped:
+        recorded_unshipped = unshipped.is_recording()
+        carrier = trace_carrier()
+    with _tracer_shipping("otlp").start_as_current_span(
+        "shipped", context=context_from_carrier(carrier)
+    ) as shipped:
+        recorded_shipped = shipped.is_recording()
+
+    assert (recorded_unshipped, recorded_shipped) == (False, True)
+    assert carrier["traceparent"].startswith("00-")
+    assert _trace_id(shipped) == _trace_id(unshipped)
+
+
+def test_a_new_trace_has_ids_but_is_not_recorded(tracer: trace.Tracer) -> None:
+    context = new_trace()
+
+    span_context = trace.get_current_span(context).get_span_context()
+    assert span_context.is_valid
+    assert not span_context.trace_flags.sampled
+    assert not records_span(context, "process t", trace.SpanKind.CONSUMER)
+    assert trace_carrier(context)["traceparent"].startswith("00-")
 
 
 class Echo:

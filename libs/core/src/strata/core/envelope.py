@@ -5,14 +5,19 @@ protobuf message. Sealing is shared by the bus (direct publish) and the outbox
 (publish after commit), so both put the same bytes on the wire. Opening checks the
 envelope field by field and names what is wrong, which is the reason a dead-letter
 record carries.
+
+Both run for every event, so they avoid work that does not need repeating: the
+payload class of each type is looked up once, the time is taken as an integer
+(no datetime object), and a well-formed envelope is checked in one expression.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf import symbol_database
 from google.protobuf.message import DecodeError, Message
@@ -68,9 +73,12 @@ def seal(
         producer=producer,
         schema_version=schema_version,
         key=key,
-        trace_context=dict(trace_context or {}),
+        trace_context=trace_context,
     )
-    envelope.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
+    if occurred_at is None:
+        envelope.occurred_at.FromNanoseconds(time.time_ns())
+    else:
+        envelope.occurred_at.FromDatetime(occurred_at)
     envelope.payload.Pack(payload)
     return envelope
 
@@ -87,8 +95,8 @@ def open_envelope(data: bytes) -> Event:
         envelope.ParseFromString(data)
     except DecodeError as exc:
         raise MalformedEventError(f"not a strata.common.v1.Envelope: {exc}") from None
-    missing = [f for f in REQUIRED_FIELDS if not _present(envelope, f)]
-    if missing:
+    if not _complete(envelope):
+        missing = [f for f in REQUIRED_FIELDS if not _present(envelope, f)]
         raise MalformedEventError(f"envelope is missing field(s): {', '.join(missing)}")
     payload_type = envelope.payload.TypeName()
     if payload_type != envelope.type:
@@ -96,13 +104,36 @@ def open_envelope(data: bytes) -> Event:
             f"envelope type {envelope.type!r} does not match payload type {payload_type!r}"
         )
     try:
-        cls = symbol_database.Default().GetSymbol(payload_type)
-    except KeyError:
-        raise UnknownEventTypeError(f"unknown event type {payload_type!r}") from None
-    payload = cls()
-    if not envelope.payload.Unpack(payload):
-        raise MalformedEventError(f"payload does not decode as {payload_type!r}")
+        payload = _payload_class(payload_type).FromString(envelope.payload.value)
+    except DecodeError as exc:
+        raise MalformedEventError(f"payload does not decode as {payload_type!r}: {exc}") from None
     return Event(envelope=envelope, payload=payload)
+
+
+_payload_classes: dict[str, type[Message]] = {}
+"""Payload class of each event type seen so far; types never change within a process."""
+
+
+def _payload_class(payload_type: str) -> type[Message]:
+    cls = _payload_classes.get(payload_type)
+    if cls is None:
+        try:
+            cls = symbol_database.Default().GetSymbol(payload_type)
+        except KeyError:
+            raise UnknownEventTypeError(f"unknown event type {payload_type!r}") from None
+        _payload_classes[payload_type] = cls
+    return cls
+
+
+def _complete(envelope: Envelope) -> bool:
+    """Every field of :data:`REQUIRED_FIELDS` is set (the common case, checked at once)."""
+    return bool(
+        envelope.event_id
+        and envelope.type
+        and envelope.producer
+        and envelope.HasField("occurred_at")
+        and envelope.HasField("payload")
+    )
 
 
 def _present(envelope: Envelope, field: str) -> bool:

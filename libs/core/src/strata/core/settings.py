@@ -68,6 +68,13 @@ class BusSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         100, ge=0, description="Longest broker-side wait of an empty fetch (1 byte minimum)."
     )
+    max_batch: int = Field(500, ge=1, description="Most events one batch handler call gets.")
+    commit_every: int = Field(
+        1000, ge=1, description="Settled records after which their offsets are committed."
+    )
+    commit_interval_ms: int = Field(
+        500, ge=1, description="Longest wait of a settled record for its offset commit, ms."
+    )
 
 
 class PostgresSettings(BaseSettings):

@@ -7,12 +7,16 @@ instrumentation) and in Kafka record headers and the event envelope
 start; from then on the log lines of :mod:`strata.core.logging` carry the trace id
 of the span they were written in.
 
-Spans get ids even when exporting is ``off``, so trace ids still join the logs of
-all processes that took part in a request; only shipping the spans is switched off.
+When exporting is ``off``, spans are not recorded: nothing would ever read their
+names, attributes or timings, and recording is most of what a span costs (here
+about 34 µs for a recorded span against 10 µs for one that is not). They still
+get ids and trace context still travels, so trace ids join the logs of all
+processes that took part in a request (:func:`span_sampler`).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
@@ -22,6 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -29,6 +34,8 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, Sampler
 
 from strata.core.settings import TelemetrySettings
 
@@ -51,12 +58,62 @@ def configure_tracing(service: str, settings: TelemetrySettings | None = None) -
     if isinstance(installed, TracerProvider):
         return installed
     settings = settings or TelemetrySettings()
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service}), sampler=span_sampler(settings)
+    )
     processor = _span_processor(settings)
     if processor is not None:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def span_sampler(settings: TelemetrySettings) -> Sampler:
+    """Which spans are recorded: all of them when they are shipped, none when ``off``.
+
+    A span that is not recorded still gets a trace id and a span id, and its
+    context still goes out with every call and event, so logs join across
+    processes either way. A process that ships spans records every span, whatever
+    the caller decided: one that does not ship them marks its trace context "not
+    sampled", and the spans of the processes after it would be lost otherwise.
+    """
+    return ALWAYS_OFF if settings.traces == "off" else ALWAYS_ON
+
+
+def records_span(
+    context: Context, name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL
+) -> bool:
+    """Whether a span ``name`` started under ``context`` would be recorded.
+
+    Asks the sampler of the installed provider, as starting the span would; False
+    when no SDK provider is installed (nothing is recorded then). For code that can
+    skip making a span nobody would see (:mod:`strata.core.bus.spans`).
+    """
+    sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+    if sampler is ALWAYS_OFF or not isinstance(sampler, Sampler):
+        return False
+    if sampler is ALWAYS_ON:
+        return True
+    trace_id = trace.get_current_span(context).get_span_context().trace_id
+    decision = sampler.should_sample(context, trace_id, name, kind).decision
+    return decision is not Decision.DROP
+
+
+def new_trace(context: Context | None = None) -> Context:
+    """``context`` (default: the current one) with a new trace in it, not recorded.
+
+    The ids come from the installed provider's id generator, as they would for a
+    span the sampler drops; for code that needs a trace to pass on but no span.
+    """
+    provider = trace.get_tracer_provider()
+    ids = provider.id_generator if isinstance(provider, TracerProvider) else RandomIdGenerator()
+    span_context = trace.SpanContext(
+        trace_id=ids.generate_trace_id(),
+        span_id=ids.generate_span_id(),
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
 
 
 def _span_processor(settings: TelemetrySettings) -> SpanProcessor | None:
@@ -95,15 +152,24 @@ def extract_context(headers: KafkaHeaders) -> Context:
     Header values that are missing or not text are skipped rather than failing the
     record: a broken header costs the trace link, never the event.
     """
+    propagator = propagate.get_global_textmap()
+    fields = _fields_of(propagator)
     carrier: dict[str, str] = {}
     for key, value in headers:
-        if value is None:
+        name = key.lower()
+        if value is None or name not in fields:
             continue
         try:
-            carrier[key.lower()] = value.decode()
+            carrier[name] = value.decode()
         except UnicodeDecodeError:
             continue
-    return propagate.extract(carrier)
+    return propagator.extract(carrier)
+
+
+@functools.lru_cache(maxsize=4)
+def _fields_of(propagator: TextMapPropagator) -> frozenset[str]:
+    """The header names ``propagator`` reads: every other header is left undecoded."""
+    return frozenset(field.lower() for field in propagator.fields)
 
 
 def has_trace_context(context: Context) -> bool:

@@ -4,21 +4,25 @@
 >>> tasks = bus.consumer(TASKS_EVENTS, group="scheduler")
 >>> @tasks.on(TaskFinished)
 ... async def on_finished(event: TaskFinished, envelope: Envelope) -> None: ...
+>>> @tasks.on_batch(TaskStateChanged)  # for throughput: one transaction per batch
+... async def on_changes(changes: Sequence[tuple[TaskStateChanged, Envelope]]) -> None: ...
 >>> async with bus:
 ...     await bus.publish(TASKS_REQUESTED, TaskRequested(...), key=run_id)
 
 See :mod:`strata.core.bus.consumer` for what happens to a record that cannot be
-handled, and :mod:`strata.core.bus.dead_letters` for what a dead letter keeps.
+handled and how batches work, :mod:`strata.core.bus.offsets` for when offsets are
+committed, and :mod:`strata.core.bus.dead_letters` for what a dead letter keeps.
 """
 
 from strata.core.bus.broker import Bus
-from strata.core.bus.consumer import Consumer, Handler
+from strata.core.bus.consumer import BatchHandler, Consumer, Handler
 from strata.core.bus.dead_letters import dead_letter
 from strata.core.bus.publisher import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Publisher
 
 __all__ = [
     "HEADER_EVENT_ID",
     "HEADER_EVENT_TYPE",
+    "BatchHandler",
     "Bus",
     "Consumer",
     "Handler",

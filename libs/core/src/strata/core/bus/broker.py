@@ -1,43 +1,43 @@
-"""One process's connection to the event bus: FastStream's KafkaBroker on aiokafka.
+"""One process's connection to the event bus: FastStream's KafkaBroker plus aiokafka readers.
 
-FastStream runs the consumer loops, the group membership and the shutdown; this
-module sets it up the way Strata's reliability rules need:
+The Bus sets Kafka up the way Strata's reliability rules need:
 
-- the producer is idempotent with ``acks=all``;
-- offsets are committed only after a record was handled or dead-lettered
-  (``AckPolicy.NACK_ON_ERROR``: success commits, an error rewinds the partition
-  to the record so it is read again);
-- records reach :meth:`Consumer.receive` as they are on the wire: FastStream's
-  body decoding is skipped, and header values that are not text cannot stop a
-  record before it is dead-lettered;
-- topics are never created on the fly (``declare=False``): the catalog
-  (``strata.core.topics``) creates them with their partition counts.
+- the producer (FastStream's ``KafkaBroker``) is idempotent with ``acks=all``;
+- each consumer is one :class:`~strata.core.bus.subscription.Subscription`, an
+  aiokafka consumer that hands records to :meth:`Consumer.process` as they are on
+  the wire (why not a FastStream subscriber: see that module);
+- offsets are committed only up to records that were handled or dead-lettered,
+  in the background and before partitions are given up
+  (:mod:`strata.core.bus.offsets`): at least once, with redeliveries absorbed by
+  the consumers' inbox;
+- FastStream's own log lines go through the process's logging
+  (:mod:`strata.core.logging`), not to stdout in a format of their own;
+- topics are never created on the fly: the catalog (``strata.core.topics``)
+  creates them with their partition counts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka import Topic as KafkaTopic
-from faststream.kafka.annotations import KafkaMessage
-from faststream.message import StreamMessage
-from faststream.middlewares import AckPolicy
 from google.protobuf.message import Message
 
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.core.bus.consumer import Consumer
-from strata.core.bus.dead_letters import Record
 from strata.core.bus.publisher import Publisher
+from strata.core.bus.subscription import Subscription
 from strata.core.settings import BusSettings, KafkaSettings
 from strata.core.topics import Topic
 
-Parse = Callable[[Record], Awaitable[StreamMessage[Record]]]
+FASTSTREAM_LOGGER = logging.getLogger("strata.core.bus.faststream")
+"""Where FastStream's own lines go: a plain logger that propagates to the handler of
+:func:`strata.core.logging.configure_logging`, at the process's log level. FastStream's
+default would print to stdout in its own format, and its ``faststream`` logger does
+not propagate, hence a name outside that tree."""
 
 
 class Bus:
@@ -65,11 +65,11 @@ class Bus:
             enable_idempotence=True,
             acks="all",
             linger_ms=self.settings.linger_ms,
-            # FastStream logs every record at this level: keep it off the hot path.
-            log_level=logging.DEBUG,
+            logger=FASTSTREAM_LOGGER,
         )
         self.publisher = Publisher(self.broker, producer=self.name)
         self._consumers: dict[tuple[str, str], Consumer] = {}
+        self._subscriptions: list[Subscription] = []
         self._started = False
 
     def consumer(self, topic: Topic | str, *, group: str) -> Consumer:
@@ -87,22 +87,6 @@ class Bus:
             )
         consumer = Consumer(name, group, publisher=self.publisher, settings=self.settings)
         self._consumers[name, group] = consumer
-        subscriber = self.broker.subscriber(
-            KafkaTopic(name, declare=False),
-            group_id=group,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            auto_offset_reset=self.settings.auto_offset_reset,
-            fetch_min_bytes=1,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            parser=_parse_with_any_headers,
-            decoder=_raw_body,
-            no_reply=True,
-        )
-
-        async def receive(message: KafkaMessage) -> None:
-            await consumer.receive(message.raw_message)
-
-        subscriber(receive)
         return consumer
 
     async def publish(
@@ -118,14 +102,31 @@ class Bus:
         await self.publisher.publish_sealed(topic, envelope, key=key)
 
     async def start(self) -> None:
-        """Connect the producer and start every declared consumer."""
+        """Connect the producer, then start every declared consumer."""
         self._started = True
         await self.broker.start()
+        try:
+            for consumer in self._consumers.values():
+                subscription = Subscription(
+                    consumer, kafka=self.kafka, settings=self.settings, client_id=self.name
+                )
+                await subscription.start()
+                self._subscriptions.append(subscription)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
-        """Let in-flight handlers finish, leave the consumer groups, flush the producer."""
-        await self.broker.stop()
-        self._started = False
+        """Let each consumer finish the record in hand and commit, then flush the producer.
+
+        Consumers stop first: a handler may still publish (or dead-letter) as it ends.
+        """
+        try:
+            while self._subscriptions:
+                await self._subscriptions.pop().stop()
+        finally:
+            await self.broker.stop()
+            self._started = False
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -138,34 +139,3 @@ class Bus:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-async def _parse_with_any_headers(record: Record, parse: Parse) -> StreamMessage[Record]:
-    """FastStream's parser, minus its failure on header values that are not UTF-8.
-
-    Such a header would otherwise stop the record before the consumer sees it, and
-    a later commit would skip it unseen. The parsed message keeps the original
-    record, so a dead letter still holds every header byte for byte.
-    """
-    if all(_is_text(value) for _, value in record.headers):
-        return await parse(record)
-    readable = [(key, value) for key, value in record.headers if _is_text(value)]
-    message = await parse(dataclasses.replace(record, headers=readable))
-    message.raw_message = record
-    return message
-
-
-async def _raw_body(message: StreamMessage[Record], decode: Any) -> bytes:
-    """The record's bytes as they are: the envelope is opened by the consumer."""
-    body = message.body
-    return body if isinstance(body, bytes) else b""
-
-
-def _is_text(value: bytes | None) -> bool:
-    if value is None:
-        return False
-    try:
-        value.decode()
-    except UnicodeDecodeError:
-        return False
-    return True

@@ -9,15 +9,12 @@ the outbox table.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-
 from faststream.kafka import KafkaBroker
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import trace
-from opentelemetry.context import Context
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.core.bus.spans import sending
 from strata.core.envelope import seal
 from strata.core.telemetry import context_from_carrier, trace_carrier
 from strata.core.topics import Topic, dead_letter_topic
@@ -25,8 +22,6 @@ from strata.core.topics import Topic, dead_letter_topic
 HEADER_EVENT_TYPE = "event-type"
 HEADER_EVENT_ID = "event-id"
 DEAD_LETTER_TYPE = DeadLetter.DESCRIPTOR.full_name
-
-_tracer = trace.get_tracer("strata.core.bus")
 
 
 class Publisher:
@@ -53,16 +48,17 @@ class Publisher:
         if not isinstance(message, Message):
             raise TypeError(f"message must be a protobuf message, got {type(message).__name__}")
         _require_key(key)
-        with _send_span(name, key, context=None):
+        with sending(name, key) as carrier:
             envelope = seal(
                 message,
                 key=key,
                 producer=self.producer,
-                trace_context=trace_carrier(),
+                trace_context=carrier,
                 schema_version=schema_version,
                 event_id=event_id,
             )
-            await self._send(name, envelope.SerializeToString(), key, _event_headers(envelope))
+            headers = _event_headers(envelope, carrier)
+            await self._send(name, envelope.SerializeToString(), key, headers)
         return envelope
 
     async def publish_sealed(
@@ -78,8 +74,8 @@ class Publisher:
         key = key or sealed.key
         _require_key(key)
         parent = context_from_carrier(sealed.trace_context)
-        with _send_span(name, key, context=parent):
-            await self._send(name, data, key, _event_headers(sealed))
+        with sending(name, key, parent) as carrier:
+            await self._send(name, data, key, _event_headers(sealed, carrier))
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         """Write ``letter`` to its topic's dead-letter topic, keyed like the original."""
@@ -95,27 +91,9 @@ class Publisher:
         await self._broker.publish(value, topic, key=raw_key, headers=headers)
 
 
-def _send_span(topic: str, key: str, context: Context | None) -> AbstractContextManager[trace.Span]:
-    return _tracer.start_as_current_span(
-        f"send {topic}",
-        context=context,
-        kind=trace.SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": topic,
-            "messaging.kafka.message.key": key,
-        },
-    )
-
-
-def _event_headers(envelope: Envelope) -> dict[str, str]:
-    """Headers of an event record: its identity and the current span's trace context."""
-    return {
-        HEADER_EVENT_TYPE: envelope.type,
-        HEADER_EVENT_ID: envelope.event_id,
-        **trace_carrier(),
-    }
+def _event_headers(envelope: Envelope, carrier: dict[str, str]) -> dict[str, str]:
+    """Headers of an event record: its identity and the send span's trace context."""
+    return {HEADER_EVENT_TYPE: envelope.type, HEADER_EVENT_ID: envelope.event_id, **carrier}
 
 
 def _sealed(envelope: Envelope | bytes) -> tuple[bytes, Envelope]:
