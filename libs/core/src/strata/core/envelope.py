@@ -22,6 +22,7 @@ from datetime import datetime
 from google.protobuf import symbol_database
 from google.protobuf.message import DecodeError, Message
 
+from strata.api.common.v1 import event_pb2
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.core.errors import StrataError
 
@@ -54,6 +55,40 @@ class Event:
     @property
     def type(self) -> str:
         return self.envelope.type
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an event goes, as its ``(strata.common.v1.event)`` option says."""
+
+    topic: str
+    key: str
+    schema_version: int
+
+
+def route_of(message: Message) -> Route:
+    """The topic, key and schema version of ``message``, read from its event option.
+
+    The key is the value of the option's ``key_field`` (nested fields joined by
+    ``.``). Raises ValueError naming the message type when it is not an event or
+    its key field is empty, so a publish never goes out unkeyed.
+    """
+    descriptor = message.DESCRIPTOR
+    options = descriptor.GetOptions()
+    if not options.HasExtension(event_pb2.event):
+        raise ValueError(
+            f"{descriptor.full_name} is not an event: it has no (strata.common.v1.event) option"
+        )
+    event: event_pb2.EventOptions = options.Extensions[event_pb2.event]
+    value: object = message
+    for part in event.key_field.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"{descriptor.full_name}.{event.key_field} is empty: it is the Kafka key "
+            "that orders these events, so it must be set"
+        )
+    return Route(topic=event.topic, key=value, schema_version=event.schema_version or 1)
 
 
 def seal(
