@@ -1,14 +1,23 @@
 # Strata: every command a developer or CI runs. `make help` lists them.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= uv
+# uv on PATH, else the checkout's own that `make setup` installs (deploy/local/setup.sh):
+# a fresh shell needs nothing added to PATH. Decided once; `make UV=...` overrides it.
+ifeq ($(origin UV),undefined)
+UV := $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
+endif
+# uv trusts the machine's certificate store, as pip, curl and git do (a TLS proxy's CA).
+export UV_SYSTEM_CERTS ?= true
 STACK := $(UV) run --frozen strata stack
+# The tests' own stack (tests/conftest.py): the first integration test session starts it
+# and leaves it running; it records its settings in $(TEST_STACK)/env for `down`.
+TEST_STACK := .stack-test
 
-.PHONY: help setup stack-up stack-down stack-status test test-unit bench lint format proto \
-	proto-check proto-lint
+.PHONY: help setup stack-up stack-down stack-status test test-unit test-stack-down bench lint \
+	format proto proto-check proto-lint
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## Install what a fresh machine lacks (Debian packages, uv, Python deps, Kafka jars, buf)
 	bash deploy/local/setup.sh
@@ -16,14 +25,19 @@ setup: ## Install what a fresh machine lacks (Debian packages, uv, Python deps, 
 stack-up: ## Start Kafka, Postgres, Redis and S3 on loopback; returns when each answers
 	$(STACK) up
 
-stack-down: ## Stop every server of the local stack
+stack-down: test-stack-down ## Stop every server of the local stack and of the tests' stack
 	$(STACK) down
 
 stack-status: ## Show each server of the local stack and whether it answers
 	$(STACK) status
 
-test: stack-up ## Unit and integration tests against the real local stack
+test: ## Unit and integration tests; the integration tests start a real stack of their own
 	$(UV) run --frozen pytest
+
+test-stack-down: ## Stop the tests' own stack, which `make test` leaves running
+	@if [[ -f $(TEST_STACK)/env ]]; then \
+		set -a && . ./$(TEST_STACK)/env && set +a && echo "the tests' stack:" && $(STACK) down; \
+	fi
 
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit

@@ -1,11 +1,17 @@
-"""Integration tests talk to the shared local stack; this makes sure it is up first.
+"""Integration tests talk to the tests' own stack; this makes sure it is up first.
 
-``strata stack up`` is a no-op when the stack already runs (``make test`` starts it
-before pytest), so the session pays for a start only when nothing was running.
+Its home and ports are set by ``tests/conftest.py``. ``strata stack up`` is a no-op
+when that stack already runs, and the session leaves it running: a start costs a
+Kafka JVM start (15-30 s here), which a developer re-running one test file should
+pay once, not on every run, and its data is throw-away (tests use unique names).
+``make test-stack-down`` (also part of ``make stack-down``, and of CI's cleanup)
+stops it, with the settings this session records in ``<home>/env``.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +27,7 @@ from strata.core.settings import (
     KafkaSettings,
     PostgresSettings,
     RedisSettings,
+    StackSettings,
     load,
 )
 
@@ -30,7 +37,7 @@ STRATA = Path(sys.executable).with_name("strata")
 
 @dataclass(frozen=True)
 class LocalStack:
-    """Settings of the servers the shared local stack runs, as services would load them."""
+    """Settings of the servers the tests' stack runs, as services would load them."""
 
     kafka: KafkaSettings
     postgres: PostgresSettings
@@ -41,16 +48,34 @@ class LocalStack:
 
 @pytest.fixture(scope="session", autouse=True)
 def local_stack() -> LocalStack:
-    """Start the shared local stack unless it runs, and fail with its report if it cannot."""
+    """Start the tests' stack unless it runs, and fail with its report if it cannot."""
+    record_settings(load(StackSettings).home)
     started = subprocess.run([STRATA, "stack", "up"], capture_output=True, text=True, check=False)
     if started.returncode != 0:
-        pytest.fail(f"the local stack is not up:\n{started.stdout}{started.stderr}", pytrace=False)
+        pytest.fail(f"the tests' stack is not up:\n{started.stdout}{started.stderr}", pytrace=False)
     return LocalStack(
         kafka=load(KafkaSettings),
         postgres=load(PostgresSettings),
         redis=load(RedisSettings),
         blobs=load(BlobSettings).model_copy(update={"backend": "s3"}),
     )
+
+
+def record_settings(home: Path) -> None:
+    """Write the session's STRATA_* variables where ``make test-stack-down`` reads them.
+
+    A file for the shell to source (``set -a; . <home>/env``), so ``down`` acts on the
+    stack the tests started, whatever ports they were moved to. It may hold a password.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    record = home / "env"
+    lines = [
+        f"{name}={shlex.quote(value)}"
+        for name, value in sorted(os.environ.items())
+        if name.startswith("STRATA_")
+    ]
+    record.touch(mode=0o600)
+    record.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture

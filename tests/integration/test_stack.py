@@ -1,9 +1,11 @@
 """``strata stack`` as developers use it: idempotent ``up``, complete ``down``, clear refusals.
 
-The shared stack (the one every other integration test uses) is only asked to
+The tests' stack (the one every other integration test uses) is only asked to
 come up again. Crashes, ``down`` and a port held by a stranger are tried on a
 second, isolated stack: its own home folder and free ports, moved there with the
-same ``STRATA_*`` variables a developer would set.
+same ``STRATA_*`` variables a developer would set. That home is a private folder
+(``mkdtemp`` makes it 0700, as root's home or a private checkout is), which the
+stack must start from without opening it up.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from strata.core.settings import StackSettings, load
+from strata.core.settings import PostgresSettings, StackSettings, load
+from strata.sdk.stack.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +58,10 @@ class IsolatedStack:
     def port(self, variable: str) -> int:
         return int(self.env[variable])
 
+    def postgres_cluster(self) -> Path:
+        """Where Postgres keeps its data: in the home, or outside when its user cannot enter."""
+        return Postgres(self.home, load(PostgresSettings)).cluster
+
 
 def stack(command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``strata stack <command>`` the way ``make`` does; stdout and stderr together."""
@@ -80,8 +87,8 @@ def running(pid: int) -> bool:
         return False
 
 
-def processes_of(home: Path) -> list[str]:
-    """Every running process that mentions ``home`` in its command line or works inside it."""
+def processes_of(*places: Path) -> list[str]:
+    """Every running process that names one of ``places`` on its command line or works in it."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or not running(int(entry.name)):
@@ -91,7 +98,7 @@ def processes_of(home: Path) -> list[str]:
             cwd = Path(os.readlink(entry / "cwd"))
         except OSError:
             continue
-        if str(home) in cmdline or cwd.is_relative_to(home):
+        if any(str(place) in cmdline or cwd.is_relative_to(place) for place in places):
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -110,17 +117,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def isolated() -> Iterator[IsolatedStack]:
-    """A second stack in a fresh folder on free ports; stopped and removed afterwards."""
+    """A second stack in a fresh private folder on free ports; stopped and removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix="strata-stack-"))
-    home.chmod(0o755)  # as root, Postgres runs as its own user, who must reach its folder
     env = {
         **os.environ,
         "STRATA_STACK_HOME": str(home),
         "STRATA_KAFKA_HEAP": "256m",
         **{variable: str(free_port()) for variable in PORT_VARIABLES},
     }
-    yield IsolatedStack(home, env)
+    isolated = IsolatedStack(home, env)
+    yield isolated
     stack("down", env)
+    shutil.rmtree(isolated.postgres_cluster(), ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -154,10 +162,24 @@ def test_port_held_by_a_stranger_stops_up_and_the_stranger_lives(
         assert f"redis: port {port}" in refused.stdout
         assert "STRATA_REDIS_PORT" in refused.stdout
         assert stranger.poll() is None, "up must not stop a process that is not its own"
-        assert processes_of(isolated.home) == [], "nothing may start while a port is taken"
+        assert processes_of(isolated.home, isolated.postgres_cluster()) == [], (
+            "nothing may start while a port is taken"
+        )
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_up_from_a_private_folder_keeps_it_private(isolated: IsolatedStack) -> None:
+    assert isolated.home.stat().st_mode & 0o777 == 0o700
+
+    started = stack("up", isolated.env)
+
+    assert started.returncode == 0, started.stdout
+    assert isolated.home.stat().st_mode & 0o777 == 0o700
+    assert re.search(r"^postgres\s+\S+\s+(ready in|already running)", started.stdout, re.M)
+    status = stack("status", isolated.env)
+    assert re.search(r"^postgres\s+\S+\s+up\s+pid \d+\s+answers yes", status.stdout, re.M)
 
 
 def test_crashed_server_is_started_again_by_the_next_up(isolated: IsolatedStack) -> None:
@@ -188,7 +210,7 @@ def test_down_leaves_no_process_of_the_stack(isolated: IsolatedStack) -> None:
 
     assert stopped.returncode == 0, stopped.stdout
     assert [name for name, pid in before.items() if running(pid)] == []
-    assert processes_of(isolated.home) == []
+    assert processes_of(isolated.home, isolated.postgres_cluster()) == []
     status = stack("status", isolated.env)
     assert status.returncode != 0
     assert status.stdout.count(" down ") == len(SERVERS)

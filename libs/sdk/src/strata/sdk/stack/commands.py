@@ -48,7 +48,7 @@ def run(command: Command) -> int:
     # aiokafka logs every refused connection while the broker starts; the waits here
     # report failures themselves, in one line each.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    home = load(StackSettings).home
+    home = stack_home()
     if command == "status":
         return asyncio.run(status())
     with exclusive(home):
@@ -57,13 +57,18 @@ def run(command: Command) -> int:
 
 def servers() -> list[Server]:
     """The four servers of the stack, placed and configured by the settings."""
-    home = load(StackSettings).home
+    home = stack_home()
     return [
         Kafka(home, load(KafkaSettings)),
         Postgres(home, load(PostgresSettings)),
         Redis(home, load(RedisSettings)),
         S3(home, load(BlobSettings)),
     ]
+
+
+def stack_home() -> Path:
+    """The stack's home as an absolute, resolved path: processes are recognised by it."""
+    return load(StackSettings).home.resolve()
 
 
 def say(server: Server, message: str) -> None:

@@ -4,13 +4,21 @@ Postgres refuses to run as root, so as root the cluster belongs to, and runs as,
 the Debian package's ``postgres`` user. The superuser reaches it over a private
 unix socket (trust) to create the services' role and database; the services log in
 over TCP with a password, as in production.
+
+That user must reach the cluster's folder. A checkout in a private folder (mode
+0700: root's home, a ``mktemp -d`` folder) does not let it, and opening the folder
+up would weaken what its owner chose; so then the cluster lives outside the
+checkout, in a folder of that user's own under :data:`CLUSTERS`, and the stack's
+``postgres/cluster`` file records where, for ``down`` and ``status`` to find it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -21,6 +29,9 @@ import strata.core.postgres
 from strata.core.reachability import probe
 from strata.core.settings import PostgresSettings
 from strata.sdk.stack.server import Listener, Server, StartError
+
+CLUSTERS = Path("/var/lib/strata/stacks")
+"""Clusters whose server user cannot reach the stack's home: one folder per home."""
 
 
 class Postgres(Server):
@@ -34,8 +45,17 @@ class Postgres(Server):
     def __init__(self, home: Path, settings: PostgresSettings) -> None:
         super().__init__(home)
         self.settings = settings
-        self.data = self.dir / "data"
-        self.sockets = self.dir / "run"
+        self.record = self.dir / "cluster"
+        self.cluster = self.recorded_cluster() or self.dir
+        """The folder holding ``data`` and ``run``: the server's own folder, unless recorded."""
+
+    @property
+    def data(self) -> Path:
+        return self.cluster / "data"
+
+    @property
+    def sockets(self) -> Path:
+        return self.cluster / "run"
 
     @property
     def address(self) -> str:
@@ -48,6 +68,37 @@ class Postgres(Server):
         """Postgres refuses to run as root; then it runs as the Debian package's user."""
         return self.superuser if os.geteuid() == 0 else None
 
+    def places(self) -> list[Path]:
+        return [self.dir, self.cluster]
+
+    def recorded_cluster(self) -> Path | None:
+        """Where an earlier ``up`` put the cluster outside the home, if it did."""
+        try:
+            return Path(self.record.read_text().strip())
+        except OSError:
+            return None
+
+    def outside_home(self) -> Path:
+        """The cluster's folder under :data:`CLUSTERS`, named by a hash of the stack's home."""
+        home = self.dir.parent.resolve()
+        return CLUSTERS / hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+    def place_cluster(self, user: str) -> None:
+        """Move the cluster out of the home when ``user`` cannot reach into it; record where.
+
+        Without a record the home is new (or was deleted to start afresh), so a cluster
+        left under :data:`CLUSTERS` by an earlier home of the same path goes too.
+        """
+        if self.record.exists() or reaches(user, self.dir.parent):
+            return
+        self.cluster = self.outside_home()
+        shutil.rmtree(self.cluster, ignore_errors=True)
+        self.cluster.mkdir(mode=0o700, parents=True)
+        for folder in (CLUSTERS.parent, CLUSTERS):
+            folder.chmod(0o755)  # the server's user passes through to its own folder
+        (self.cluster / "stack-home").write_text(f"{self.dir.parent.resolve()}\n")
+        self.record.write_text(f"{self.cluster}\n")
+
     def binary(self, program: str) -> str:
         """``program`` of the newest PostgreSQL Debian installed (/usr/lib/postgresql/<n>)."""
         installed = [
@@ -58,16 +109,18 @@ class Postgres(Server):
         return str(max(installed, key=lambda bin_dir: int(bin_dir.parent.name)) / program)
 
     async def prepare(self) -> None:
-        """Hand the folder to the server's user; ``initdb`` once, the first time."""
-        self.sockets.mkdir(exist_ok=True)
-        self.sockets.chmod(0o700)  # only the server's user (and root) may use the socket
+        """Hand the cluster's folder to the server's user; ``initdb`` once, the first time."""
         user = self.run_as()
         if user:
             try:
                 account = pwd.getpwnam(user)
             except KeyError:
                 raise StartError(f"Postgres refuses root and no user {user!r} exists") from None
-            for path in [self.dir, *self.dir.rglob("*")]:
+            self.place_cluster(user)
+        self.sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sockets.chmod(0o700)  # only the server's user (and root) may use the socket
+        if user:
+            for path in [self.cluster, *self.cluster.rglob("*")]:
                 os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
         if (self.data / "PG_VERSION").exists():
             return
@@ -84,7 +137,7 @@ class Postgres(Server):
         with self.open_log() as log:
             initialising = await asyncio.create_subprocess_exec(
                 *initdb,
-                cwd=self.dir,
+                cwd=self.cluster,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 user=user,
@@ -160,3 +213,20 @@ class Postgres(Server):
                 await connection.execute(statement)
         finally:
             await connection.close()
+
+
+def reaches(user: str, folder: Path) -> bool:
+    """Whether ``user`` may enter ``folder``: every folder above it must let them through.
+
+    Asked of the kernel by running ``test -x`` as that user, so ACLs and groups count
+    exactly as they will for the server.
+    """
+    entering = subprocess.run(
+        ["test", "-x", str(folder)],
+        user=user,
+        group=user,
+        extra_groups=[],
+        cwd="/",
+        check=False,
+    )
+    return entering.returncode == 0

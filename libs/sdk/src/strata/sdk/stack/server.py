@@ -88,16 +88,24 @@ class Server:
         """The user the server runs as, when not the caller."""
         return None
 
+    def places(self) -> list[Path]:
+        """The folders its processes run in or name on their command line."""
+        return [self.dir]
+
     # Shared behaviour.
     def owns(self, pid: int) -> bool:
-        """Whether ``pid`` is a process of this server (matched by command line and folder)."""
+        """Whether ``pid`` is a process of this server (matched by command line and folders)."""
         argv = proc_argv(pid)
         if not argv or not Path(argv[0]).name.startswith(self.programs):
             return False  # e.g. `tail -f .stack/kafka/kafka.log` is not the broker
         if self.main_argument and self.main_argument not in argv:
             return False
         cwd = proc_cwd(pid)
-        return str(self.dir) in " ".join(argv) or (cwd is not None and cwd.is_relative_to(self.dir))
+        command_line = " ".join(argv)
+        return any(
+            str(place) in command_line or (cwd is not None and cwd.is_relative_to(place))
+            for place in self.places()
+        )
 
     def running_pid(self) -> int | None:
         """The pid in the pid file if that process runs and is ours; else None."""
