@@ -18,13 +18,13 @@ from bench.bus.arrivals import SETTLE, Arrivals
 from bench.bus.plan import Plan
 from bench.bus.stage import Stage, running
 from bench.bus.stats import Distribution
-from bench.bus.workload import sealed
+from bench.bus.workload import PRODUCER, sealed
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.scheduler.v1.scheduler_pb2 import TaskStateChanged
 from strata.core import kafka
 from strata.core.bus import Bus
 from strata.core.inbox import claim
-from strata.core.outbox import OutboxRelay, enqueue
+from strata.core.outbox import Outbox, OutboxRelay
 from strata.core.settings import BusSettings
 
 CONSUMER = "flow"
@@ -75,7 +75,7 @@ async def _one(stage: Stage, topic: str, arrivals: Arrivals, envelope: Envelope)
             envelope.event_id,
             b"",
         )
-        await enqueue(conn, stage.schema, topic, envelope)
+        await Outbox(stage.schema, PRODUCER).enqueue(conn, topic, envelope)
     committed = time.perf_counter()
     handled = await arrivals.wait(arrival, "commit to handled")
     await asyncio.sleep(SETTLE)

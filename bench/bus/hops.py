@@ -11,8 +11,9 @@ way), so no hop waits for an offset commit. They differ in what rides along:
   PRODUCER and CONSUMER spans (:mod:`strata.core.bus.spans`), and the trace
   context in headers and envelope.
 - :func:`bus`: :class:`strata.core.bus.Bus`, as services use it: the envelope and
-  the spans, FastStream's publish path, the Bus's reader (offsets committed in
-  the background) and its retry and dead-letter frame.
+  the spans, its publish path (the same aiokafka producer, routing and
+  ``event-type``/``event-id`` headers), the Bus's reader (offsets committed in
+  the background), its failure guard and its metrics.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ async def bus(stage: Stage, arrivals: Arrivals) -> AsyncIterator[Send]:
     async with events:
 
         async def send(key: str, change: TaskStateChanged) -> object:
-            return await events.publish(topic, change, key=key)
+            return await events.publish(change, topic=topic, key=key)
 
         yield send
 

@@ -14,7 +14,7 @@ from strata.core.settings import REPO_ROOT
 
 KAFKA_LIBS = REPO_ROOT / "deploy" / "local" / "kafka" / "target" / "libs"
 """Where ``make setup`` puts the jars the local stack's broker runs."""
-LIBRARIES = ("aiokafka", "faststream", "asyncpg", "opentelemetry-sdk", "protobuf")
+LIBRARIES = ("aiokafka", "asyncpg", "opentelemetry-sdk", "protobuf")
 
 
 async def facts(pool: asyncpg.Pool) -> dict[str, str]:

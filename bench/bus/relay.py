@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 from bench.bus.plan import Plan
 from bench.bus.stage import Stage, running
 from bench.bus.stats import Rates, paired_ratio, rate
-from bench.bus.workload import Record, record_of, sealed
+from bench.bus.workload import PRODUCER, Record, record_of, sealed
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.core import kafka
-from strata.core.outbox import OutboxRelay, enqueue
+from strata.core.outbox import Outbox, OutboxRelay
 
 ENQUEUE_BATCH = 1_000
 """Envelopes per enqueuing transaction: the relay's own batch size."""
@@ -70,10 +70,11 @@ async def _relay_round(
     stage: Stage, producer: AIOKafkaProducer, topic: str, envelopes: list[Envelope]
 ) -> tuple[float, float]:
     """Fill the outbox, then drain it with a relay; return (enqueue, relay) events/s."""
+    outbox = Outbox(stage.schema, PRODUCER)
     started = time.perf_counter()
     for first in range(0, len(envelopes), ENQUEUE_BATCH):
         async with stage.pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, stage.schema, topic, *envelopes[first : first + ENQUEUE_BATCH])
+            await outbox.enqueue(conn, topic, *envelopes[first : first + ENQUEUE_BATCH])
     enqueued = time.perf_counter()
     relay = OutboxRelay(stage.pool, stage.schema, producer)
     async with asyncio.timeout(TIMEOUT), running(relay.run()):

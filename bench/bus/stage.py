@@ -2,7 +2,7 @@
 
 Everything gets a unique name at the start and is dropped at the end, so a run
 leaves nothing on the shared local stack and never sees another run's data. The
-schema holds the scheduler's real migrations (outbox, inbox) plus one table the
+schema holds the core's tables (outbox, inbox) and the scheduler's, plus one table the
 benchmark's handlers write to, standing for a service's own state.
 """
 
@@ -19,7 +19,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from strata.core import kafka
-from strata.core.migrations import migrate, quote_schema
+from strata.core.migrations import migrate_service, quote_schema
 from strata.core.postgres import create_pool
 from strata.core.settings import KafkaSettings, PostgresSettings, load
 from strata.core.topics import dead_letter_topic
@@ -84,7 +84,7 @@ async def stage() -> AsyncIterator[Stage]:
     created = Stage(kafka=settings, pool=pool, schema=f"bench_{run}", run=run, _admin=admin)
     try:
         await admin.start()
-        await migrate(pool, created.schema, MIGRATIONS)
+        await migrate_service(pool, created.schema, MIGRATIONS)
         await pool.execute(STATE_TABLE.format(schema=created.quoted))
         yield created
     finally:

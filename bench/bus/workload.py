@@ -15,6 +15,7 @@ from opentelemetry import trace
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.scheduler.v1.scheduler_pb2 import TaskState, TaskStateChanged
+from strata.core.bus import event_headers
 from strata.core.envelope import seal
 from strata.core.telemetry import trace_carrier
 
@@ -58,8 +59,9 @@ class Record:
 
 
 def record_of(envelope: Envelope) -> Record:
-    """The record of ``envelope``: its key, its bytes, its trace context as headers."""
-    headers = [(name, value.encode()) for name, value in envelope.trace_context.items()]
+    """The record of ``envelope`` as the Bus and the relay send it: its key, its bytes,
+    the headers of :func:`strata.core.bus.event_headers`."""
+    headers = event_headers(envelope.type, envelope.event_id, envelope.trace_context)
     return Record(envelope.key.encode(), envelope.SerializeToString(), headers)
 
 

@@ -23,7 +23,7 @@ async def main(topic: str, key: str, text: str) -> None:
     configure_tracing("bus-peer")
     async with Bus("bus-peer") as bus:
         with trace.get_tracer("bus-peer").start_as_current_span("peer-request"):
-            await bus.publish(topic, StringValue(value=text), key=key)
+            await bus.publish(StringValue(value=text), topic=topic, key=key)
             print(current_trace_id(), flush=True)
 
 

@@ -14,7 +14,7 @@ import sys
 from google.protobuf.wrappers_pb2 import StringValue
 
 from strata.core.envelope import seal
-from strata.core.outbox import enqueue
+from strata.core.outbox import Outbox
 from strata.core.postgres import create_pool
 from strata.core.settings import PostgresSettings, load
 
@@ -26,7 +26,7 @@ async def main(schema: str, topic: str, workflow: str) -> None:
         await conn.execute(
             f'INSERT INTO "{schema}".workflows (name, spec) VALUES ($1, $2)', workflow, b"{}"
         )
-        await enqueue(conn, schema, topic, envelope)
+        await Outbox(schema, "outbox-peer").enqueue(conn, topic, envelope)
     print(f"committed {envelope.event_id}", flush=True)
     await asyncio.Event().wait()
 

@@ -1,8 +1,10 @@
-"""The outbox and inbox against real Postgres and Kafka.
+"""The outbox against real Postgres and Kafka.
 
 An event committed with its state change reaches its consumer exactly once, even
 when the producer is killed before publishing and Kafka delivers it twice; per-key
-order holds with two relay replicas; a rollback publishes nothing.
+order holds with two relay replicas and with writers that commit out of order; a
+rollback publishes nothing; a row the broker refuses is parked without holding up
+other keys; an outage parks nothing and loses nothing.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import NewTopic
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
+from strata.api.scheduler.v1.scheduler_pb2 import TaskStateChanged
 from strata.core import kafka
 from strata.core.envelope import open_envelope, seal
-from strata.core.inbox import claim, claim_many, prune
-from strata.core.migrations import migrate
-from strata.core.outbox import OutboxRelay, enqueue
+from strata.core.inbox import claim
+from strata.core.metrics import Metrics
+from strata.core.migrations import migrate_service
+from strata.core.outbox import MAX_EVENT_BYTES, Outbox, OutboxRelay, drop, parked, requeue
 from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
@@ -38,25 +42,28 @@ CONSUMER = "test-consumer"
 
 @pytest.fixture
 async def schema(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """A fresh schema with the scheduler's tables (outbox, inbox, workflows)."""
+    """A fresh schema with the core's tables (outbox, inbox) and the scheduler's (workflows)."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    await migrate(pool, name, "strata.scheduler.migrations")
+    await migrate_service(pool, name, "strata.scheduler.migrations")
     await pool.execute(f'CREATE TABLE "{name}".handled (event_id uuid, value text)')
     yield name
     await pool.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 @pytest.fixture
-async def topic() -> AsyncIterator[str]:
-    name = f"test.outbox.{uuid.uuid4().hex[:12]}"
+async def admin() -> AsyncIterator[AIOKafkaAdminClient]:
     admin = kafka.admin(load(KafkaSettings))
     await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, PARTITIONS, replication_factor=1)])
-        yield name
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
+    yield admin
+    await admin.close()
+
+
+@pytest.fixture
+async def topic(admin: AIOKafkaAdminClient) -> AsyncIterator[str]:
+    name = f"test.outbox.{uuid.uuid4().hex[:12]}"
+    await admin.create_topics([NewTopic(name, PARTITIONS, replication_factor=1)])
+    yield name
+    await admin.delete_topics([name])
 
 
 @pytest.fixture
@@ -184,7 +191,7 @@ async def enqueue_numbers(pool: asyncpg.Pool, schema: str, topic: str, numbers: 
     ]
     for start in range(0, len(envelopes), 10):
         async with pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, schema, topic, *envelopes[start : start + 10])
+            await Outbox(schema, "test").enqueue(conn, topic, *envelopes[start : start + 10])
 
 
 def numbers_by_key(records: list[ConsumerRecord]) -> dict[str, list[int]]:
@@ -305,7 +312,7 @@ async def test_a_rollback_enqueues_nothing_and_a_commit_wakes_the_relay_by_notif
 
         async def enqueue_then_fail() -> None:
             async with pool.acquire() as conn, conn.transaction():
-                await enqueue(conn, schema, topic, rolled_back)
+                await Outbox(schema, "test").enqueue(conn, topic, rolled_back)
                 raise StateChangeError
 
         with pytest.raises(StateChangeError):
@@ -313,21 +320,25 @@ async def test_a_rollback_enqueues_nothing_and_a_commit_wakes_the_relay_by_notif
         assert await outbox_size(pool, schema) == 0
 
         async with pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, schema, topic, committed)
+            await Outbox(schema, "test").enqueue(conn, topic, committed)
         record = await consumer.getone()
         await until_drained(pool, schema)
         records = [record, *await read_to_end(consumer, topic)]
 
     assert [open_envelope(r.value).event_id for r in records] == [committed.event_id]
     assert record.value == committed.SerializeToString()
-    assert ("traceparent", trace["traceparent"].encode()) in record.headers
+    assert list(record.headers) == [
+        ("event-type", b"google.protobuf.StringValue"),
+        ("event-id", committed.event_id.encode()),
+        ("traceparent", trace["traceparent"].encode()),
+    ]
 
 
 async def test_enqueue_outside_a_transaction_is_refused(pool: asyncpg.Pool, schema: str) -> None:
     envelope = seal(StringValue(value="x"), key="wf-1", producer="test")
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError, match="inside the transaction"):
-            await enqueue(conn, schema, "some.topic", envelope)
+            await Outbox(schema, "test").enqueue(conn, "some.topic", envelope)
 
 
 @pytest.mark.parametrize(
@@ -344,56 +355,292 @@ async def test_enqueue_names_the_bad_envelope_field(
     envelope.event_id = overrides.get("event_id", envelope.event_id)
     async with pool.acquire() as conn, conn.transaction():
         with pytest.raises(ValueError, match=message):
-            await enqueue(conn, schema, "some.topic", envelope)
+            await Outbox(schema, "test").enqueue(conn, "some.topic", envelope)
 
 
-async def test_an_inbox_claim_is_granted_once_per_consumer(pool: asyncpg.Pool, schema: str) -> None:
-    event_id = str(uuid.uuid4())
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            assert await claim(conn, schema, event_id, "a")
-        async with conn.transaction():
-            assert not await claim(conn, schema, event_id, "a")
-            assert await claim(conn, schema, event_id, "b")
-
-
-async def test_a_rolled_back_claim_lets_the_next_delivery_handle_the_event(
+async def test_publish_seals_a_proto_event_with_its_route_and_type(
     pool: asyncpg.Pool, schema: str
 ) -> None:
-    event_id = str(uuid.uuid4())
-    async with pool.acquire() as conn:
-
-        async def claim_then_fail() -> None:
-            async with conn.transaction():
-                assert await claim(conn, schema, event_id, CONSUMER)
-                raise StateChangeError
-
-        with pytest.raises(StateChangeError):
-            await claim_then_fail()
-        async with conn.transaction():
-            assert await claim(conn, schema, event_id, CONSUMER)
-
-
-async def test_claim_many_returns_only_the_new_ids(pool: asyncpg.Pool, schema: str) -> None:
-    old, new = str(uuid.uuid4()), str(uuid.uuid4()).upper()
+    change = TaskStateChanged()
+    change.attempt.run_id = "run-7"
     async with pool.acquire() as conn, conn.transaction():
-        await claim(conn, schema, old, CONSUMER)
-        assert await claim_many(conn, schema, CONSUMER, [old, new, new]) == {new}
+        [envelope] = await Outbox(schema, "scheduler").publish(conn, change)
+
+    row = await pool.fetchrow(
+        f'SELECT topic, key, event_id::text, event_type, payload FROM "{schema}".outbox'
+    )
+    assert row is not None
+    assert (row["topic"], row["key"]) == ("strata.runs.events", "run-7")
+    assert (row["event_id"], row["event_type"]) == (
+        envelope.event_id,
+        TaskStateChanged.DESCRIPTOR.full_name,
+    )
+    assert open_envelope(row["payload"]).payload == change
+    assert envelope.producer == "scheduler"
 
 
-async def test_claim_outside_a_transaction_is_refused(pool: asyncpg.Pool, schema: str) -> None:
-    async with pool.acquire() as conn:
-        with pytest.raises(RuntimeError, match="inside the transaction"):
-            await claim(conn, schema, str(uuid.uuid4()), CONSUMER)
-
-
-async def test_prune_deletes_only_rows_past_retention(pool: asyncpg.Pool, schema: str) -> None:
+async def test_an_event_too_large_for_the_broker_is_refused_at_enqueue_naming_size_and_limit(
+    pool: asyncpg.Pool, schema: str
+) -> None:
+    envelope = seal(BytesValue(value=b"x" * MAX_EVENT_BYTES), key="run-a", producer="test")
     async with pool.acquire() as conn, conn.transaction():
-        await claim_many(conn, schema, CONSUMER, [str(uuid.uuid4()) for _ in range(3)])
-        await conn.execute(
-            f"UPDATE \"{schema}\".inbox SET handled_at = now() - interval '30 days' "
-            f'WHERE event_id IN (SELECT event_id FROM "{schema}".inbox LIMIT 2)'
+        limit = rf"over the limit of {MAX_EVENT_BYTES} bytes"
+        with pytest.raises(ValueError, match=rf"is 10\d{{5}} bytes as a Kafka record, {limit}"):
+            await Outbox(schema, "test").enqueue(conn, "some.topic", envelope)
+    assert await outbox_size(pool, schema) == 0
+
+
+async def _done_or_waiting_on_a_lock(
+    pool: asyncpg.Pool, task: asyncio.Task[None], pid: int
+) -> None:
+    while not task.done():
+        if (
+            await pool.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+            == "Lock"
+        ):
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _commit_in_reverse(
+    pool: asyncpg.Pool, outbox: Outbox, topic: str, first: Int64Value, second: Int64Value
+) -> list[int]:
+    """Writer one enqueues first; writer two commits as soon as it can, then writer one.
+
+    Return the values in the order their transactions committed. Unserialised,
+    two commits before one, against id order; serialised by key, two waits at
+    its enqueue until one has committed.
+    """
+    committed: list[int] = []
+    envelopes = [seal(v, key="run-a", producer="test") for v in (first, second)]
+    async with pool.acquire() as one, pool.acquire() as two:
+        transaction = one.transaction()
+        await transaction.start()
+        await outbox.enqueue(one, topic, envelopes[0])
+
+        async def write_second() -> None:
+            async with two.transaction():
+                await outbox.enqueue(two, topic, envelopes[1])
+            committed.append(second.value)
+
+        writer = asyncio.create_task(write_second())
+        await _done_or_waiting_on_a_lock(pool, writer, two.get_server_pid())
+        await transaction.commit()
+        committed.append(first.value)
+        await writer
+    return committed
+
+
+async def test_writers_of_one_key_are_published_in_commit_order(
+    pool: asyncpg.Pool,
+    schema: str,
+    topic: str,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+) -> None:
+    outbox = Outbox(schema, "test")
+    committed: list[int] = []
+    for n in range(0, 10, 2):
+        committed += await _commit_in_reverse(
+            pool, outbox, topic, Int64Value(value=n), Int64Value(value=n + 1)
         )
 
-    assert await prune(pool, schema, timedelta(days=14)) == 2
-    assert await pool.fetchval(f'SELECT count(*) FROM "{schema}".inbox') == 1
+    async with running(OutboxRelay(pool, schema, producer)):
+        await until_drained(pool, schema)
+        records = await read_to_end(consumer, topic)
+
+    assert numbers_by_key(records)["run-a"] == committed
+
+
+async def until_settled(pool: asyncpg.Pool, schema: str, waiting: int, parked_rows: int) -> None:
+    """Wait until ``waiting`` rows are left in the outbox and ``parked_rows`` are parked."""
+    while True:
+        row = await pool.fetchrow(
+            f'SELECT (SELECT count(*) FROM "{schema}".outbox) AS waiting,'
+            f' (SELECT count(*) FROM "{schema}".outbox_parked) AS parked'
+        )
+        if row is not None and (row["waiting"], row["parked"]) == (waiting, parked_rows):
+            return
+        await asyncio.sleep(0.02)
+
+
+def events_in(records: list[ConsumerRecord]) -> list[tuple[str, str]]:
+    """(key, value) of each record, in the order read; a duplicate shows twice."""
+    seen = []
+    for record in records:
+        event = open_envelope(record.value)
+        assert isinstance(event.payload, StringValue)
+        seen.append((event.envelope.key, event.payload.value))
+    return seen
+
+
+def gauge(metrics: Metrics, name: str, schema: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"schema": schema})
+
+
+async def test_a_row_for_a_missing_topic_is_parked_its_key_waits_and_other_keys_flow(
+    pool: asyncpg.Pool,
+    schema: str,
+    topic: str,
+    admin: AIOKafkaAdminClient,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+) -> None:
+    missing = f"test.outbox.missing.{uuid.uuid4().hex[:12]}"
+    rows = [
+        (topic, "run-a", "a1"),
+        (missing, "run-m", "m1"),
+        (missing, "run-m", "m2"),
+        (topic, "run-a", "a2"),
+        (topic, "run-b", "b1"),
+    ]
+    envelopes = {
+        value: seal(StringValue(value=value), key=key, producer="test") for _, key, value in rows
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        for row_topic, _, value in rows:
+            await Outbox(schema, "test").enqueue(conn, row_topic, envelopes[value])
+    metrics = Metrics()
+    relay = OutboxRelay(
+        pool,
+        schema,
+        producer,
+        metrics=metrics,
+        max_attempts=2,
+        standby_retry=0.05,
+        sweep_interval=0.1,
+    )
+
+    async with running(relay):
+        await until_settled(pool, schema, waiting=1, parked_rows=1)
+        flowed = events_in(await read_to_end(consumer, topic))
+        [stuck] = await parked(pool, schema)
+        waiting = await pool.fetchrow(f'SELECT event_id::text, attempts FROM "{schema}".outbox')
+        assert gauge(metrics, "strata_outbox_parked", schema) == 1
+        assert gauge(metrics, "strata_outbox_published_total", schema) == 3
+
+        await admin.create_topics([NewTopic(missing, 1, replication_factor=1)])
+        assert await requeue(pool, schema, stuck.event_id)
+        await until_drained(pool, schema)
+        released = await read_from_start(missing)
+        await admin.delete_topics([missing])
+
+    by_key = sorted(flowed, key=lambda event: event[0])  # stable: keeps each key's order
+    assert by_key == [("run-a", "a1"), ("run-a", "a2"), ("run-b", "b1")]
+    assert (stuck.event_id, stuck.topic, stuck.key, stuck.attempts) == (
+        envelopes["m1"].event_id,
+        missing,
+        "run-m",
+        2,
+    )
+    assert "does not exist" in stuck.last_error
+    assert waiting is not None
+    assert (waiting["event_id"], waiting["attempts"]) == (envelopes["m2"].event_id, 0)
+    assert events_in(released) == [("run-m", "m1"), ("run-m", "m2")]
+    assert await parked(pool, schema) == []
+
+
+async def read_from_start(topic: str) -> list[ConsumerRecord]:
+    consumer = kafka.consumer(load(KafkaSettings), group_id=f"test-{uuid.uuid4().hex[:8]}")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        end = (await consumer.end_offsets([TopicPartition(topic, 0)]))[TopicPartition(topic, 0)]
+        records: list[ConsumerRecord] = []
+        while len(records) < end:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def small_producer() -> AsyncIterator[AIOKafkaProducer]:
+    """A producer that takes records of at most 4 KiB, so a modest row is refused as too large."""
+    producer = kafka.producer(load(KafkaSettings), max_request_size=4096)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def test_a_row_too_large_is_parked_and_dropping_it_releases_its_key(
+    pool: asyncpg.Pool,
+    schema: str,
+    topic: str,
+    small_producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+) -> None:
+    big = seal(StringValue(value="x" * 8192), key="run-a", producer="test")
+    after = seal(StringValue(value="a2"), key="run-a", producer="test")
+    other = seal(StringValue(value="b1"), key="run-b", producer="test")
+    async with pool.acquire() as conn, conn.transaction():
+        await Outbox(schema, "test").enqueue(conn, topic, big, after, other)
+    relay = OutboxRelay(pool, schema, small_producer, max_attempts=1, sweep_interval=0.1)
+
+    async with running(relay):
+        await until_settled(pool, schema, waiting=1, parked_rows=1)
+        flowed = events_in(await read_to_end(consumer, topic))
+        [stuck] = await parked(pool, schema)
+        assert await drop(pool, schema, big.event_id)
+        await until_drained(pool, schema)
+        released = events_in(await read_to_end(consumer, topic))
+
+    assert flowed == [("run-b", "b1")]
+    assert stuck.event_id == big.event_id
+    assert "MessageSizeTooLargeError" in stuck.last_error
+    assert released == [("run-a", "a2")]
+    assert await parked(pool, schema) == []
+
+
+async def until_noted(pool: asyncpg.Pool, schema: str) -> None:
+    """Wait until the relay noted an error on a row, or parked one."""
+    query = (
+        f'SELECT count(*) FROM "{schema}".outbox WHERE last_error IS NOT NULL'
+        f' OR EXISTS (SELECT FROM "{schema}".outbox_parked)'
+    )
+    while True:
+        if await pool.fetchval(query):
+            return
+        await asyncio.sleep(0.05)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_a_relay_that_cannot_reach_kafka_parks_and_loses_nothing_and_order_holds_after(
+    pool: asyncpg.Pool,
+    schema: str,
+    topic: str,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+) -> None:
+    # A producer whose only broker is a closed port: no send can leave, no metadata
+    # comes back, as in a Kafka outage. With max_attempts=1, a relay that took the
+    # outage for a refusal would park every row at its first failure.
+    settings = load(KafkaSettings).model_copy(
+        update={"bootstrap_servers": f"127.0.0.1:{closed_port()}"}
+    )
+    cut_off = OutboxRelay(
+        pool, schema, kafka.producer(settings), max_attempts=1, standby_retry=0.05
+    )
+    await enqueue_numbers(pool, schema, topic, range(40))
+    async with running(cut_off):
+        await until_noted(pool, schema)
+    noted = await pool.fetch(f'SELECT attempts, last_error FROM "{schema}".outbox')
+    assert await parked(pool, schema) == []
+
+    async with running(OutboxRelay(pool, schema, producer)):
+        await until_drained(pool, schema)
+        records = await read_to_end(consumer, topic)
+
+    assert len(noted) == 40
+    assert sum(row["last_error"] is not None for row in noted) == len(KEYS)  # one head per key
+    assert {row["attempts"] for row in noted} == {0}
+    assert cut_off.published == 0
+    assert numbers_by_key(records) == expected_by_key(range(40))

@@ -1,21 +1,21 @@
-"""What happens to each record a consumer reads, with FastStream's in-memory broker.
+"""What happens to each record a consumer reads, with an in-memory loopback producer.
 
 Handled, skipped, retried or dead-lettered with the reason: every record ends in
 exactly one of these, is reported settled only then, and the consumer goes on
-with the next one. Published records reach the consumer through a loopback
-subscriber, the way the Bus's reader hands them over; records that no publisher
-would write are handed to :meth:`Consumer.process` directly.
+with the next one; an outage settles nothing and dead-letters nothing. Published
+records reach the consumer through a loopback producer, the way the Bus's reader
+hands them over; records that no publisher would write are handed to
+:meth:`Consumer.process` directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import asyncpg.exceptions
 import pytest
 from aiokafka import ConsumerRecord
-from faststream.kafka import TestKafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from google.protobuf.any_pb2 import Any as AnyPayload
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, Int64Value, StringValue
@@ -23,9 +23,11 @@ from opentelemetry import trace
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
-from strata.core.bus import Bus, Consumer
+from strata.core.bus import Bus, Consumer, Outage, Publisher
+from strata.core.bus.publisher import Headers
 from strata.core.envelope import seal
-from strata.core.errors import PermanentError
+from strata.core.errors import DependencyUnavailableError, PermanentError
+from strata.core.metrics import Metrics
 from strata.core.settings import BusSettings
 from strata.core.telemetry import configure_tracing, trace_carrier
 from strata.core.topics import dead_letter_topic
@@ -48,12 +50,28 @@ class Seen:
 
 @dataclass
 class Harness:
-    bus: Bus
     consumer: Consumer
     seen: Seen
+    metrics: Metrics
+    offset: int = 0
+    """Offset of the next record published through the loopback."""
 
-    async def send_raw(self, value: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.bus.broker.publish(value, TOPIC, key=b"k", headers=headers)
+    async def send_and_wait(
+        self, topic: str, value: bytes, *, key: bytes | None, headers: Headers
+    ) -> None:
+        """The loopback producer: events go to the consumer, dead letters to ``seen``."""
+        if topic == dead_letter_topic(TOPIC):
+            self.seen.dead.append(DeadLetter.FromString(value))
+            return
+        record = _record(value, self.offset, headers)
+        self.offset += 1
+        await self.consumer.process([record], self.settle)
+
+    async def publish(self, payload: Message) -> Envelope:
+        return await Publisher(self, "test/unit").publish(payload, topic=TOPIC, key="k")
+
+    async def send_raw(self, value: bytes, headers: Headers | None = None) -> None:
+        await self.send_and_wait(TOPIC, value, key=b"k", headers=headers or [])
 
     async def process(self, *values: bytes) -> None:
         """Hand records holding ``values`` (offsets 0, 1, ...) to the consumer at once."""
@@ -63,49 +81,59 @@ class Harness:
     def settle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.seen.settled.append(record.offset)
 
+    def count(self, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "strata_events_total", {"topic": TOPIC, "group": GROUP, "outcome": outcome}
+        )
+        return value or 0.0
+
+
+def _consumer(settings: BusSettings, seen: Seen, metrics: Metrics | None = None) -> Consumer:
+    async def dead_letters(letter: DeadLetter) -> None:
+        seen.dead.append(letter)
+
+    return Consumer(
+        TOPIC,
+        GROUP,
+        dead_letters=dead_letters,
+        producer="test/unit",
+        settings=settings,
+        metrics=metrics,
+    )
+
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+def harness() -> Harness:
     configure_tracing("test")
     settings = BusSettings(
         producer="test/unit", retry_attempts=ATTEMPTS, retry_backoff_initial=0.001
     )
-    bus = Bus("test", settings=settings)
-    seen = Seen()
-    consumer = bus.consumer(TOPIC, group=GROUP)
-    harness = Harness(bus, consumer, seen)
+    seen, metrics = Seen(), Metrics()
+    consumer = _consumer(settings, seen, metrics)
+    harness = Harness(consumer, seen, metrics)
 
     @consumer.on(StringValue)
     async def on_text(payload: StringValue, envelope: Envelope) -> None:
         seen.trace_ids.append(trace.get_current_span().get_span_context().trace_id)
         seen.handled.append((payload, envelope))
 
-    @bus.broker.subscriber(TOPIC)
-    async def loopback(message: KafkaMessage) -> None:
-        await consumer.process([message.raw_message], harness.settle)
-
-    @bus.broker.subscriber(dead_letter_topic(TOPIC))
-    async def on_dead(body: bytes) -> None:
-        seen.dead.append(DeadLetter.FromString(body))
-
-    async with TestKafkaBroker(bus.broker):
-        yield harness
+    return harness
 
 
 async def test_an_event_reaches_the_handler_of_its_type(harness: Harness) -> None:
-    sent = await harness.bus.publish(TOPIC, StringValue(value="hello"), key="run-1")
+    sent = await harness.publish(StringValue(value="hello"))
 
     [(payload, envelope)] = harness.seen.handled
     assert payload == StringValue(value="hello")
     assert envelope.event_id == sent.event_id
     assert envelope.producer == "test/unit"
-    assert envelope.key == "run-1"
+    assert envelope.key == "k"
     assert harness.seen.dead == []
 
 
 async def test_garbage_bytes_are_dead_lettered_whole(harness: Harness) -> None:
     await harness.send_raw(b"\xff\x00 not an envelope")
-    await harness.bus.publish(TOPIC, StringValue(value="next"), key="k")
+    await harness.publish(StringValue(value="next"))
 
     [letter] = harness.seen.dead
     assert letter.cause == DeadLetter.CAUSE_MALFORMED
@@ -119,7 +147,8 @@ async def test_garbage_bytes_are_dead_lettered_whole(harness: Harness) -> None:
     assert [p for p, _ in harness.seen.handled] == [StringValue(value="next")]
 
 
-async def test_an_unknown_event_type_is_dead_lettered(harness: Harness) -> None:
+async def test_an_event_type_unknown_to_this_process_is_skipped(harness: Harness) -> None:
+    """Nobody here can handle it, so it is no one's poison (a newer producer's event)."""
     envelope = seal(StringValue(value="x"), key="k", producer="elsewhere")
     envelope.type = "strata.nowhere.v1.Ghost"
     envelope.payload.CopyFrom(
@@ -127,11 +156,31 @@ async def test_an_unknown_event_type_is_dead_lettered(harness: Harness) -> None:
     )
     await harness.send_raw(envelope.SerializeToString())
 
+    assert (harness.seen.dead, harness.seen.handled, harness.seen.settled) == ([], [], [0])
+    assert harness.count("skipped") == 1
+
+
+async def test_an_unhandled_type_is_skipped_from_its_header_without_decoding(
+    harness: Harness,
+) -> None:
+    """The value is garbage: opening it would dead-letter it, so it was never opened."""
+    headers = [("event-type", b"google.protobuf.Int64Value")]
+
+    await harness.send_raw(b"\xff garbage no decoder would take", headers)
+
+    assert (harness.seen.dead, harness.seen.settled) == ([], [0])
+    assert harness.count("skipped") == 1
+
+
+async def test_a_handled_type_that_does_not_decode_is_dead_lettered(harness: Harness) -> None:
+    headers = [("event-type", b"google.protobuf.StringValue")]
+
+    await harness.send_raw(b"\xff garbage", headers)
+
     [letter] = harness.seen.dead
-    assert letter.cause == DeadLetter.CAUSE_UNKNOWN_TYPE
-    assert "strata.nowhere.v1.Ghost" in letter.reason
-    assert letter.event_id == envelope.event_id
-    assert letter.event_type == "strata.nowhere.v1.Ghost"
+    assert letter.cause == DeadLetter.CAUSE_MALFORMED
+    assert harness.seen.settled == [0]
+    assert harness.count("dead_lettered") == 1
 
 
 async def test_a_payload_that_does_not_decode_is_dead_lettered(harness: Harness) -> None:
@@ -165,7 +214,7 @@ async def test_a_permanent_handler_error_is_dead_lettered_at_once(harness: Harne
         calls += 1
         raise PermanentError(f"number {payload.value} is out of range")
 
-    await harness.bus.publish(TOPIC, Int64Value(value=-1), key="k")
+    await harness.publish(Int64Value(value=-1))
 
     [letter] = harness.seen.dead
     assert calls == 1
@@ -175,7 +224,7 @@ async def test_a_permanent_handler_error_is_dead_lettered_at_once(harness: Harne
     assert letter.event_type == "google.protobuf.Int64Value"
 
 
-async def test_a_transient_error_is_retried_until_it_passes(harness: Harness) -> None:
+async def test_an_error_is_retried_until_it_passes(harness: Harness) -> None:
     calls = 0
 
     @harness.consumer.on(Int64Value)
@@ -183,36 +232,68 @@ async def test_a_transient_error_is_retried_until_it_passes(harness: Harness) ->
         nonlocal calls
         calls += 1
         if calls < 3:
-            raise ConnectionError("database restarting")
+            raise RuntimeError("flaky")
 
-    await harness.bus.publish(TOPIC, Int64Value(value=7), key="k")
+    await harness.publish(Int64Value(value=7))
 
     assert calls == 3
     assert harness.seen.dead == []
 
 
-async def test_a_transient_error_that_never_passes_ends_in_the_dead_letters(
-    harness: Harness,
-) -> None:
+async def test_an_error_that_never_passes_ends_in_the_dead_letters(harness: Harness) -> None:
     calls = 0
 
     @harness.consumer.on(Int64Value)
     async def on_number(payload: Int64Value, envelope: Envelope) -> None:
         nonlocal calls
         calls += 1
-        raise TimeoutError("feature store did not answer")
+        raise KeyError("feature store did not answer")
 
-    await harness.bus.publish(TOPIC, Int64Value(value=7), key="k")
+    await harness.publish(Int64Value(value=7))
 
     [letter] = harness.seen.dead
     assert calls == ATTEMPTS
     assert letter.cause == DeadLetter.CAUSE_RETRIES_EXHAUSTED
     assert letter.attempts == ATTEMPTS
-    assert "TimeoutError: feature store did not answer" in letter.reason
+    assert "KeyError: 'feature store did not answer'" in letter.reason
+    assert harness.count("dead_lettered") == 1
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        ConnectionRefusedError(111, "connect call failed"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        DependencyUnavailableError("model store is down"),
+    ],
+    ids=type,
+)
+async def test_an_outage_settles_nothing_from_its_record_on(
+    harness: Harness, outage: Exception
+) -> None:
+    """No dead letter, no in-place retries, nothing after it handled: the Bus pauses the
+    partition and reads the record again, so the order of its key holds."""
+    calls = 0
+
+    @harness.consumer.on(Int64Value)
+    async def on_number(payload: Int64Value, envelope: Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        raise outage
+
+    values = [_sealed(StringValue(value="a")), _sealed(Int64Value(value=1))]
+    with pytest.raises(Outage) as raised:
+        await harness.process(*values, _sealed(StringValue(value="b")))
+
+    assert (raised.value.offset, raised.value.error) == (1, outage)
+    assert calls == 1
+    assert harness.seen.dead == []
+    assert [p for p, _ in harness.seen.handled] == [StringValue(value="a")]
+    assert harness.seen.settled == [0]
 
 
 async def test_an_event_type_without_a_handler_here_is_skipped(harness: Harness) -> None:
-    await harness.bus.publish(TOPIC, Int64Value(value=1), key="k")
+    await harness.publish(Int64Value(value=1))
 
     assert harness.seen.handled == []
     assert harness.seen.dead == []
@@ -220,7 +301,11 @@ async def test_an_event_type_without_a_handler_here_is_skipped(harness: Harness)
 
 
 async def test_a_binary_header_does_not_stop_the_record(harness: Harness) -> None:
-    headers = [("blob", b"\xff\xfe"), ("traceparent", b"\xff"), ("event-type", b"x")]
+    headers = [
+        ("blob", b"\xff\xfe"),
+        ("traceparent", b"\xff"),
+        ("event-type", b"google.protobuf.StringValue"),
+    ]
 
     await harness.consumer.process([_record(b"garbage", 41, headers)], harness.settle)
 
@@ -233,13 +318,13 @@ async def test_a_binary_header_does_not_stop_the_record(harness: Harness) -> Non
 async def test_the_handler_runs_in_the_producers_trace(harness: Harness) -> None:
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("request") as span:
-        await harness.bus.publish(TOPIC, StringValue(value="traced"), key="k")
+        await harness.publish(StringValue(value="traced"))
 
     assert harness.seen.trace_ids == [span.get_span_context().trace_id]
 
 
 async def test_an_event_published_outside_any_trace_starts_one(harness: Harness) -> None:
-    sent = await harness.bus.publish(TOPIC, StringValue(value="untraced"), key="k")
+    sent = await harness.publish(StringValue(value="untraced"))
 
     [trace_id] = harness.seen.trace_ids
     assert trace_id != 0
@@ -259,20 +344,28 @@ async def test_without_trace_headers_the_envelope_carries_the_trace(harness: Har
 
 async def test_a_failed_dead_letter_write_leaves_the_record_unsettled() -> None:
     """The Bus then reads the partition again from that record."""
-    bus = Bus("test", settings=BusSettings(producer="test/unit"))
-    consumer = bus.consumer(TOPIC, group=GROUP)
     settled: list[int] = []
 
-    @bus.broker.subscriber(dead_letter_topic(TOPIC))
-    async def dead_letter_topic_is_down(body: bytes) -> None:
+    async def dead_letter_topic_is_down(letter: DeadLetter) -> None:
         raise ConnectionError("no leader for test.bus.unit.dlq")
 
-    async with TestKafkaBroker(bus.broker):
-        records = [_record(_sealed(StringValue(value="ok")), 0), _record(b"garbage", 1)]
-        with pytest.raises(ConnectionError, match="no leader"):
-            await consumer.process(records, lambda record: settled.append(record.offset))
+    consumer = Consumer(
+        TOPIC,
+        GROUP,
+        dead_letters=dead_letter_topic_is_down,
+        producer="test/unit",
+        settings=BusSettings(),
+    )
+    consumer.on(StringValue)(_ignore)
+    records = [_record(_sealed(StringValue(value="ok")), 0), _record(b"garbage", 1)]
+    with pytest.raises(ConnectionError, match="no leader"):
+        await consumer.process(records, lambda record: settled.append(record.offset))
 
     assert settled == [0]
+
+
+async def _ignore(payload: Message, envelope: Envelope) -> None:
+    """A handler that accepts every event."""
 
 
 async def test_processing_stops_before_the_next_record_once_halted(harness: Harness) -> None:
@@ -350,8 +443,7 @@ async def test_consecutive_events_go_to_the_batch_handler_together(
 
 
 async def test_a_batch_holds_at_most_max_batch_events() -> None:
-    bus = Bus("test", settings=BusSettings(producer="test/unit", max_batch=2))
-    consumer = bus.consumer(TOPIC, group=GROUP)
+    consumer = _consumer(BusSettings(producer="test/unit", max_batch=2), Seen())
     batches = Batches()
     consumer.on_batch(Int64Value)(batches)
     settled: list[int] = []
@@ -399,10 +491,8 @@ async def test_a_malformed_record_in_a_batch_is_dead_lettered_alone(
     assert harness.seen.settled == [0, 1, 2]
 
 
-async def test_a_transient_batch_error_retries_the_whole_batch(
-    harness: Harness, batches: Batches
-) -> None:
-    batches.failures = [ConnectionError("database restarting")] * 2
+async def test_a_batch_error_retries_the_whole_batch(harness: Harness, batches: Batches) -> None:
+    batches.failures = [RuntimeError("flaky")] * 2
 
     await harness.process(*_numbers(1, 2, 3))
 
@@ -421,7 +511,7 @@ async def test_a_permanent_batch_error_isolates_the_poison_event(
     [letter] = harness.seen.dead
     assert (letter.offset, letter.cause, letter.attempts) == (1, DeadLetter.CAUSE_REJECTED, 1)
     assert letter.reason == "PermanentError: negative numbers are refused"
-    assert harness.seen.settled == [2]
+    assert harness.seen.settled == [0, 1, 2]
 
 
 async def test_a_batch_error_that_outlasts_the_retries_isolates_the_poison_event(
@@ -458,3 +548,47 @@ def _record(
         serialized_value_size=len(value),
         headers=headers or [],
     )
+
+
+async def test_a_batch_outage_pauses_at_its_first_event_without_going_one_by_one(
+    harness: Harness, batches: Batches
+) -> None:
+    batches.failures = [ConnectionResetError("database failing over")]
+
+    with pytest.raises(Outage) as raised:
+        await harness.process(_sealed(StringValue(value="a")), *_numbers(1, 2, 3))
+
+    assert raised.value.offset == 1
+    assert batches.calls == [[1, 2, 3]]
+    assert harness.seen.settled == [0]
+    assert harness.seen.dead == []
+
+
+async def test_the_one_by_one_fallback_stops_once_halted(
+    harness: Harness, batches: Batches
+) -> None:
+    """A rebalance must not wait for 500 events handled one by one: the rest is left
+    unsettled, for the partition's next owner to read."""
+
+    def halted() -> bool:
+        return len(batches.calls) >= 2  # the batch call and one event of the fallback
+
+    records = [_record(value, offset) for offset, value in enumerate(_numbers(1, -1, 2, 3))]
+    await harness.consumer.process(records, harness.settle, halted)
+
+    assert batches.calls == [[1, -1, 2, 3], [1]]
+    assert harness.seen.settled == [0]
+    assert harness.seen.dead == []
+
+
+async def test_outcomes_are_counted_per_topic_and_group(harness: Harness, batches: Batches) -> None:
+    await harness.process(
+        _sealed(StringValue(value="a")),
+        _sealed(BoolValue(value=True)),
+        *_numbers(1, 2),
+        b"garbage",
+    )
+
+    assert harness.count("handled") == 3
+    assert harness.count("skipped") == 1
+    assert harness.count("dead_lettered") == 1

@@ -9,8 +9,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.core.bus import dead_letter
-from strata.core.bus.dead_letters import cause_of
-from strata.core.envelope import MalformedEventError, UnknownEventTypeError, seal
+from strata.core.envelope import seal
 
 
 def _record(value: bytes | None, key: bytes | None = b"run-1") -> ConsumerRecord[bytes, bytes]:
@@ -83,10 +82,3 @@ def test_a_record_without_key_or_value_still_makes_a_dead_letter() -> None:
     )
 
     assert (letter.value, letter.key) == (b"", b"")
-
-
-def test_unknown_types_and_malformed_envelopes_have_their_own_causes() -> None:
-    assert (
-        cause_of(UnknownEventTypeError("unknown event type 'a.B'")) == DeadLetter.CAUSE_UNKNOWN_TYPE
-    )
-    assert cause_of(MalformedEventError("missing producer")) == DeadLetter.CAUSE_MALFORMED

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from strata.core.migrations import (
+    CORE_PACKAGE,
     Applied,
     MigrationError,
     check_applied,
@@ -115,6 +116,15 @@ def test_the_scheduler_migrations_are_well_formed() -> None:
     migrations = load("strata.scheduler.migrations")
 
     assert migrations[0].label == "0001_init"
+
+
+def test_the_core_migrations_are_well_formed_and_own_the_outbox_and_inbox() -> None:
+    migrations = load(CORE_PACKAGE)
+
+    assert migrations[0].label == "0001_outbox_inbox"
+    assert "CREATE TABLE outbox " in migrations[0].sql
+    assert "CREATE TABLE inbox " in migrations[0].sql
+    assert "CREATE TABLE outbox" not in load("strata.scheduler.migrations")[0].sql
 
 
 @pytest.mark.parametrize("bad", ["", "Scheduler", "1abc", "a-b", 'x"; DROP', "a" * 64])

@@ -75,3 +75,13 @@ class PermissionDeniedError(StrataError):
 
 class UnavailableError(StrataError):
     """Something needed right now is down; the same request may succeed later."""
+
+
+class DependencyUnavailableError(UnavailableError):
+    """A server this work depends on is down or not answering: an outage, not bad input.
+
+    An event handler raises it (``raise DependencyUnavailableError(...) from exc``)
+    when it finds a dependency down in a way the bus would not recognise by itself;
+    the bus then pauses the event's partition and retries the event until the
+    dependency is back, instead of dead-lettering it.
+    """

@@ -2,19 +2,26 @@
 
 A service keeps its migrations as ``NNNN_name.sql`` files in a ``migrations``
 package (found through :mod:`importlib.resources`, so they ship inside the wheel)
-and calls :func:`migrate` before it serves anything::
+and the runtime calls :func:`migrate_service` before it serves anything::
 
-    await migrate(pool, "scheduler", "strata.scheduler.migrations")
+    await migrate_service(pool, "scheduler", "strata.scheduler.migrations")
+
+Two tracks go into every service schema, each with its own numbering and history
+table: first the core's (:mod:`strata.core.schema`: the outbox and the inbox, in
+``core_migrations``), then the service's own (in ``schema_migrations``). A core
+release that changes the outbox adds a core file; no service copies its tables.
 
 Each file runs in its own transaction with ``search_path`` set to the schema, so
 the SQL names its tables without a schema (``CREATE TABLE workflows ...``) and the
 same files can be applied to a throw-away schema in tests. What was applied is
-recorded in ``<schema>.schema_migrations(version, name, checksum, applied_at)``.
+recorded in the track's history table, ``<schema>.schema_migrations(version,
+name, checksum, applied_at)`` for the service's own files.
 
 Safe to run twice, and from many replicas at once: every transaction first takes
-``pg_advisory_xact_lock`` keyed on the schema, so replicas starting together
-serialize, and each one re-reads the history under the lock before applying a
-file (the loser of the race finds the file applied and skips it).
+``pg_advisory_xact_lock`` keyed on the schema (one lock for both tracks), so
+replicas starting together serialize, and each one re-reads the history under the
+lock before applying a file (the loser of the race finds the file applied and
+skips it).
 
 Refuses to start, with an error naming the file, when an applied file's checksum
 changed (edit history by adding a file, never by editing one), when a file name is
@@ -59,8 +66,13 @@ SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOCK_CLASS = 0x5354_4D31
 """First key of the two-key advisory lock; the second is ``hashtext(schema)``."""
 
+CORE_PACKAGE = "strata.core.schema"
+"""The core's track: the tables every service has (outbox, inbox)."""
+CORE_HISTORY = "core_migrations"
+SERVICE_HISTORY = "schema_migrations"
+
 HISTORY_DDL = """
-CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+CREATE TABLE IF NOT EXISTS {schema}.{history} (
     version integer PRIMARY KEY,
     name text NOT NULL,
     checksum text NOT NULL,
@@ -181,25 +193,51 @@ def unknown_versions(migrations: Iterable[Migration], applied: Iterable[Applied]
     return sorted(a.version for a in applied if a.version not in known)
 
 
-async def migrate(db: asyncpg.Pool | DbConnection, schema: str, package: str) -> list[str]:
+async def migrate_service(db: asyncpg.Pool | DbConnection, schema: str, package: str) -> list[str]:
+    """Apply the core's track, then the service's ``package``, to ``schema``.
+
+    Returns what this call applied as ``package/label`` (``strata.core.schema/0001_outbox_inbox``).
+    """
+    core = await migrate(db, schema, CORE_PACKAGE, history=CORE_HISTORY)
+    own = await migrate(db, schema, package)
+    return [f"{CORE_PACKAGE}/{label}" for label in core] + [f"{package}/{label}" for label in own]
+
+
+async def migrate(
+    db: asyncpg.Pool | DbConnection,
+    schema: str,
+    package: str,
+    *,
+    history: str = SERVICE_HISTORY,
+) -> list[str]:
     """Bring ``schema`` up to the files of ``package``; return the labels this call applied.
 
     ``db`` is a pool (one connection is borrowed for the run) or a connection
-    that is not inside a transaction.
+    that is not inside a transaction. ``history`` names the track's history table.
     """
     quote_schema(schema)
+    track = Track(package, quote_schema(history))
     migrations = load(package)
     if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn:
-            return await _migrate(conn, schema, package, migrations)
-    return await _migrate(db, schema, package, migrations)
+            return await _migrate(conn, schema, track, migrations)
+    return await _migrate(db, schema, track, migrations)
+
+
+@dataclass(frozen=True)
+class Track:
+    """A package of migration files and the (quoted) table that records them."""
+
+    package: str
+    history: str
 
 
 async def _migrate(
-    conn: DbConnection, schema: str, package: str, migrations: list[Migration]
+    conn: DbConnection, schema: str, track: Track, migrations: list[Migration]
 ) -> list[str]:
+    package = track.package
     async with conn.transaction():
-        applied = await _history(conn, schema, create=True)
+        applied = await _history(conn, schema, track.history, create=True)
     for version in unknown_versions(migrations, applied.values()):
         log.warning(
             "unknown migration in database", schema=schema, version=version, package=package
@@ -209,27 +247,29 @@ async def _migrate(
         if migration.version in applied:
             check_applied(migration, applied[migration.version], package)
             continue
-        if await _apply(conn, schema, package, migration):
+        if await _apply(conn, schema, track, migration):
             done.append(migration.label)
     return done
 
 
-async def _history(conn: DbConnection, schema: str, *, create: bool) -> dict[int, Applied]:
+async def _history(
+    conn: DbConnection, schema: str, history: str, *, create: bool
+) -> dict[int, Applied]:
     """Lock the schema for this transaction and read what was applied (creating the table)."""
     quoted = quote_schema(schema)
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_CLASS, schema)
     if create:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        await conn.execute(HISTORY_DDL.format(schema=quoted))
-    rows = await conn.fetch(f"SELECT version, name, checksum FROM {quoted}.schema_migrations")
+        await conn.execute(HISTORY_DDL.format(schema=quoted, history=history))
+    rows = await conn.fetch(f"SELECT version, name, checksum FROM {quoted}.{history}")
     return {r["version"]: Applied(r["version"], r["name"], r["checksum"]) for r in rows}
 
 
-async def _apply(conn: DbConnection, schema: str, package: str, migration: Migration) -> bool:
+async def _apply(conn: DbConnection, schema: str, track: Track, migration: Migration) -> bool:
     """Apply one file in its own transaction unless another process just did; True if applied."""
-    quoted = quote_schema(schema)
+    quoted, package = quote_schema(schema), track.package
     async with conn.transaction():
-        applied = await _history(conn, schema, create=False)
+        applied = await _history(conn, schema, track.history, create=False)
         if migration.version in applied:
             check_applied(migration, applied[migration.version], package)
             return False
@@ -242,10 +282,10 @@ async def _apply(conn: DbConnection, schema: str, package: str, migration: Migra
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         await conn.execute(
-            f"INSERT INTO {quoted}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            f"INSERT INTO {quoted}.{track.history} (version, name, checksum) VALUES ($1, $2, $3)",
             migration.version,
             migration.label,
             migration.checksum,
         )
-    log.info("migration applied", schema=schema, migration=migration.label)
+    log.info("migration applied", schema=schema, package=package, migration=migration.label)
     return True

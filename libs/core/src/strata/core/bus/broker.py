@@ -1,43 +1,46 @@
-"""One process's connection to the event bus: FastStream's KafkaBroker plus aiokafka readers.
+"""One process's connection to the event bus: one aiokafka producer plus aiokafka readers.
 
 The Bus sets Kafka up the way Strata's reliability rules need:
 
-- the producer (FastStream's ``KafkaBroker``) is idempotent with ``acks=all``;
+- one producer (:func:`strata.core.kafka.producer`: idempotent, ``acks=all``) for
+  every record the process writes: its events, its dead letters and, handed
+  :attr:`Bus.producer`, its outbox relay;
 - each consumer is one :class:`~strata.core.bus.subscription.Subscription`, an
   aiokafka consumer that hands records to :meth:`Consumer.process` as they are on
-  the wire (why not a FastStream subscriber: see that module);
+  the wire;
 - offsets are committed only up to records that were handled or dead-lettered,
   in the background and before partitions are given up
   (:mod:`strata.core.bus.offsets`): at least once, with redeliveries absorbed by
   the consumers' inbox;
-- FastStream's own log lines go through the process's logging
-  (:mod:`strata.core.logging`), not to stdout in a format of their own;
+- a consumer whose handler finds a dependency down pauses its partition until the
+  dependency is back (:mod:`strata.core.bus.failures`), and says so in
+  :class:`~strata.core.metrics.Metrics`;
 - topics are never created on the fly: the catalog (``strata.core.topics``)
   creates them with their partition counts.
+
+Why not FastStream's ``KafkaBroker`` for publishing: it wraps the same aiokafka
+producer and adds only its own headers and a few layers per send, which the
+dispatch path pays on every event (``bench/bus``).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 from types import TracebackType
 from typing import Self
 
-from faststream.kafka import KafkaBroker
+from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 
+from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.core import kafka as kafka_clients
 from strata.core.bus.consumer import Consumer
 from strata.core.bus.publisher import Publisher
 from strata.core.bus.subscription import Subscription
+from strata.core.metrics import Metrics
 from strata.core.settings import BusSettings, KafkaSettings
 from strata.core.topics import Topic
-
-FASTSTREAM_LOGGER = logging.getLogger("strata.core.bus.faststream")
-"""Where FastStream's own lines go: a plain logger that propagates to the handler of
-:func:`strata.core.logging.configure_logging`, at the process's log level. FastStream's
-default would print to stdout in its own format, and its ``faststream`` logger does
-not propagate, hence a name outside that tree."""
 
 
 class Bus:
@@ -53,21 +56,16 @@ class Bus:
         *,
         kafka: KafkaSettings | None = None,
         settings: BusSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not service:
             raise ValueError("service must name the Strata service, got an empty string")
         self.settings = settings or BusSettings()
         self.kafka = kafka or KafkaSettings()
         self.name = self.settings.producer or f"{service}/{socket.gethostname()}"
-        self.broker = KafkaBroker(
-            self.kafka.bootstrap,
-            client_id=self.name,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=self.settings.linger_ms,
-            logger=FASTSTREAM_LOGGER,
-        )
-        self.publisher = Publisher(self.broker, producer=self.name)
+        self.metrics = metrics or Metrics()
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
         self._consumers: dict[tuple[str, str], Consumer] = {}
         self._subscriptions: list[Subscription] = []
         self._started = False
@@ -85,30 +83,63 @@ class Bus:
                 f"group: {group!r} already consumes {name!r} on this bus; "
                 "register more handlers on that consumer"
             )
-        consumer = Consumer(name, group, publisher=self.publisher, settings=self.settings)
+        consumer = Consumer(
+            name,
+            group,
+            dead_letters=self._write_dead_letter,
+            producer=self.name,
+            settings=self.settings,
+            metrics=self.metrics,
+        )
         self._consumers[name, group] = consumer
         return consumer
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The started producer, for whatever else of the process writes to Kafka
+        (the outbox relay): one configuration, one connection."""
+        if self._producer is None:
+            raise RuntimeError("the bus is not started: call Bus.start() first")
+        return self._producer
+
+    @property
+    def publisher(self) -> Publisher:
+        """Publishes through :attr:`producer`; available once the bus is started."""
+        if self._publisher is None:
+            raise RuntimeError("the bus is not started: call Bus.start() first")
+        return self._publisher
+
     async def publish(
-        self, topic: Topic | str, message: Message, *, key: str, schema_version: int = 1
+        self,
+        message: Message,
+        *,
+        topic: Topic | str | None = None,
+        key: str | None = None,
+        event_id: str | None = None,
     ) -> Envelope:
         """See :meth:`Publisher.publish`."""
-        return await self.publisher.publish(topic, message, key=key, schema_version=schema_version)
+        return await self.publisher.publish(message, topic=topic, key=key, event_id=event_id)
 
-    async def publish_sealed(
-        self, topic: Topic | str, envelope: Envelope | bytes, *, key: str | None = None
-    ) -> None:
-        """See :meth:`Publisher.publish_sealed`."""
-        await self.publisher.publish_sealed(topic, envelope, key=key)
+    async def _write_dead_letter(self, letter: DeadLetter) -> None:
+        await self.publisher.publish_dead_letter(letter)
 
     async def start(self) -> None:
         """Connect the producer, then start every declared consumer."""
         self._started = True
-        await self.broker.start()
         try:
+            producer = kafka_clients.producer(
+                self.kafka, client_id=self.name, linger_ms=self.settings.linger_ms
+            )
+            await producer.start()
+            self._producer = producer
+            self._publisher = Publisher(producer, producer=self.name)
             for consumer in self._consumers.values():
                 subscription = Subscription(
-                    consumer, kafka=self.kafka, settings=self.settings, client_id=self.name
+                    consumer,
+                    kafka=self.kafka,
+                    settings=self.settings,
+                    client_id=self.name,
+                    metrics=self.metrics,
                 )
                 await subscription.start()
                 self._subscriptions.append(subscription)
@@ -125,8 +156,10 @@ class Bus:
             while self._subscriptions:
                 await self._subscriptions.pop().stop()
         finally:
-            await self.broker.stop()
+            producer, self._producer, self._publisher = self._producer, None, None
             self._started = False
+            if producer is not None:
+                await producer.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

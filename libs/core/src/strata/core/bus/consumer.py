@@ -2,19 +2,26 @@
 
 What happens to the records of one partition, in offset order:
 
-1. The envelope is opened. Bytes that are not an envelope, miss a required field,
-   carry a type that is none of Strata's contracts or a payload that does not
-   decode go to the dead-letter topic at once: reading them again cannot help.
-2. An event whose type has a handler (:meth:`Consumer.on`) runs it in the
+1. A record whose ``event-type`` header names a type no handler here takes is
+   skipped without decoding it: a topic carries several event types and a group
+   handles the ones it cares about. A record without the header is opened first
+   and skipped likewise when its type (known to this process or not) has no
+   handler here.
+2. The envelope is opened. Bytes that are not an envelope, miss a required field
+   or carry a payload that does not decode go to the dead-letter topic at once:
+   reading them again cannot help.
+3. An event whose type has a handler (:meth:`Consumer.on`) runs it in the
    producer's trace (record headers first, the envelope's trace context second),
    inside a CONSUMER span when spans are recorded (:mod:`strata.core.bus.spans`).
-   A type with no handler in this group is skipped: a topic carries several event
-   types and a group handles the ones it cares about.
-3. Consecutive events whose type has a batch handler (:meth:`Consumer.on_batch`)
+4. Consecutive events whose type has a batch handler (:meth:`Consumer.on_batch`)
    go to it together; see *Batches* below.
-4. A handler that raises :class:`~strata.core.errors.PermanentError` is
-   dead-lettered; any other exception is retried with exponential backoff, and
-   dead-lettered with the last error once the attempts run out.
+5. A handler's failure is treated by its kind (:mod:`strata.core.bus.failures`):
+   a :class:`~strata.core.errors.PermanentError` is dead-lettered at once; a
+   dependency that is down (an *outage*) raises :class:`Outage` out of
+   :meth:`Consumer.process` with nothing from that record on settled, so the
+   partition pauses and the record is tried again later, never dead-lettered;
+   any other exception is retried with exponential backoff and dead-lettered
+   with the last error once the attempts run out.
 
 The Bus processes the partitions of a fetch side by side, so handlers of one
 consumer may run concurrently for different partitions (as they would in several
@@ -23,8 +30,10 @@ replicas of a service); within a partition they run one at a time, in order.
 A record is *settled* once it is handled, skipped or dead-lettered (the dead
 letter acknowledged). :meth:`Consumer.process` reports each settled position; the
 Bus commits no offset that is not settled (:mod:`strata.core.bus.offsets`). It
-raises only if a dead-letter write failed; the Bus then reads the partition again
-from the first record that is not settled, so nothing is lost.
+raises only on an outage or if a dead-letter write failed; the Bus then pauses
+the partition and reads it again from the first record that is not settled, so
+nothing is lost and the order of each key holds. Every outcome is counted in
+:class:`~strata.core.metrics.Metrics` (``strata_events_total``).
 
 Batches
 -------
@@ -36,11 +45,14 @@ still handled in partition order. Write the handler as one transaction (claim
 the event ids with :func:`strata.core.inbox.claim_many`, apply the state change),
 so that a failed call leaves nothing behind.
 
-- A transient error retries the whole batch, with the backoff of single events.
-- A ``PermanentError``, or a transient error that outlasts the retries, says that
+- An outage pauses the partition at the batch's first event, as for one event.
+- Any other error retries the whole batch, with the backoff of single events.
+- A ``PermanentError``, or an error that outlasts the retries, says that
   something in the batch is wrong but not what. The handler is then called once
   per event, each call a batch of one under the rules of single events, so the
-  poison event is dead-lettered alone and the others are handled.
+  poison event is dead-lettered alone and the others are handled. This stops
+  before the next event once ``halted()`` says so (the partition is revoked or
+  the consumer stops), and the rest is left unsettled, to be read again.
 """
 
 from __future__ import annotations
@@ -65,11 +77,12 @@ from tenacity import (
 import strata.api
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
-from strata.core.bus.dead_letters import Cause, Record, cause_of, dead_letter
-from strata.core.bus.publisher import Publisher
+from strata.core.bus.dead_letters import Cause, Record, dead_letter
+from strata.core.bus.failures import Failure, Outage, classify, describe
+from strata.core.bus.publisher import HEADER_EVENT_TYPE
 from strata.core.bus.spans import processing, processing_batch
-from strata.core.envelope import Event, MalformedEventError, open_envelope
-from strata.core.errors import PermanentError
+from strata.core.envelope import Event, MalformedEventError, UnknownEventTypeError, open_envelope
+from strata.core.metrics import Metrics
 from strata.core.settings import BusSettings
 
 P = TypeVar("P", bound=Message)
@@ -86,6 +99,9 @@ Settled = Callable[[Record], None]
 Halted = Callable[[], bool]
 """Asked before each record: True stops the pass (shutdown, partitions revoked)."""
 
+DeadLetters = Callable[[DeadLetter], Awaitable[None]]
+"""Writes a dead letter and returns once the broker acknowledged it."""
+
 _log = structlog.get_logger("strata.core.bus")
 
 
@@ -99,14 +115,11 @@ class _Batch:
         self.last = record
         self.limit = limit
 
-    @property
-    def full(self) -> bool:
-        return len(self.events) >= self.limit
+    def takes(self, event: Event) -> bool:
+        return event.type == self.type and len(self.events) < self.limit
 
     def add(self, record: Record, event: Event) -> None:
-        """An event of the batch's type joins it; one of another type only rides along."""
-        if event.type == self.type:
-            self.events.append((record, event))
+        self.events.append((record, event))
         self.last = record
 
 
@@ -119,10 +132,21 @@ def _never() -> bool:
 
 
 class Consumer:
-    """The handlers of one consumer group on one topic, and the fate of every record."""
+    """The handlers of one consumer group on one topic, and the fate of every record.
+
+    ``dead_letters`` writes the records given up on; ``producer`` names this
+    process in them.
+    """
 
     def __init__(
-        self, topic: str, group: str, *, publisher: Publisher, settings: BusSettings
+        self,
+        topic: str,
+        group: str,
+        *,
+        dead_letters: DeadLetters,
+        producer: str,
+        settings: BusSettings,
+        metrics: Metrics | None = None,
     ) -> None:
         if not topic:
             raise ValueError("topic must name a Kafka topic, got an empty string")
@@ -131,10 +155,16 @@ class Consumer:
         _load_contracts()
         self.topic = topic
         self.group = group
-        self._publisher = publisher
+        self.producer = producer
+        self.metrics = metrics or Metrics()
+        self._dead_letters = dead_letters
         self._settings = settings
         self._handlers: dict[str, Handler[Message]] = {}
         self._batch_handlers: dict[str, BatchHandler[Message]] = {}
+        events = self.metrics.events
+        self._handled = events.labels(topic, group, "handled")
+        self._skipped = events.labels(topic, group, "skipped")
+        self._dead_lettered = events.labels(topic, group, "dead_lettered")
 
     def on(self, payload_type: type[P]) -> Callable[[Handler[P]], Handler[P]]:
         """Decorator form of :meth:`handle`."""
@@ -163,9 +193,13 @@ class Consumer:
         name = self._unclaimed(payload_type)
         self._batch_handlers[name] = cast(BatchHandler[Message], handler)
 
+    def handles(self, event_type: str) -> bool:
+        """Whether some handler of this group takes events of ``event_type``."""
+        return event_type in self._handlers or event_type in self._batch_handlers
+
     def _unclaimed(self, payload_type: type[Message]) -> str:
         name: str = payload_type.DESCRIPTOR.full_name
-        if name in self._handlers or name in self._batch_handlers:
+        if self.handles(name):
             raise ValueError(
                 f"payload_type: {name} already has a handler in group {self.group!r} "
                 f"on topic {self.topic!r}"
@@ -178,18 +212,27 @@ class Consumer:
         """Handle, skip or dead-letter ``records`` of one partition, in offset order.
 
         Calls ``settled`` as records settle, and stops before the next record once
-        ``halted()`` says so; see the module docstring.
+        ``halted()`` says so; raises :class:`Outage` when a dependency is down. See
+        the module docstring.
         """
         batch: _Batch | None = None
         for record in records:
             if halted():
                 return
-            opened = _open(record)
-            if batch is not None and isinstance(opened, Event) and self._joins(batch, opened):
+            opened = self._read(record)
+            if opened is None:
+                self._skipped.inc()
+                if batch is None:
+                    settled(record)
+                else:
+                    batch.last = record
+                continue
+            if batch is not None and isinstance(opened, Event) and batch.takes(opened):
                 batch.add(record, opened)
                 continue
             if batch is not None:
-                await self._finish(batch, settled)
+                if not await self._finish(batch, settled, halted):
+                    return
                 batch = None
             if isinstance(opened, Event) and opened.type in self._batch_handlers:
                 batch = _Batch(record, opened, self._settings.max_batch)
@@ -197,29 +240,37 @@ class Consumer:
             await self._receive(record, opened)
             settled(record)
         if batch is not None:
-            await self._finish(batch, settled)
+            await self._finish(batch, settled, halted)
 
-    def _joins(self, batch: _Batch, event: Event) -> bool:
-        """An event of the batch's type, or of a type nobody here handles, joins it
-        until it is full."""
-        return not batch.full and (
-            event.type == batch.type
-            or not (event.type in self._handlers or event.type in self._batch_handlers)
-        )
+    def _read(self, record: Record) -> Event | MalformedEventError | None:
+        """The record's event, why it cannot be read, or None when nobody here takes
+        its type (told by the ``event-type`` header when there is one: no decoding)."""
+        declared = _declared_type(record)
+        if declared is not None and not self.handles(declared):
+            return None
+        try:
+            event = open_envelope(record.value or b"")
+        except UnknownEventTypeError:
+            return None
+        except MalformedEventError as exc:
+            return exc
+        return event if self.handles(event.type) else None
 
     async def _receive(self, record: Record, opened: Event | MalformedEventError) -> None:
-        """One record on its own: handled, skipped or dead-lettered."""
+        """One record on its own: handled or dead-lettered."""
         if isinstance(opened, MalformedEventError):
             with processing(record, None, self.group) as span:
-                await self._dead_letter(record, cause_of(opened), opened.reason, 0, span)
+                await self._dead_letter(record, DeadLetter.CAUSE_MALFORMED, opened.reason, 0, span)
             return
-        handler = self._handlers.get(opened.type)
-        if handler is not None:
-            with processing(record, opened, self.group) as span:
-                await self._dispatch(record, opened, handler, span)
+        handler = self._handlers[opened.type]
+        with processing(record, opened, self.group) as span:
+            await self._dispatch(record, opened, handler, span)
 
-    async def _finish(self, batch: _Batch, settled: Settled) -> None:
-        """Run a batch handler over ``batch``, then settle it up to its last record."""
+    async def _finish(self, batch: _Batch, settled: Settled, halted: Halted) -> bool:
+        """Run a batch handler over ``batch`` and settle it up to its last record.
+
+        False when halted during the one-by-one fallback: the rest is left unsettled.
+        """
         handler = self._batch_handlers[batch.type]
         events = batch.events
         try:
@@ -230,16 +281,26 @@ class Consumer:
                     len(events),
                 )
         except Exception as exc:
+            if classify(exc) is Failure.OUTAGE:
+                raise Outage(events[0][0].offset, exc) from exc
             _log.warning(
                 "batch handler failed, handling its events one by one",
                 events=len(events),
-                error=_describe(exc),
+                error=describe(exc),
                 **_where(events[0][0]),
             )
             for record, event in events:
+                if halted():
+                    return False
                 with processing(record, event, self.group) as span:
                     await self._dispatch(record, event, _one_by_one(handler), span)
+                settled(record)
+            if batch.last is events[-1][0]:
+                return True
+        else:
+            self._handled.inc(len(events))
         settled(batch.last)
+        return True
 
     async def _dispatch(
         self, record: Record, event: Event, handler: Handler[Message], span: trace.Span
@@ -253,20 +314,25 @@ class Consumer:
 
         try:
             await self._attempts(attempt, record)
-        except (PermanentError, MalformedEventError) as exc:
-            await self._dead_letter(
-                record, DeadLetter.CAUSE_REJECTED, _describe(exc), attempts, span
-            )
         except Exception as exc:
-            reason = f"{_describe(exc)} (still failing after {attempts} attempts)"
-            cause = DeadLetter.CAUSE_RETRIES_EXHAUSTED
+            failure = classify(exc)
+            if failure is Failure.OUTAGE:
+                raise Outage(record.offset, exc) from exc
+            if failure is Failure.REJECTED:
+                cause, reason = DeadLetter.CAUSE_REJECTED, describe(exc)
+            else:
+                cause = DeadLetter.CAUSE_RETRIES_EXHAUSTED
+                reason = f"{describe(exc)} (still failing after {attempts} attempts)"
             await self._dead_letter(record, cause, reason, attempts, span)
+        else:
+            self._handled.inc()
 
     async def _attempts(
         self, call: Callable[[], Awaitable[None]], record: Record, events: int = 1
     ) -> None:
         """Run ``call``, the handler of ``record`` (and ``events - 1`` after it); if it
-        fails transiently, retry it the way :meth:`_retrying` says.
+        fails with an error worth retrying here, retry it the way :meth:`_retrying`
+        says. Rejections and outages are raised at once, for the caller to treat.
 
         The first attempt runs outside tenacity, which costs about 80 µs per call
         even when nothing fails: more than the rest of the Bus's work on an event.
@@ -277,7 +343,7 @@ class Consumer:
             await call()
             return
         except Exception as exc:
-            if not _is_transient(exc):
+            if not _retried_here(exc):
                 raise
             first: Exception | None = exc
 
@@ -301,7 +367,7 @@ class Consumer:
                 "event handler failed, retrying",
                 attempt=state.attempt_number,
                 wait_s=round(wait, 3),
-                error=_describe(error),
+                error=describe(error),
                 events=events,
                 **_where(record),
             )
@@ -313,7 +379,7 @@ class Consumer:
                 max=settings.retry_backoff_max,
                 jitter=settings.retry_backoff_initial,
             ),
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(_retried_here),
             before_sleep=log_retry,
             reraise=True,
         )
@@ -327,9 +393,10 @@ class Consumer:
             reason=reason,
             attempts=attempts,
             group=self.group,
-            consumer=self._publisher.producer,
+            consumer=self.producer,
         )
-        await self._publisher.publish_dead_letter(letter)
+        await self._dead_letters(letter)
+        self._dead_lettered.inc()
         span.set_status(trace.StatusCode.ERROR, reason)
         _log.warning(
             "event dead-lettered",
@@ -349,27 +416,21 @@ def _one_by_one(handler: BatchHandler[Message]) -> Handler[Message]:
     return one
 
 
-def _open(record: Record) -> Event | MalformedEventError:
-    try:
-        return open_envelope(record.value or b"")
-    except MalformedEventError as exc:
-        return exc
+def _declared_type(record: Record) -> str | None:
+    """The ``event-type`` header of ``record``, if it has one that reads as text."""
+    for name, value in record.headers:
+        if name == HEADER_EVENT_TYPE and value:
+            try:
+                return bytes(value).decode()
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
-def _is_transient(error: BaseException) -> bool:
-    """Worth another attempt: an ordinary exception that does not say it is permanent.
-
-    Cancellation (a BaseException) is never retried, so shutdown is not delayed.
-    """
-    return isinstance(error, Exception) and not isinstance(
-        error, PermanentError | MalformedEventError
-    )
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "unknown error"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+def _retried_here(error: BaseException) -> bool:
+    """Worth another attempt in place: neither a rejection nor an outage (which pauses
+    the partition instead). Cancellation (a BaseException) is never retried."""
+    return isinstance(error, Exception) and classify(error) is Failure.ERROR
 
 
 def _where(record: Record) -> dict[str, str | int]:

@@ -17,19 +17,11 @@ from google.protobuf.message import DecodeError
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
-from strata.core.envelope import MalformedEventError, UnknownEventTypeError
 
 Record: TypeAlias = ConsumerRecord[Any, Any]
 """A record as the consumer read it: bytes key and value (or None), raw headers."""
 
 Cause: TypeAlias = DeadLetter.Cause.ValueType
-
-
-def cause_of(error: MalformedEventError) -> Cause:
-    """The dead-letter cause of an envelope that could not be opened."""
-    if isinstance(error, UnknownEventTypeError):
-        return DeadLetter.CAUSE_UNKNOWN_TYPE
-    return DeadLetter.CAUSE_MALFORMED
 
 
 def dead_letter(

@@ -11,6 +11,17 @@ given up: on a rebalance, processing stops after the record in hand and the
 settled offsets are committed before the partitions go to another member; on
 :meth:`Subscription.stop` likewise before the group is left.
 
+A partition whose handler found a dependency down (an
+:class:`~strata.core.bus.failures.Outage`), or whose dead letter could not be
+written, is *paused*: its position goes back to the first unsettled record and
+aiokafka stops fetching it, with a backoff that doubles up to
+``BusSettings.retry_backoff_max``; then it is fetched and tried again, for as long
+as it takes. The other partitions flow on meanwhile, the reader keeps polling (so
+the group does not evict it), and stopping or a rebalance never waits for the
+dependency. One warning says a partition paused, one line that it resumed, and
+``strata_consumer_paused`` is 1 while any partition of the consumer is paused.
+After each fetch, ``strata_consumer_lag`` is set from the broker's high watermark.
+
 Why aiokafka directly and not a FastStream subscriber: FastStream wraps every
 record in its message object, middleware stack and dependency injection (four
 hops to a worker thread per record here), commits after every record and cannot
@@ -26,17 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from strata.core import kafka
 from strata.core.bus.consumer import Consumer
 from strata.core.bus.dead_letters import Record
+from strata.core.bus.failures import Outage, describe
 from strata.core.bus.offsets import Offsets
+from strata.core.metrics import Metrics
 from strata.core.settings import BusSettings, KafkaSettings
 
 IDLE_WAIT_MS = 1_000
@@ -49,11 +65,25 @@ T = TypeVar("T")
 _log = structlog.get_logger("strata.core.bus")
 
 
+@dataclass
+class _Pause:
+    """A paused partition: when to fetch it again, and the wait after the next failure."""
+
+    until: float
+    backoff: float
+
+
 class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
     """Reads ``consumer.topic`` as a member of ``consumer.group`` while started."""
 
     def __init__(
-        self, consumer: Consumer, *, kafka: KafkaSettings, settings: BusSettings, client_id: str
+        self,
+        consumer: Consumer,
+        *,
+        kafka: KafkaSettings,
+        settings: BusSettings,
+        client_id: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._consumer = consumer
         self._kafka = kafka
@@ -75,6 +105,12 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
         """Something failed in the last round: pause before the next fetch."""
         self._stopping = False
         self._revoking = False
+        self._paused: dict[TopicPartition, _Pause] = {}
+        metrics = metrics or consumer.metrics
+        self._paused_gauge = metrics.consumer_paused.labels(consumer.topic, consumer.group)
+        self._lag_metric = metrics.consumer_lag
+        self._lag: dict[TopicPartition, Gauge] = {}
+        """The lag gauge of each partition, looked up once (``labels()`` costs µs)."""
 
     async def start(self) -> None:
         """Join the group and start reading in the background."""
@@ -117,6 +153,9 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._commit_now(self._reader, revoked)
                 self._offsets.forget(revoked)
                 self._generation += 1
+                for tp in revoked:
+                    self._paused.pop(tp, None)
+                self._paused_gauge.set(1 if self._paused else 0)
         finally:
             self._revoking = False
 
@@ -127,7 +166,9 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
         """Fetch and process until stopped; any failure costs a pause, never the loop."""
         while not self._stopping:
             try:
+                self._resume_due(reader)
                 fetched = await self._idle(reader.getmany(timeout_ms=self._wait_ms()))
+                self._measure_lag(reader, fetched)
                 generation = self._generation
                 async with self._round:
                     if fetched and generation == self._generation:
@@ -163,9 +204,10 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
     ) -> None:
         """One partition's records of a fetch, in order.
 
-        Whatever is left unsettled (the pass was halted, or a dead letter could not
-        be written) is read again: the position goes back to the first such record,
-        so no later commit can pass it.
+        Whatever is left unsettled (the pass was halted, a dependency is down, or a
+        dead letter could not be written) is read again: the position goes back to
+        the first such record, so no later commit can pass it. The last two also
+        pause the partition (see the module docstring).
         """
         unsettled = records[0].offset
 
@@ -174,19 +216,70 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
             count, unsettled = record.offset + 1 - unsettled, record.offset + 1
             self._offsets.settle(tp, unsettled, count)
 
+        failure: BaseException | None = None
         try:
             await self._consumer.process(records, settled, self._halted)
+        except Outage as outage:
+            failure = outage.error
         except Exception as exc:
-            _log.error(
-                "a record could not be settled, reading it again",
-                error=repr(exc),
-                partition=tp.partition,
-                offset=unsettled,
-                **self._where(),
-            )
-            self._troubled = True
+            failure = exc
         if unsettled <= records[-1].offset and tp in reader.assignment():
             reader.seek(tp, unsettled)
+        if failure is not None:
+            self._pause(reader, tp, unsettled, failure)
+        elif tp in self._paused and unsettled > records[-1].offset:
+            self._resumed(tp, unsettled)
+
+    def _pause(
+        self, reader: AIOKafkaConsumer, tp: TopicPartition, offset: int, error: BaseException
+    ) -> None:
+        """Stop fetching ``tp`` for a while; the first time, say so once."""
+        settings = self._settings
+        pause = self._paused.get(tp)
+        if pause is None:
+            pause = self._paused[tp] = _Pause(0.0, settings.retry_backoff_initial)
+            self._paused_gauge.set(1)
+            _log.warning(
+                "partition paused: a dependency is unavailable or a dead letter could not be "
+                "written; retrying the record until it can be settled",
+                error=describe(error),
+                partition=tp.partition,
+                offset=offset,
+                **self._where(),
+            )
+        else:
+            pause.backoff = min(pause.backoff * 2, settings.retry_backoff_max)
+        pause.until = time.monotonic() + pause.backoff
+        if tp in reader.assignment():
+            reader.pause(tp)
+
+    def _resumed(self, tp: TopicPartition, offset: int) -> None:
+        del self._paused[tp]
+        self._paused_gauge.set(1 if self._paused else 0)
+        _log.info("partition resumed", partition=tp.partition, offset=offset, **self._where())
+
+    def _resume_due(self, reader: AIOKafkaConsumer) -> None:
+        """Fetch again the paused partitions whose wait is over."""
+        if not self._paused:
+            return
+        now = time.monotonic()
+        paused = reader.paused()
+        due = [tp for tp, p in self._paused.items() if p.until <= now and tp in paused]
+        if due:
+            reader.resume(*due)
+
+    def _measure_lag(
+        self, reader: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Record]]
+    ) -> None:
+        """Records past the fetched ones on each partition, from the fetch's high watermark."""
+        for tp, records in fetched.items():
+            highwater = reader.highwater(tp)
+            if highwater is not None and records:
+                gauge = self._lag.get(tp)
+                if gauge is None:
+                    labels = (tp.topic, self._consumer.group, str(tp.partition))
+                    gauge = self._lag[tp] = self._lag_metric.labels(*labels)
+                gauge.set(max(0, highwater - records[-1].offset - 1))
 
     def _halted(self) -> bool:
         return self._stopping or self._revoking
@@ -228,10 +321,13 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
         At least :data:`COMMIT_POLL_MS`: a commit that falls due while the last one is
         still in flight must not turn the loop into a spin.
         """
-        wait = self._offsets.wait()
-        if wait is None:
+        waits = [self._offsets.wait()]
+        if self._paused:
+            waits.append(min(p.until for p in self._paused.values()) - time.monotonic())
+        due = [w for w in waits if w is not None]
+        if not due:
             return IDLE_WAIT_MS
-        return min(IDLE_WAIT_MS, max(COMMIT_POLL_MS, int(wait * 1000)))
+        return min(IDLE_WAIT_MS, max(COMMIT_POLL_MS, int(min(due) * 1000)))
 
     def _where(self) -> dict[str, str]:
         return {"topic": self._consumer.topic, "group": self._consumer.group}
