@@ -1,7 +1,9 @@
 """Who may call a Strata gRPC server, and what a refused or failed call tells the caller.
 
 A real grpc.aio server on a free loopback port serves a tiny service with raw-bytes
-methods, behind the same edge every Strata service uses.
+methods, behind the same edge every Strata service uses. The service is declared in
+the protobuf pool as a generated module would declare it, since role lists are
+checked against the declared methods.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from strata.core.errors import ConfigError, InvalidArgumentError, NotFoundError
 from strata.core.rpc import RpcServer, Service, channel, current_principal, field_violations
-from strata.core.rpc.auth import TokenBook
+from strata.core.rpc.auth import TokenBook, check_auth_settings
 from strata.core.rpc.client import DEFAULT_DEADLINE
-from strata.core.settings import AuthSettings
+from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings
 
 SERVICE = "strata.test.v1.Echo"
 TOKENS = {
@@ -67,6 +70,23 @@ def _add_echo(server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
 
 
+def _declare_echo() -> None:
+    """Add the Echo service to the protobuf pool, as a generated ``_pb2`` module does."""
+    package, _, name = SERVICE.rpartition(".")
+    empty = f".{empty_pb2.Empty.DESCRIPTOR.full_name}"
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="strata/test/v1/echo.proto",
+        package=package,
+        dependency=[empty_pb2.DESCRIPTOR.name],
+        syntax="proto3",
+    )
+    service = proto.service.add(name=name)
+    for method in ("WhoAmI", "Count", "Validate", "Find", "Crash", "Hang", "Shutdown"):
+        service.method.add(name=method, input_type=empty, output_type=empty)
+    descriptor_pool.Default().AddSerializedFile(proto.SerializeToString())
+
+
+_declare_echo()
 ECHO = Service(
     name=SERVICE,
     add=_add_echo,
@@ -74,8 +94,8 @@ ECHO = Service(
 )  # "Shutdown" is listed for nobody: admin only
 
 
-async def _serve(auth: AuthSettings) -> tuple[RpcServer, str]:
-    server = RpcServer([ECHO], auth)
+async def _serve(auth: AuthSettings, *, reflection: bool = False) -> tuple[RpcServer, str]:
+    server = RpcServer([ECHO], auth, reflection=reflection)
     port = await server.start("127.0.0.1", 0)
     await server.set_serving(True)
     return server, f"127.0.0.1:{port}"
@@ -164,13 +184,26 @@ async def test_health_answers_without_a_token(target: str) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_answers_without_a_token(target: str) -> None:
+async def _listed_services(target: str) -> set[str]:
     async with grpc.aio.insecure_channel(target) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
-    names = {s.name for s in replies[0].list_services_response.service}
-    assert {SERVICE, "grpc.health.v1.Health"} <= names
+    return {s.name for s in replies[0].list_services_response.service}
+
+
+async def test_reflection_when_asked_answers_without_a_token() -> None:
+    server, address = await _serve(AuthSettings(tokens=TOKENS), reflection=True)
+    try:
+        assert {SERVICE, "grpc.health.v1.Health"} <= await _listed_services(address)
+    finally:
+        await server.stop(0)
+
+
+async def test_reflection_is_off_unless_asked(target: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _listed_services(target)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_invalid_argument_names_the_field(dial: Dial) -> None:
@@ -213,3 +246,65 @@ def test_a_token_entry_without_principal_is_named_by_position_not_by_token() -> 
     assert "STRATA_AUTH_TOKENS" in str(caught.value)
     assert "entry 1" in str(caught.value)
     assert "t0ps3cret" not in str(caught.value)
+
+
+@pytest.fixture
+def no_auth_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings built here see only their arguments, not the test environment's tokens."""
+    for name in ("STRATA_AUTH_ENABLED", "STRATA_AUTH_TOKENS", "STRATA_AUTH_CLIENT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_auth_variables")
+def test_production_without_tokens_refuses_naming_the_variable_and_its_format() -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_auth_settings(AuthSettings(), "production")
+    message = str(caught.value)
+    assert message.startswith("STRATA_AUTH_TOKENS is not set")
+    assert '"principal"' in message
+    assert "STRATA_MODE=development" in message
+
+
+def test_production_refuses_the_public_token_even_when_listed_on_purpose() -> None:
+    tokens = {**TOKENS, DEV_ADMIN_TOKEN: {"principal": "dev", "roles": ["admin"]}}
+    with pytest.raises(ConfigError, match="STRATA_AUTH_TOKENS holds the public local-stack token"):
+        check_auth_settings(AuthSettings(tokens=tokens), "production")
+
+
+def test_production_refuses_disabled_auth() -> None:
+    with pytest.raises(ConfigError, match="STRATA_AUTH_ENABLED=false"):
+        check_auth_settings(AuthSettings(enabled=False, tokens=TOKENS), "production")
+
+
+def test_production_accepts_issued_tokens() -> None:
+    check_auth_settings(AuthSettings(tokens=TOKENS), "production")
+
+
+@pytest.mark.usefixtures("no_auth_variables")
+def test_development_accepts_the_local_stack_defaults() -> None:
+    check_auth_settings(AuthSettings(), "development")
+    check_auth_settings(AuthSettings(enabled=False), "development")
+
+
+def test_a_malformed_token_entry_is_refused_in_development_too() -> None:
+    with pytest.raises(ConfigError, match="entry 1"):
+        check_auth_settings(AuthSettings(tokens={"t": {"roles": ["x"]}}), "development")
+
+
+@pytest.mark.usefixtures("no_auth_variables")
+def test_a_production_client_without_a_token_refuses_to_send_the_public_one(target: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        channel(target, AuthSettings())
+    assert str(caught.value).startswith("STRATA_AUTH_CLIENT_TOKEN is not set")
+    with pytest.raises(ConfigError, match="STRATA_AUTH_CLIENT_TOKEN holds the public"):
+        channel(target, AuthSettings(client_token=DEV_ADMIN_TOKEN))
+
+
+@pytest.mark.usefixtures("no_auth_variables")
+async def test_a_development_client_sends_the_local_stack_token() -> None:
+    tokens = {DEV_ADMIN_TOKEN: {"principal": "dev", "roles": ["admin"]}}
+    server, address = await _serve(AuthSettings(tokens=tokens))
+    try:
+        assert await _call(channel(address, AuthSettings(), mode="development"), "WhoAmI") == b"dev"
+    finally:
+        await server.stop(0)

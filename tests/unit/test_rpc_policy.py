@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from strata.api.registry.v1 import registry_pb2
+from strata.core.errors import ConfigError
 from strata.core.rpc.auth import ADMIN_ROLE, AccessPolicy, Principal, is_open
 from strata.core.rpc.client import retry_config
 from strata.core.rpc.server import Service, access_policy
 
-REGISTRY = "strata.registry.v1.ModelRegistry"
+REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"].full_name
 
 
 def _ignore(server: object) -> None:
@@ -56,3 +60,17 @@ def test_retries_apply_to_the_named_idempotent_calls_only() -> None:
     ]
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert json.loads(retry_config([])) == {}
+
+
+def test_a_misspelled_method_in_a_role_list_is_an_error_naming_it_and_the_service() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Service(REGISTRY, _ignore, roles={"GetModle": ["reader"], "GetModel": ["reader"]})
+    message = str(caught.value)
+    assert "GetModle" in message
+    assert REGISTRY in message
+    assert "GetModel" in message.partition("its methods are:")[2]  # what was meant is listed
+
+
+def test_an_unknown_service_name_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"'strata\.registry\.v1\.ModelRegistry' is unknown"):
+        Service("strata.registry.v1.ModelRegistry", _ignore, roles={"*": ["reader"]})

@@ -8,6 +8,7 @@ reprs, logs or error messages.
 from __future__ import annotations
 
 import os
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -17,6 +18,7 @@ from strata.core.settings import (
     AuthSettings,
     BlobSettings,
     KafkaSettings,
+    ModeSettings,
     PostgresSettings,
     RedisSettings,
     TelemetrySettings,
@@ -70,6 +72,7 @@ def test_bootstrap_servers_list_wins_over_host_and_port(monkeypatch: pytest.Monk
         (BlobSettings, "STRATA_BLOB_MULTIPART_CHUNK", "1024"),
         (TelemetrySettings, "STRATA_TELEMETRY_LOG_LEVEL", "LOUD"),
         (AuthSettings, "STRATA_AUTH_ENABLED", "maybe"),
+        (ModeSettings, "STRATA_MODE", "staging"),
     ],
 )
 def test_a_wrong_value_names_its_variable(
@@ -117,3 +120,41 @@ def test_settings_are_frozen() -> None:
     settings = load(KafkaSettings)
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
+
+
+def test_the_mode_is_production_unless_development_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load(ModeSettings).mode == "production"
+    monkeypatch.setenv("STRATA_MODE", "development")
+    assert load(ModeSettings).mode == "development"
+
+
+@pytest.mark.parametrize(
+    ("mode", "reflection", "served"),
+    [
+        ("production", None, False),
+        ("development", None, True),
+        ("production", "true", True),
+        ("development", "false", False),
+    ],
+)
+def test_reflection_follows_the_mode_unless_set(
+    monkeypatch: pytest.MonkeyPatch, mode: str, reflection: str | None, served: bool
+) -> None:
+    monkeypatch.setenv("STRATA_MODE", mode)
+    if reflection is not None:
+        monkeypatch.setenv("STRATA_REFLECTION", reflection)
+    assert load(ModeSettings).serves_reflection is served
+
+
+def test_the_postgres_dsn_escapes_user_password_and_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = "p@ss/w#rd:100%?"
+    monkeypatch.setenv("STRATA_POSTGRES_USER", "ml@team")
+    monkeypatch.setenv("STRATA_POSTGRES_PASSWORD", password)
+    monkeypatch.setenv("STRATA_POSTGRES_DATABASE", "features/v2")
+    url = urlsplit(load(PostgresSettings).dsn)
+    assert (url.hostname, url.port) == ("127.0.0.1", 15432)
+    assert unquote(url.username or "") == "ml@team"
+    assert unquote(url.password or "") == password
+    assert unquote(url.path) == "/features/v2"

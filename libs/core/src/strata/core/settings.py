@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -56,12 +57,14 @@ class BusSettings(BaseSettings):
     )
     linger_ms: int = Field(0, ge=0, description="Producer wait to batch records; 0 = send now.")
     retry_attempts: int = Field(
-        5, ge=1, description="Handler runs per record on transient errors before the DLQ."
+        5, ge=1, description="Handler runs per record on an error (not an outage) before the DLQ."
     )
     retry_backoff_initial: float = Field(
         0.1, gt=0, description="Seconds before the first retry; doubles each time."
     )
-    retry_backoff_max: float = Field(5.0, gt=0, description="Longest wait between retries, s.")
+    retry_backoff_max: float = Field(
+        5.0, gt=0, description="Longest wait between retries, and of a paused partition, s."
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts reading."
     )
@@ -92,8 +95,16 @@ class PostgresSettings(BaseSettings):
 
     @property
     def dsn(self) -> str:
-        secret = self.password.get_secret_value()
-        return f"postgresql://{self.user}:{secret}@{self.host}:{self.port}/{self.database}"
+        """The connection URL; user, password and database are percent-encoded.
+
+        Unescaped, a password with ``@``, ``/``, ``#`` or ``:`` would be read as part
+        of the host or path, and the service would log in to the wrong place or not at all.
+        """
+        user, secret, database = (
+            quote(part, safe="")
+            for part in (self.user, self.password.get_secret_value(), self.database)
+        )
+        return f"postgresql://{user}:{secret}@{self.host}:{self.port}/{database}"
 
     @property
     def address(self) -> str:
@@ -178,8 +189,58 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+Mode = Literal["production", "development"]
+"""How much a process may take for granted: ``development`` trusts the machine it runs on."""
+
+
+class ModeSettings(BaseSettings):
+    """Production (the default) or development (the local stack, ``strata dev``, the tests).
+
+    Production refuses what is only safe on a developer's machine: the public
+    local-stack token, disabled auth, and gRPC reflection unless asked for.
+    """
+
+    model_config = _area("STRATA_")
+
+    mode: Mode = Field(
+        "production", description="'production' (the default) or 'development' (local only)."
+    )
+    reflection: bool | None = Field(
+        None, description="Serve gRPC reflection; unset: on in development, off in production."
+    )
+
+    @property
+    def serves_reflection(self) -> bool:
+        """Reflection lists every method to anyone, so production serves it only when asked."""
+        return self.mode == "development" if self.reflection is None else self.reflection
+
+
+class TlsSettings(BaseSettings):
+    """TLS for gRPC, from PEM files; all unset (the local stack) means plain text.
+
+    A server serves TLS when ``cert_file`` and ``key_file`` are set, and requires
+    client certificates signed by ``client_ca_file`` when that is set too (mTLS).
+    A client speaks TLS when ``ca_file`` is set, and presents ``client_cert_file``.
+    """
+
+    model_config = _area("STRATA_TLS_")
+
+    cert_file: Path | None = Field(None, description="Certificate chain this server presents.")
+    key_file: Path | None = Field(None, description="Private key of that certificate.")
+    client_ca_file: Path | None = Field(
+        None, description="CA bundle client certificates must chain to; set to require mTLS."
+    )
+    ca_file: Path | None = Field(
+        None, description="CA bundle this process verifies servers with; set to call over TLS."
+    )
+    client_cert_file: Path | None = Field(
+        None, description="Certificate this process presents as a client (mTLS)."
+    )
+    client_key_file: Path | None = Field(None, description="Private key of the client certificate.")
+
+
 DEV_ADMIN_TOKEN = "dev-admin-token"
-"""The local stack's admin token: public, so a server that accepts it is for development only."""
+"""The local stack's admin token: public, so only a development-mode process accepts it."""
 
 
 def _dev_admin() -> dict[str, str | list[str]]:
@@ -190,17 +251,22 @@ class AuthSettings(BaseSettings):
     """Bearer tokens accepted by the gRPC servers, mapped to a principal and roles.
 
     ``STRATA_AUTH_TOKENS`` is JSON: ``{"<token>": {"principal": "ci", "roles": ["admin"]}}``.
+    The defaults are the public local-stack token, which only development mode accepts
+    (:func:`strata.core.rpc.auth.check_auth_settings`, :func:`strata.core.rpc.channel`).
     """
 
     model_config = _area("STRATA_AUTH_")
 
-    enabled: bool = Field(True, description="Require a bearer token on every gRPC call.")
+    enabled: bool = Field(
+        True, description="Require a bearer token on every gRPC call; false in development only."
+    )
     tokens: dict[str, dict[str, str | list[str]]] = Field(
         default_factory=lambda: {DEV_ADMIN_TOKEN: _dev_admin()},
-        description="Token -> {principal, roles}. The default suits the local stack only.",
+        description="Token -> {principal, roles}. The default suits development only.",
     )
     client_token: SecretStr = Field(
-        SecretStr(DEV_ADMIN_TOKEN), description="Token this process sends as a gRPC client."
+        SecretStr(DEV_ADMIN_TOKEN),
+        description="Token this process sends as a gRPC client; the default: development only.",
     )
 
 
@@ -216,6 +282,15 @@ class ServiceSettings(BaseSettings):
     streamer_port: int = Field(50054, description="gRPC port of the feature streamer.")
     registry_port: int = Field(50055, description="gRPC port of the model registry.")
     gateway_port: int = Field(50056, description="gRPC port of the deploy gateway.")
+    scheduler_metrics_port: int = Field(9461, description="Prometheus /metrics of the scheduler.")
+    provisioner_metrics_port: int = Field(9462, description="/metrics of the provisioner.")
+    agent_metrics_port: int = Field(9463, description="/metrics of a node agent.")
+    streamer_metrics_port: int = Field(9464, description="/metrics of the feature streamer.")
+    registry_metrics_port: int = Field(9465, description="/metrics of the model registry.")
+    gateway_metrics_port: int = Field(9466, description="/metrics of the deploy gateway.")
+    inbox_retention_days: float = Field(
+        14.0, gt=0, description="Days an event id is kept for de-duplication (2x topic retention)."
+    )
     shutdown_grace: float = Field(3.0, ge=0, description="Seconds in-flight calls get on SIGTERM.")
     ping_timeout: float = Field(
         5.0, gt=0, description="Seconds one health ping of a dependency may take."
@@ -228,6 +303,12 @@ class ServiceSettings(BaseSettings):
         port = getattr(self, f"{service}_port", None)
         if not isinstance(port, int):
             raise ConfigError(f"no gRPC port is configured for service {service!r}")
+        return port
+
+    def metrics_port_of(self, service: str) -> int:
+        port = getattr(self, f"{service}_metrics_port", None)
+        if not isinstance(port, int):
+            raise ConfigError(f"no metrics port is configured for service {service!r}")
         return port
 
 

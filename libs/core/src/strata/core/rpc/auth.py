@@ -3,7 +3,8 @@
 The tokens come from :class:`~strata.core.settings.AuthSettings` (``STRATA_AUTH_TOKENS``).
 A method is open to the roles its service lists for it (:class:`AccessPolicy`);
 the ``admin`` role may call everything, and a method nobody listed is admin-only,
-so a forgotten entry fails closed.
+so a forgotten entry fails closed. The local stack's public token and disabled auth
+are development conveniences that :func:`check_auth_settings` refuses in production.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from strata.core.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
-from strata.core.settings import AuthSettings
+from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings, Mode
 
 ADMIN_ROLE = "admin"
 """The role that may call every method."""
@@ -74,6 +75,49 @@ class TokenBook:
 
     def principal_of(self, token: str) -> Principal | None:
         return self._by_digest.get(_digest(token))
+
+
+def check_auth_settings(auth: AuthSettings, mode: Mode) -> None:
+    """Refuse, before anything starts, auth settings that are only safe on a developer's machine.
+
+    In production the public local-stack token, disabled auth and an unset
+    ``STRATA_AUTH_TOKENS`` (whose default is that token) are errors naming the
+    variable; in development they pass, and the server warns about them. Either way
+    a malformed token entry is refused.
+    """
+    TokenBook.from_settings(auth)
+    if mode == "development":
+        return
+    if not auth.enabled:
+        raise ConfigError(
+            "STRATA_AUTH_ENABLED=false makes every caller admin: "
+            f"set it to true, or {_DEVELOPMENT_ONLY}"
+        )
+    if "tokens" not in auth.model_fields_set:
+        raise ConfigError(
+            "STRATA_AUTH_TOKENS is not set: set it to the issued tokens as JSON, "
+            f"{_TOKENS_EXAMPLE}; {_DEVELOPMENT_ONLY}"
+        )
+    if DEV_ADMIN_TOKEN in auth.tokens:
+        raise ConfigError(
+            f"STRATA_AUTH_TOKENS holds the public local-stack token: remove it; {_DEVELOPMENT_ONLY}"
+        )
+
+
+def client_token(auth: AuthSettings, mode: Mode) -> str:
+    """The token a client sends: never the public local-stack one outside development."""
+    token = auth.client_token.get_secret_value()
+    if mode == "development" or token != DEV_ADMIN_TOKEN:
+        return token
+    problem = "holds" if "client_token" in auth.model_fields_set else "is not set, so it would send"
+    raise ConfigError(
+        f"STRATA_AUTH_CLIENT_TOKEN {problem} the public local-stack token: set it to a token "
+        f"the server lists in its STRATA_AUTH_TOKENS; {_DEVELOPMENT_ONLY}"
+    )
+
+
+_DEVELOPMENT_ONLY = "the local-stack defaults are accepted only with STRATA_MODE=development"
+_TOKENS_EXAMPLE = '{"<token>": {"principal": "<who>", "roles": ["<role>"]}}'
 
 
 class AccessPolicy:

@@ -1,7 +1,8 @@
-"""Channels to Strata services: bearer token, default deadline, keepalive, safe retries.
+"""Channels to Strata services: bearer token, TLS, default deadline, keepalive, safe retries.
 
 The token is attached by an interceptor rather than call credentials, because
 grpc only sends call credentials over TLS and the local stack runs in plain text.
+Outside development a channel refuses to send the public local-stack token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import grpc
 
-from strata.core.settings import AuthSettings
+from strata.core.rpc.auth import client_token
+from strata.core.settings import AuthSettings, Mode
 from strata.core.telemetry import client_interceptors
 
 DEFAULT_DEADLINE = 10.0
@@ -37,11 +39,16 @@ def channel(
     target: str,
     auth: AuthSettings,
     *,
+    mode: Mode = "production",
+    credentials: grpc.ChannelCredentials | None = None,
     deadline: float = DEFAULT_DEADLINE,
     idempotent: Collection[str] = (),
 ) -> grpc.aio.Channel:
-    """A plain-text channel to ``target`` (``host:port``) that sends ``auth.client_token``.
+    """A channel to ``target`` (``host:port``) that sends ``auth.client_token``.
 
+    ``credentials`` (:func:`strata.core.rpc.tls.channel_credentials`) make it TLS;
+    None is plain text. Outside ``mode="development"`` an unset client token is a
+    :class:`~strata.core.errors.ConfigError` naming ``STRATA_AUTH_CLIENT_TOKEN``.
     Unary calls without a timeout get ``deadline`` seconds; streams get none, since
     they live as long as the conversation does. Calls named in ``idempotent``
     (``pkg.Service`` or ``pkg.Service/Method``) are retried on UNAVAILABLE.
@@ -49,9 +56,11 @@ def channel(
     if deadline <= 0:
         raise ValueError(f"deadline must be positive, got {deadline!r}")
     options = [*CLIENT_OPTIONS, ("grpc.service_config", retry_config(idempotent))]
-    defaults = _CallDefaults(f"Bearer {auth.client_token.get_secret_value()}", deadline)
+    defaults = _CallDefaults(f"Bearer {client_token(auth, mode)}", deadline)
     interceptors = [*client_interceptors(), *defaults.interceptors()]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def retry_config(idempotent: Collection[str]) -> str:

@@ -1,8 +1,10 @@
-"""A gRPC server as every Strata service runs it: auth, error mapping, health, reflection.
+"""A gRPC server as every Strata service runs it: auth, error mapping, health, reflection, TLS.
 
 Health starts NOT_SERVING; the process runner (:mod:`strata.core.service`) turns it
 to SERVING once the service's dependencies answer, and back on shutdown, before
-the server stops accepting calls.
+the server stops accepting calls. Each :class:`Service`'s role list is checked
+against its protobuf descriptor when it is declared, so a misspelled method name
+stops the start instead of leaving the real method silently admin-only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
+from strata.core.errors import ConfigError
 from strata.core.rpc.auth import AccessPolicy, Gatekeeper, TokenBook
 from strata.core.rpc.edge import EdgeInterceptor
 from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings
@@ -32,33 +36,47 @@ SERVER_OPTIONS = (
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 @dataclass(frozen=True)
 class Service:
     """One gRPC service to serve, and who may call it.
 
+    ``name`` is the full protobuf name (``strata.registry.v1.ModelRegistryService``);
     ``add`` is the generated ``add_<Name>Servicer_to_server`` bound to a servicer,
-    e.g. ``partial(add_ModelRegistryServicer_to_server, RegistryServicer(store))``.
+    e.g. ``partial(add_ModelRegistryServiceServicer_to_server, RegistryServicer(store))``.
     ``roles`` maps a method name (``"GetModel"``) or ``"*"`` (every method) to the
-    roles that may call it; ``admin`` may call anything.
+    roles that may call it; ``admin`` may call anything. An unknown service or
+    method raises :class:`~strata.core.errors.ConfigError` naming both.
     """
 
     name: str
     add: Callable[[grpc.aio.Server], None]
     roles: Mapping[str, Collection[str]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_roles(self.name, self.roles)
+
 
 class RpcServer:
-    """A ``grpc.aio`` server with the Strata edge, health and reflection; create it in a loop."""
+    """A ``grpc.aio`` server with the Strata edge and health; create it in a loop."""
 
     def __init__(
         self,
         services: Sequence[Service],
         auth: AuthSettings,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        reflection: bool = False,
     ) -> None:
-        """``interceptors`` run before the edge (e.g. tracing, which must see refusals too)."""
+        """``interceptors`` run before the edge (e.g. tracing, which must see refusals too).
+
+        ``credentials`` (:func:`strata.core.rpc.tls.server_credentials`) serve TLS;
+        None serves plain text. ``reflection`` lists every method to any caller, so
+        it is off unless asked for (:attr:`ModeSettings.serves_reflection`).
+        """
         if not auth.enabled:
             log.warning("auth is disabled: every gRPC caller is admin; local experiments only")
         elif DEV_ADMIN_TOKEN in auth.tokens:
@@ -71,25 +89,25 @@ class RpcServer:
         self._server = grpc.aio.server(
             interceptors=[*interceptors, EdgeInterceptor(gatekeeper)], options=SERVER_OPTIONS
         )
+        self._credentials = credentials
         self._names = [service.name for service in services]
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [
-                *self._names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._server,
-        )
+        if reflection:
+            listed = [*self._names, _HEALTH, grpc_reflection.SERVICE_NAME]
+            grpc_reflection.enable_server_reflection(listed, self._server)
         for service in services:
             service.add(self._server)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0 picks a free port), NOT_SERVING; returns the port bound."""
         await self.set_serving(False)
+        address = f"{host}:{port}"
         try:
-            bound: int = self._server.add_insecure_port(f"{host}:{port}")
+            if self._credentials is None:
+                bound: int = self._server.add_insecure_port(address)
+            else:
+                bound = self._server.add_secure_port(address, self._credentials)
         except RuntimeError as exc:  # grpc says only "Failed to bind"
             raise OSError(
                 f"cannot listen on {host}:{port}: in use, or not an address of this host"
@@ -116,3 +134,25 @@ def access_policy(services: Sequence[Service]) -> AccessPolicy:
         for method, roles in service.roles.items():
             rules[f"/{service.name}/{method}"] = roles
     return AccessPolicy(rules)
+
+
+def check_roles(service: str, roles: Mapping[str, Collection[str]]) -> None:
+    """Every method named in ``roles`` must exist in ``service``'s protobuf descriptor.
+
+    :class:`Service` calls it when declared; a runtime that builds its services late
+    calls it earlier, among the other start-up checks, so the refusal is one line.
+    """
+    try:
+        descriptor = descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        raise ConfigError(
+            f"gRPC service {service!r} is unknown: no generated module declares it "
+            "(give the full name, e.g. 'strata.registry.v1.ModelRegistryService')"
+        ) from None
+    unknown = sorted(set(roles) - {"*"} - set(descriptor.methods_by_name))
+    if unknown:
+        known = ", ".join(sorted(descriptor.methods_by_name))
+        raise ConfigError(
+            f"roles of gRPC service {service!r} name methods it does not have: "
+            f"{', '.join(unknown)}; its methods are: {known}"
+        )
