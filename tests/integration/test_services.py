@@ -89,7 +89,12 @@ class Running:
 async def _start(name: str, folder: Path, **env: str) -> Running:
     port = _free_port()
     log = folder / f"{name}.log"
-    environment = {**os.environ, f"STRATA_SERVICE_{name.upper()}_PORT": str(port), **env}
+    environment = {
+        **os.environ,
+        f"STRATA_SERVICE_{name.upper()}_PORT": str(port),
+        f"STRATA_SERVICE_{name.upper()}_METRICS_PORT": str(_free_port()),
+        **env,
+    }
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"strata.{name}", env=environment, stderr=sink

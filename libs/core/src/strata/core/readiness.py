@@ -1,16 +1,17 @@
-"""What a service waits for before it reports SERVING, and how it keeps watching.
+"""The servers a service depends on, and how it waits for them before its first start.
 
 A :class:`Dependency` is a server of the stack (Kafka, Postgres, Redis, the blob
-store) with the ``ping`` of its client module. :func:`keep_health` turns their
-answers into the gRPC health of the service: NOT_SERVING until all answer, with
-one warning line per failed ping that names the server and its address.
+store) with the one-off ``ping`` of its client module, used while the service has
+no client of its own yet: :func:`until_reachable` pings until all answer, with one
+warning line per failed ping that names the server and its address. Once the
+service runs, its health pings go through its own clients
+(:meth:`strata.core.runtime.ServiceContext.ping`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -18,15 +19,11 @@ import structlog
 from pydantic_settings import BaseSettings
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from strata.core.rpc.server import RpcServer
 from strata.core.settings import BlobSettings, KafkaSettings, PostgresSettings, RedisSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
 S = TypeVar("S", bound=BaseSettings)
-
-Lifespan = Callable[[], AbstractAsyncContextManager[object]]
-"""Opens what the service holds (pools, consumers) once its dependencies answer; closes it."""
 
 
 @dataclass(frozen=True)
@@ -84,25 +81,8 @@ class Probe:
         await self.dependency.ping(self.settings, self.seconds)
 
 
-async def keep_health(
-    server: RpcServer, probes: Sequence[Probe], interval: float, lifespan: Lifespan
-) -> None:
-    """NOT_SERVING until every dependency answers, SERVING while they keep answering.
-
-    ``lifespan`` is entered once, after the first time all answer, and left when
-    this is cancelled (at shutdown). Pings repeat every ``interval`` seconds.
-    """
-    await _until_reachable(probes)
-    async with lifespan():
-        while True:
-            await server.set_serving(True)
-            log.info("serving")
-            await _until_unreachable(probes, interval)
-            await server.set_serving(False)
-            await _until_reachable(probes)
-
-
-async def _until_reachable(probes: Sequence[Probe]) -> None:
+async def until_reachable(probes: Sequence[Probe]) -> None:
+    """Return once every probe answered (each retried with backoff until it does)."""
     await asyncio.gather(*(_reach(probe) for probe in probes))
 
 
@@ -126,15 +106,3 @@ def _warn_unreachable(component: str) -> Callable[[RetryCallState], None]:
         log.warning(str(error) or repr(error), component=component, retry_in=round(wait, 1))
 
     return warn
-
-
-async def _until_unreachable(probes: Sequence[Probe], interval: float) -> None:
-    """Ping all every ``interval`` seconds; return (after a warning) once one does not answer."""
-    while True:
-        await asyncio.sleep(interval)
-        results = await asyncio.gather(*(p.ping() for p in probes), return_exceptions=True)
-        failed = [(p, r) for p, r in zip(probes, results, strict=True) if isinstance(r, Exception)]
-        for probe, error in failed:
-            log.warning(str(error) or repr(error), component=probe.component)
-        if failed:
-            return

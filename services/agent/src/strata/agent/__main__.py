@@ -1,6 +1,8 @@
-"""``python -m strata.agent``: a node agent (health only for now), SERVING once Kafka answers."""
+"""``python -m strata.agent``: a node agent, SERVING once Kafka answers."""
 
-from strata.core.service import KAFKA, run_service
+from strata.core.runtime import KAFKA, ServiceSpec, run_service
+
+SPEC = ServiceSpec(name="agent", requires=(KAFKA,))
 
 if __name__ == "__main__":
-    run_service("agent", dependencies=[KAFKA])
+    run_service(SPEC)

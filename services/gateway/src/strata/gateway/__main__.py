@@ -1,6 +1,10 @@
-"""``python -m strata.gateway``: the deploy gateway, SERVING once Kafka and Redis answer."""
+"""``python -m strata.gateway``: the deploy gateway: needs Redis; a Kafka outage
+only degrades it (it serves from memory).
+"""
 
-from strata.core.service import KAFKA, REDIS, run_service
+from strata.core.runtime import KAFKA, REDIS, ServiceSpec, run_service
+
+SPEC = ServiceSpec(name="gateway", requires=(REDIS,), degrades=(KAFKA,))
 
 if __name__ == "__main__":
-    run_service("gateway", dependencies=[KAFKA, REDIS])
+    run_service(SPEC)

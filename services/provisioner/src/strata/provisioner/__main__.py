@@ -1,6 +1,8 @@
 """``python -m strata.provisioner``: the provisioner, SERVING once Postgres and Kafka answer."""
 
-from strata.core.service import KAFKA, POSTGRES, run_service
+from strata.core.runtime import KAFKA, POSTGRES, ServiceSpec, run_service
+
+SPEC = ServiceSpec(name="provisioner", requires=(POSTGRES, KAFKA))
 
 if __name__ == "__main__":
-    run_service("provisioner", dependencies=[POSTGRES, KAFKA])
+    run_service(SPEC)

@@ -1,6 +1,10 @@
-"""``python -m strata.registry``: the model registry, SERVING once Postgres and blobs answer."""
+"""``python -m strata.registry``: the model registry, SERVING once Postgres and the
+blob store answer.
+"""
 
-from strata.core.service import BLOBS, POSTGRES, run_service
+from strata.core.runtime import BLOBS, POSTGRES, ServiceSpec, run_service
+
+SPEC = ServiceSpec(name="registry", requires=(POSTGRES, BLOBS))
 
 if __name__ == "__main__":
-    run_service("registry", dependencies=[POSTGRES, BLOBS])
+    run_service(SPEC)

@@ -1,6 +1,10 @@
-"""``python -m strata.streamer``: the streamer, SERVING once Kafka, Redis and Postgres answer."""
+"""``python -m strata.streamer``: the feature streamer, SERVING once Kafka, Redis and
+Postgres answer.
+"""
 
-from strata.core.service import KAFKA, POSTGRES, REDIS, run_service
+from strata.core.runtime import KAFKA, POSTGRES, REDIS, ServiceSpec, run_service
+
+SPEC = ServiceSpec(name="streamer", requires=(KAFKA, REDIS, POSTGRES))
 
 if __name__ == "__main__":
-    run_service("streamer", dependencies=[KAFKA, REDIS, POSTGRES])
+    run_service(SPEC)

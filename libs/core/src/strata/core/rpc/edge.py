@@ -47,14 +47,18 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # An unknown method is refused like a known one: callers who may not
             # call learn nothing about which methods exist.
             unknown = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
-            return _rebuilt(handler or unknown, _refusal(exc))
+            return rebuilt(handler or unknown, _refusal(exc))
         if handler is None:
             return None
-        return _rebuilt(handler, lambda behaviour: _guarded(behaviour, principal, details.method))
+        return rebuilt(handler, lambda behaviour: _guarded(behaviour, principal, details.method))
 
 
-def _rebuilt(handler: Any, wrap: Callable[[Behaviour], Behaviour]) -> Any:
-    """A handler of the same kind (unary/stream) and codecs whose behaviour is wrapped."""
+def rebuilt(handler: Any, wrap: Callable[[Behaviour], Behaviour]) -> Any:
+    """A handler of the same kind (unary/stream) and codecs whose behaviour is wrapped.
+
+    ``wrap`` always gets a coroutine function: a response stream is drained into
+    ``context.write`` first, so one wrapper fits every kind of call.
+    """
     codecs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
