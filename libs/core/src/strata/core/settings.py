@@ -291,7 +291,9 @@ class ServiceSettings(BaseSettings):
     inbox_retention_days: float = Field(
         14.0, gt=0, description="Days an event id is kept for de-duplication (2x topic retention)."
     )
-    shutdown_grace: float = Field(3.0, ge=0, description="Seconds in-flight calls get on SIGTERM.")
+    shutdown_grace: float = Field(
+        3.0, ge=0, description="Seconds to stop in on SIGTERM: calls, consumers, tasks."
+    )
     ping_timeout: float = Field(
         5.0, gt=0, description="Seconds one health ping of a dependency may take."
     )

@@ -28,9 +28,7 @@ hops to a worker thread per record here), commits after every record and cannot
 commit behind the work; its batch subscriber also sleeps a whole batch timeout
 after each empty fetch, which the dispatch path cannot afford. Measured on this
 machine, that frame cost about a millisecond per event. So the Bus reads with
-aiokafka, configured like every Strata consumer (:func:`strata.core.kafka.consumer`),
-while FastStream's ``KafkaBroker`` still owns the producer and its lifecycle, and
-its ``TestKafkaBroker`` stays the in-memory double of the unit tests.
+aiokafka, configured like every Strata consumer (:func:`strata.core.kafka.consumer`).
 """
 
 from __future__ import annotations

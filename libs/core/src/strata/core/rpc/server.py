@@ -1,6 +1,6 @@
 """A gRPC server as every Strata service runs it: auth, error mapping, health, reflection, TLS.
 
-Health starts NOT_SERVING; the process runner (:mod:`strata.core.service`) turns it
+Health starts NOT_SERVING; the process runner (:mod:`strata.core.runtime`) turns it
 to SERVING once the service's dependencies answer, and back on shutdown, before
 the server stops accepting calls. Each :class:`Service`'s role list is checked
 against its protobuf descriptor when it is declared, so a misspelled method name
