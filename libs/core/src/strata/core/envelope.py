@@ -13,6 +13,7 @@ payload class of each type is looked up once, the time is taken as an integer
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf import symbol_database
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from strata.api.common.v1 import event_pb2
@@ -73,22 +75,28 @@ def route_of(message: Message) -> Route:
     ``.``). Raises ValueError naming the message type when it is not an event or
     its key field is empty, so a publish never goes out unkeyed.
     """
-    descriptor = message.DESCRIPTOR
+    topic, key_path, version = _option_of(message.DESCRIPTOR)
+    value: object = message
+    for part in key_path:
+        value = getattr(value, part)
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"{message.DESCRIPTOR.full_name}.{'.'.join(key_path)} is empty: it is the "
+            "Kafka key that orders these events, so it must be set"
+        )
+    return Route(topic=topic, key=value, schema_version=version)
+
+
+@functools.cache
+def _option_of(descriptor: Descriptor) -> tuple[str, tuple[str, ...], int]:
+    """Topic, key field path and schema version of an event type, read once per type."""
     options = descriptor.GetOptions()
     if not options.HasExtension(event_pb2.event):
         raise ValueError(
             f"{descriptor.full_name} is not an event: it has no (strata.common.v1.event) option"
         )
     event: event_pb2.EventOptions = options.Extensions[event_pb2.event]
-    value: object = message
-    for part in event.key_field.split("."):
-        value = getattr(value, part)
-    if not isinstance(value, str) or not value:
-        raise ValueError(
-            f"{descriptor.full_name}.{event.key_field} is empty: it is the Kafka key "
-            "that orders these events, so it must be set"
-        )
-    return Route(topic=event.topic, key=value, schema_version=event.schema_version or 1)
+    return event.topic, tuple(event.key_field.split(".")), event.schema_version or 1
 
 
 def seal(
