@@ -105,6 +105,23 @@ async def test_production_with_issued_tokens_starts(tmp_path: Path) -> None:
     assert "public local-stack token" not in _logged(log)
 
 
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+async def test_plain_text_beyond_loopback_is_warned_of(
+    tmp_path: Path, host: str, warned: bool
+) -> None:
+    tokens = json.dumps({"ops-token": {"principal": "ops", "roles": ["admin"]}})
+    env = _production(_free_port(), STRATA_AUTH_TOKENS=tokens, STRATA_SERVICE_HOST=host)
+    log = tmp_path / "scheduler.log"
+    process = await _scheduler(env, log)
+    try:
+        await _until_logged(process, log, "listening")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(BOUND):
+            await process.wait()
+    assert ("serving gRPC in plain text beyond loopback" in _logged(log)) is warned
+
+
 async def _until_logged(process: asyncio.subprocess.Process, log: Path, event: str) -> None:
     async with asyncio.timeout(BOUND):
         while not any(

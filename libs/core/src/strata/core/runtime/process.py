@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import os
 import signal
 import sys
@@ -137,6 +138,12 @@ async def _serve(plan: _Plan) -> int:
         log.error(f"cannot listen: {exc}")
         return EXIT_FAILED
     log.info("listening", address=f"{host}:{bound}", metrics=f"{host}:{exporter.server_port}")
+    if plan.credentials is None and not _loopback(host):
+        log.warning(
+            "serving gRPC in plain text beyond loopback: bearer tokens cross the network "
+            "readable; set STRATA_TLS_CERT_FILE and STRATA_TLS_KEY_FILE",
+            address=host,
+        )
     life = _Life(spec, settings, metrics, plan.gates, Health(server))
     body = asyncio.create_task(life.run(stop.event), name=f"{spec.name}: life")
     signalled = asyncio.create_task(stop.event.wait())
@@ -271,6 +278,13 @@ async def _until(stopping: asyncio.Event, work: Coroutine[Any, Any, None]) -> No
         pending.cancel()
     if task.done() and not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class _StopRequest:
