@@ -257,6 +257,27 @@ async def test_metrics_count_calls_by_method_and_code_and_events_by_outcome(
     )
 
 
+async def test_a_call_in_flight_at_sigterm_still_gets_its_answer_from_the_context(
+    example: Example,
+) -> None:
+    """The pool closes only after in-flight calls drained, within the grace."""
+    await example.postgres.up()
+    await example.until_health(SERVING)
+    async with example.channel() as channel:
+        call = asyncio.ensure_future(
+            GRPCInferenceServiceStub(channel).ModelInfer(
+                oip.ModelInferRequest(model_name="slow"), metadata=TOKEN, timeout=BOUND
+            )
+        )
+        await asyncio.sleep(0.3)  # the call is in the handler now
+        example.process.send_signal(signal.SIGTERM)
+        reply = await call
+    async with asyncio.timeout(BOUND):
+        code = await example.process.wait()
+    assert reply.id == "answered after the pause"
+    assert code == 0, example.log.read_text()
+
+
 async def test_shutdown_ends_within_the_grace_even_with_a_call_that_never_ends(
     example: Example,
 ) -> None:

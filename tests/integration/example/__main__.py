@@ -69,12 +69,19 @@ class Catalog(GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: object
     ) -> oip.ModelInferResponse:
-        """``model_name="hang"`` never answers and ignores cancellation: a stuck call."""
+        """``model_name="hang"`` never answers and ignores cancellation: a stuck call.
+
+        ``model_name="slow"`` takes a second, then asks Postgres: a call still in
+        flight when the service is told to stop.
+        """
         while request.model_name == "hang":
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
                 continue
+        if request.model_name == "slow":
+            await asyncio.sleep(1.0)
+            request.id = str(await self._pool.fetchval("SELECT 'answered after the pause'"))
         return oip.ModelInferResponse(model_name=request.model_name, id=request.id)
 
 

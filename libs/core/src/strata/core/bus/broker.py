@@ -153,13 +153,18 @@ class Bus:
         Consumers stop first: a handler may still publish (or dead-letter) as it ends.
         """
         try:
-            while self._subscriptions:
-                await self._subscriptions.pop().stop()
+            await self.stop_consuming()
         finally:
             producer, self._producer, self._publisher = self._producer, None, None
             self._started = False
             if producer is not None:
                 await producer.stop()
+
+    async def stop_consuming(self) -> None:
+        """Let each consumer finish the record in hand, commit and leave its group;
+        publishing still works (a service draining its calls may still publish)."""
+        while self._subscriptions:
+            await self._subscriptions.pop().stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

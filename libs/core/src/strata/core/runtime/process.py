@@ -151,14 +151,14 @@ async def _serve(plan: _Plan) -> int:
     signalled.cancel()
     stop.begin()
     try:
-        return await _shut_down(server, body, stop.event, grace)
+        return await _shut_down(server, life, body, stop.event, grace)
     finally:
         exporter.shutdown()
         exporter.server_close()
 
 
 async def _shut_down(
-    server: RpcServer, body: asyncio.Task[None], stopping: asyncio.Event, grace: float
+    server: RpcServer, life: _Life, body: asyncio.Task[None], stopping: asyncio.Event, grace: float
 ) -> int:
     """In-flight calls get ``grace`` seconds while consumers and tasks wind down beside them.
 
@@ -169,7 +169,7 @@ async def _shut_down(
     stopping.set()
     try:
         async with asyncio.timeout(grace + HARD_EXIT_MARGIN / 2):
-            await asyncio.gather(server.stop(grace), _settled(body))
+            await asyncio.gather(_drain(server, life, grace), _settled(body))
     except TimeoutError:
         log.warning("shutdown grace passed: abandoning the work still in hand", grace=grace)
         body.cancel()
@@ -179,6 +179,14 @@ async def _shut_down(
         return EXIT_FAILED
     log.info("stopped")
     return EXIT_OK
+
+
+async def _drain(server: RpcServer, life: _Life, grace: float) -> None:
+    """Refuse new calls, give in-flight ones ``grace`` seconds, then let the context close."""
+    try:
+        await server.stop(grace)
+    finally:
+        life.calls_drained.set()
 
 
 async def _settled(body: asyncio.Task[None]) -> None:
@@ -199,6 +207,8 @@ class _Life:
     ) -> None:
         self.spec, self.settings, self.metrics = spec, settings, metrics
         self.late, self.health = late, health
+        self.calls_drained = asyncio.Event()
+        """Set once the gRPC server stopped: no call needs the context any more."""
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with AsyncExitStack() as stack:
@@ -212,9 +222,16 @@ class _Life:
                 await self.health.ready()
                 await stopping.wait()
             finally:
-                for gate in self.late:
-                    gate.close()
-                await supervisor.stop()
+                await self._wind_down(context, supervisor)
+
+    async def _wind_down(self, context: ServiceContext, supervisor: Supervisor) -> None:
+        """Tasks and consumers stop while calls drain; the clients close after both."""
+        await supervisor.stop()
+        if self.spec.uses("Kafka"):
+            await context.bus.stop_consuming()
+        await self.calls_drained.wait()
+        for gate in self.late:
+            gate.close()
 
     async def _open(self, stopping: asyncio.Event, stack: AsyncExitStack) -> ServiceContext | None:
         """The context, once every dependency answered; None if stopped before that.
