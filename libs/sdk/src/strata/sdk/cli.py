@@ -1,4 +1,4 @@
-"""The ``strata`` command line; for now ``strata stack up|down|status``.
+"""The ``strata`` command line: ``strata stack up|down|status``, ``strata workflow apply|list``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -7,13 +7,19 @@ come do not pay for them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from strata.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from rich.console import Console
+
     from strata.sdk.stack.commands import Command
 
 app = typer.Typer(
@@ -26,6 +32,11 @@ stack = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stack, name="stack")
+workflow = typer.Typer(
+    help="Workflows: declare them in Python, apply them to the scheduler, list them.",
+    no_args_is_help=True,
+)
+app.add_typer(workflow, name="workflow")
 
 
 @stack.command()
@@ -60,6 +71,50 @@ def _run_stack(command: Command) -> None:
         typer.echo(str(error), err=True)
         code = 2
     raise typer.Exit(code)
+
+
+@workflow.command("apply")
+def workflow_apply(
+    file: Annotated[Path, typer.Argument(help="Python file declaring one or more Workflow.")],
+    paused: Annotated[bool, typer.Option(help="Keep its triggers from starting runs.")] = False,
+    validate_only: Annotated[
+        bool, typer.Option("--validate-only", help="Check and compare; store nothing.")
+    ] = False,
+) -> None:
+    """Apply the workflows FILE declares: an unchanged one keeps its version, a changed
+    one gets the next. Exits 1 with one line naming the problem when one is refused.
+    """
+    from strata.sdk.workflows import commands
+
+    _run_workflow(commands.apply(file, paused=paused, validate_only=validate_only, out=_out()))
+
+
+@workflow.command("list")
+def workflow_list() -> None:
+    """The current version of every workflow, by name."""
+    from strata.sdk.workflows import commands
+
+    _run_workflow(commands.list_workflows(_out()))
+
+
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+def _run_workflow(command: Coroutine[None, None, None]) -> None:
+    """Run a workflow command; its failures are one line on stderr and exit 1."""
+    from strata.sdk.workflows.commands import CommandError
+
+    try:
+        asyncio.run(command)
+    except CommandError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

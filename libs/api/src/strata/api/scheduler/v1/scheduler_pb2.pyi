@@ -284,8 +284,10 @@ class TaskSpec(_message.Message):
     condition: _builtins.str
     """Optional CEL expression (github.com/google/cel-spec) deciding whether the task
     runs once trigger_rule is met, over `params` (the run's parameters) and
-    `outputs` (map of upstream task id to its outputs), e.g.
+    `outputs` (map of upstream task id, direct or indirect, to its outputs), e.g.
     `outputs.compare.candidate_better`. False marks the task SKIPPED. Empty: run.
+    Apply refuses a condition that does not compile or reads the outputs of a
+    task that is not upstream.
     """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -1,0 +1,1 @@
+"""The scheduler's domain: pure functions and frozen dataclasses, no I/O."""
