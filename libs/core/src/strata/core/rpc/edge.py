@@ -10,7 +10,7 @@ request, call the domain and convert back.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -117,6 +117,15 @@ def _streaming(wrap: Callable[[Behaviour], Behaviour]) -> Callable[[Behaviour], 
                 for response in result:
                     await context.write(response)
 
-        return wrap(drain)
+        written = wrap(drain)
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            # An async generator, so interceptors outside the edge (tracing) that
+            # iterate a response stream can; the responses go out by context.write.
+            await written(request, context)
+            return
+            yield
+
+        return stream
 
     return adapt
