@@ -262,6 +262,12 @@ class ModelVersion(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    CURVES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -270,6 +276,10 @@ class ModelVersion(_message.Message):
     """Free-text description of the version."""
     created_by: _builtins.str
     """Who registered it."""
+    owner: _builtins.str
+    """Team or person owning this version."""
+    task: _builtins.str
+    """The task it performs, e.g. "regression" or "binary-classification"."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """Its artifacts; exactly one is ARTIFACT_KIND_ONNX_MODEL."""
@@ -306,6 +316,26 @@ class ModelVersion(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was registered."""
 
+    @_builtins.property
+    def definition(self) -> Global___ModelDefinition:
+        """What the model is: its class and the ONNX graph's format."""
+
+    @_builtins.property
+    def dependencies(self) -> Global___Dependencies:
+        """The Python and package versions it was trained with."""
+
+    @_builtins.property
+    def generation(self) -> Global___GenerationCode:
+        """How it was made: framework, split, the search that chose it (the chosen
+        hyperparameters are `params`, the code bundle is `lineage.code_bundle`).
+        """
+
+    @_builtins.property
+    def curves(self) -> _containers.RepeatedCompositeFieldContainer[Global___Curve]:
+        """Curves from its evaluation (learning, ROC, ...), as data; reports and plots
+        are ARTIFACT_KIND_REPORT artifacts.
+        """
+
     def __init__(
         self,
         *,
@@ -322,14 +352,240 @@ class ModelVersion(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
+        definition: Global___ModelDefinition | None = ...,
+        dependencies: Global___Dependencies | None = ...,
+        generation: Global___GenerationCode | None = ...,
+        curves: _abc.Iterable[Global___Curve] | None = ...,
+        owner: _builtins.str = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "definition", b"definition", "dependencies", b"dependencies", "generation", b"generation", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifacts", b"artifacts", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "feature_bindings", b"feature_bindings", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "params", b"params", "signature", b"signature", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifacts", b"artifacts", "created_at", b"created_at", "created_by", b"created_by", "curves", b"curves", "definition", b"definition", "dependencies", b"dependencies", "description", b"description", "feature_bindings", b"feature_bindings", "generation", b"generation", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "owner", b"owner", "params", b"params", "signature", b"signature", "task", b"task", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class ModelDefinition(_message.Message):
+    """ModelDefinition says what a model is. model_class and architecture come from
+    the registering client; the other fields are read from the ONNX file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OnnxOpsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_CLASS_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    ONNX_IR_VERSION_FIELD_NUMBER: _builtins.int
+    ONNX_OPSETS_FIELD_NUMBER: _builtins.int
+    PRODUCER_NAME_FIELD_NUMBER: _builtins.int
+    PRODUCER_VERSION_FIELD_NUMBER: _builtins.int
+    model_class: _builtins.str
+    """Class of the framework model, e.g. "sklearn.ensemble.GradientBoostingRegressor"."""
+    architecture: _builtins.str
+    """Its shape for people, e.g. "100 trees of depth 3"."""
+    onnx_ir_version: _builtins.int
+    """ONNX IR version of the file."""
+    producer_name: _builtins.str
+    """Tool that wrote the ONNX file, e.g. "skl2onnx"."""
+    producer_version: _builtins.str
+    """Its version."""
+    @_builtins.property
+    def onnx_opsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """ONNX operator set versions by domain ("" is the default domain)."""
+
+    def __init__(
+        self,
+        *,
+        model_class: _builtins.str = ...,
+        architecture: _builtins.str = ...,
+        onnx_ir_version: _builtins.int = ...,
+        onnx_opsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        producer_name: _builtins.str = ...,
+        producer_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "model_class", b"model_class", "onnx_ir_version", b"onnx_ir_version", "onnx_opsets", b"onnx_opsets", "producer_name", b"producer_name", "producer_version", b"producer_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDefinition: _TypeAlias = ModelDefinition  # noqa: Y015
+
+@_typing.final
+class Dependencies(_message.Message):
+    """Dependencies lists what the training code ran on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PackagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    PACKAGES_FIELD_NUMBER: _builtins.int
+    python_version: _builtins.str
+    """Python version, e.g. "3.11.9"."""
+    @_builtins.property
+    def packages(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Package name to version, e.g. {"scikit-learn": "1.5.2"}."""
+
+    def __init__(
+        self,
+        *,
+        python_version: _builtins.str = ...,
+        packages: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["packages", b"packages", "python_version", b"python_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dependencies: _TypeAlias = Dependencies  # noqa: Y015
+
+@_typing.final
+class GenerationCode(_message.Message):
+    """GenerationCode says how a version was produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SearchSpaceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_VERSION_FIELD_NUMBER: _builtins.int
+    ENTRY_POINT_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_COUNT_FIELD_NUMBER: _builtins.int
+    SEARCH_SPACE_FIELD_NUMBER: _builtins.int
+    framework: _builtins.str
+    """Training framework, e.g. "scikit-learn"."""
+    framework_version: _builtins.str
+    """Its version."""
+    entry_point: _builtins.str
+    """Entry point in the code bundle, e.g. "train.py:fit"."""
+    split: _builtins.str
+    """How the data was split, e.g. "by event time: train < 2026-10-01 <= validation"."""
+    experiment_count: _builtins.int
+    """Number of experiments (candidate trainings) run to choose this one."""
+    @_builtins.property
+    def search_space(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Hyperparameter to the range tried, e.g. {"n_estimators": "[50, 400]"}."""
+
+    def __init__(
+        self,
+        *,
+        framework: _builtins.str = ...,
+        framework_version: _builtins.str = ...,
+        entry_point: _builtins.str = ...,
+        split: _builtins.str = ...,
+        experiment_count: _builtins.int = ...,
+        search_space: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_point", b"entry_point", "experiment_count", b"experiment_count", "framework", b"framework", "framework_version", b"framework_version", "search_space", b"search_space", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerationCode: _TypeAlias = GenerationCode  # noqa: Y015
+
+@_typing.final
+class Curve(_message.Message):
+    """Curve is one evaluation curve as data: y against x, point by point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    X_LABEL_FIELD_NUMBER: _builtins.int
+    Y_LABEL_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Curve name, e.g. "roc" or "validation_loss"."""
+    x_label: _builtins.str
+    """What x measures, e.g. "false positive rate"."""
+    y_label: _builtins.str
+    """What y measures, e.g. "true positive rate"."""
+    @_builtins.property
+    def x(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """X values."""
+
+    @_builtins.property
+    def y(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Y values; as many as x."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        x_label: _builtins.str = ...,
+        y_label: _builtins.str = ...,
+        x: _abc.Iterable[_builtins.float] | None = ...,
+        y: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "x", b"x", "x_label", b"x_label", "y", b"y", "y_label", b"y_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Curve: _TypeAlias = Curve  # noqa: Y015
 
 @_typing.final
 class Artifact(_message.Message):
@@ -385,10 +641,13 @@ class Lineage(_message.Message):
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
     TRAINING_SET_ID_FIELD_NUMBER: _builtins.int
     CODE_BUNDLE_FIELD_NUMBER: _builtins.int
+    TRAINING_SET_SHA256_FIELD_NUMBER: _builtins.int
     training_run_id: _builtins.str
     """Run of the workflow that trained it."""
     training_set_id: _builtins.str
     """Training set it was trained on (FeatureService TrainingSet id), if any."""
+    training_set_sha256: _builtins.str
+    """Lower-case hex SHA-256 of the training set's content."""
     @_builtins.property
     def task_attempts(self) -> _containers.RepeatedCompositeFieldContainer[_refs_pb2.TaskAttemptRef]:
         """Task attempts that contributed (training, evaluation, ...)."""
@@ -414,10 +673,11 @@ class Lineage(_message.Message):
         feature_views: _abc.Iterable[_refs_pb2.FeatureViewRef] | None = ...,
         training_set_id: _builtins.str = ...,
         code_bundle: _refs_pb2.BundleRef | None = ...,
+        training_set_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code_bundle", b"code_bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_bundle", b"code_bundle", "dataset_partitions", b"dataset_partitions", "feature_views", b"feature_views", "task_attempts", b"task_attempts", "training_run_id", b"training_run_id", "training_set_id", b"training_set_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_bundle", b"code_bundle", "dataset_partitions", b"dataset_partitions", "feature_views", b"feature_views", "task_attempts", b"task_attempts", "training_run_id", b"training_run_id", "training_set_id", b"training_set_id", "training_set_sha256", b"training_set_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,7 +757,9 @@ class FeatureBinding(_message.Message):
     """Input tensor name."""
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Feature references "<view>:<feature>"; the tensor's last dimension, in order."""
+        """Feature references "<view>:<feature>", or "request:<column>" for a value the
+        request carries; the tensor's last dimension, in order.
+        """
 
     def __init__(
         self,
@@ -735,6 +997,8 @@ class ArtifactHeader(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Model the artifact belongs to (must exist)."""
     name: _builtins.str
@@ -746,7 +1010,16 @@ class ArtifactHeader(_message.Message):
     size_bytes: _builtins.int
     """Exact size of the bytes that follow."""
     sha256: _builtins.str
-    """Lower-case hex SHA-256 of the bytes that follow."""
+    """Lower-case hex SHA-256 of the whole file."""
+    upload_id: _builtins.str
+    """Client-chosen id of the upload (letters, digits, '-', '_'; e.g. a UUID):
+    sending the same id again resumes an interrupted upload. Empty: the upload
+    cannot be resumed.
+    """
+    offset: _builtins.int
+    """Where in the file the chunks that follow start: 0 for a new upload, the
+    stored byte count (GetUpload) when resuming.
+    """
     def __init__(
         self,
         *,
@@ -756,14 +1029,74 @@ class ArtifactHeader(_message.Message):
         media_type: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "media_type", b"media_type", "model_name", b"model_name", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "media_type", b"media_type", "model_name", b"model_name", "name", b"name", "offset", b"offset", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArtifactHeader: _TypeAlias = ArtifactHeader  # noqa: Y015
+
+@_typing.final
+class GetUploadRequest(_message.Message):
+    """Request of GetUpload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Model the upload belongs to."""
+    upload_id: _builtins.str
+    """The upload's id."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUploadRequest: _TypeAlias = GetUploadRequest  # noqa: Y015
+
+@_typing.final
+class GetUploadResponse(_message.Message):
+    """Response of GetUpload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_BYTES_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """The upload's id."""
+    received_bytes: _builtins.int
+    """Bytes stored so far: resume from this offset."""
+    @_builtins.property
+    def header(self) -> Global___ArtifactHeader:
+        """The header the upload started with."""
+
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        received_bytes: _builtins.int = ...,
+        header: Global___ArtifactHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "received_bytes", b"received_bytes", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUploadResponse: _TypeAlias = GetUploadResponse  # noqa: Y015
 
 @_typing.final
 class UploadArtifactResponse(_message.Message):
@@ -920,6 +1253,12 @@ class RegisterVersionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    CURVES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Model name (must exist)."""
     description: _builtins.str
@@ -928,6 +1267,10 @@ class RegisterVersionRequest(_message.Message):
     """Client-chosen idempotency key (e.g. the training task attempt), so a retried
     call does not register a second version.
     """
+    owner: _builtins.str
+    """Team or person owning this version; empty: the model's owner."""
+    task: _builtins.str
+    """The task it performs."""
     @_builtins.property
     def artifact_sha256s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """SHA-256 of the uploaded artifacts of the version; exactly one must be an
@@ -954,6 +1297,22 @@ class RegisterVersionRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels."""
 
+    @_builtins.property
+    def definition(self) -> Global___ModelDefinition:
+        """What the model is; the ONNX fields are read from the file, not from here."""
+
+    @_builtins.property
+    def dependencies(self) -> Global___Dependencies:
+        """What the training code ran on."""
+
+    @_builtins.property
+    def generation(self) -> Global___GenerationCode:
+        """How the version was produced."""
+
+    @_builtins.property
+    def curves(self) -> _containers.RepeatedCompositeFieldContainer[Global___Curve]:
+        """Evaluation curves as data."""
+
     def __init__(
         self,
         *,
@@ -966,10 +1325,16 @@ class RegisterVersionRequest(_message.Message):
         description: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        definition: Global___ModelDefinition | None = ...,
+        dependencies: Global___Dependencies | None = ...,
+        generation: Global___GenerationCode | None = ...,
+        curves: _abc.Iterable[Global___Curve] | None = ...,
+        owner: _builtins.str = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lineage", b"lineage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "dependencies", b"dependencies", "generation", b"generation", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sha256s", b"artifact_sha256s", "description", b"description", "feature_bindings", b"feature_bindings", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "params", b"params", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sha256s", b"artifact_sha256s", "curves", b"curves", "definition", b"definition", "dependencies", b"dependencies", "description", b"description", "feature_bindings", b"feature_bindings", "generation", b"generation", "labels", b"labels", "lineage", b"lineage", "metrics", b"metrics", "model_name", b"model_name", "owner", b"owner", "params", b"params", "request_id", b"request_id", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -96,6 +96,11 @@ class ModelRegistryServiceStub:
                 request_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
                 response_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogResponse.FromString,
                 _registered_method=True)
+        self.GetUpload = channel.unary_unary(
+                '/strata.registry.v1.ModelRegistryService/GetUpload',
+                request_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.SerializeToString,
+                response_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -191,6 +196,14 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUpload(self, request, context):
+        """Says how many bytes of an interrupted upload are stored, so the client can
+        resume it with UploadArtifact from that offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +261,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.GetAuditLog,
                     request_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogRequest.FromString,
                     response_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogResponse.SerializeToString,
+            ),
+            'GetUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUpload,
+                    request_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.FromString,
+                    response_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -554,6 +572,33 @@ class ModelRegistryService:
             '/strata.registry.v1.ModelRegistryService/GetAuditLog',
             strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
             strata_dot_registry_dot_v1_dot_registry__pb2.GetAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.registry.v1.ModelRegistryService/GetUpload',
+            strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.SerializeToString,
+            strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,10 @@ class ModelRegistryServiceStub:
     """Removes an alias."""
     GetAuditLog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetAuditLogRequest, _registry_pb2.GetAuditLogResponse]
     """Returns the audit log, newest first."""
+    GetUpload: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetUploadRequest, _registry_pb2.GetUploadResponse]
+    """Says how many bytes of an interrupted upload are stored, so the client can
+    resume it with UploadArtifact from that offset.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -115,6 +119,10 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     """Removes an alias."""
     GetAuditLog: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetAuditLogRequest, _registry_pb2.GetAuditLogResponse]  # type: ignore[assignment]
     """Returns the audit log, newest first."""
+    GetUpload: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetUploadRequest, _registry_pb2.GetUploadResponse]  # type: ignore[assignment]
+    """Says how many bytes of an interrupted upload are stored, so the client can
+    resume it with UploadArtifact from that offset.
+    """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelRegistryService holds every model, every version of it with all its
@@ -222,5 +230,15 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetAuditLogResponse, _abc.Awaitable[_registry_pb2.GetAuditLogResponse]]:
         """Returns the audit log, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetUpload(
+        self,
+        request: _registry_pb2.GetUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetUploadResponse, _abc.Awaitable[_registry_pb2.GetUploadResponse]]:
+        """Says how many bytes of an interrupted upload are stored, so the client can
+        resume it with UploadArtifact from that offset.
+        """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
