@@ -157,7 +157,7 @@ async def test_a_service_process_authenticates_and_authorises_every_call(tmp_pat
     try:
         await service.until_health(SERVING)
         codes = {
-            token: await _call_get_run(service.port, token)
+            token: await _call_trigger_run(service.port, token)
             for token in (None, "not-a-token", "viewer-token", "admin-token")
         }
     finally:
@@ -167,17 +167,18 @@ async def test_a_service_process_authenticates_and_authorises_every_call(tmp_pat
         None: grpc.StatusCode.UNAUTHENTICATED,
         "not-a-token": grpc.StatusCode.UNAUTHENTICATED,
         "viewer-token": grpc.StatusCode.PERMISSION_DENIED,
-        # Past authentication and authorisation; the scheduler's body comes in a later issue.
-        "admin-token": grpc.StatusCode.UNIMPLEMENTED,
+        # Past authentication and authorisation: the empty request reaches the scheduler,
+        # which refuses it for naming no workflow.
+        "admin-token": grpc.StatusCode.INVALID_ARGUMENT,
     }
 
 
-async def _call_get_run(port: int, token: str | None) -> grpc.StatusCode:
+async def _call_trigger_run(port: int, token: str | None) -> grpc.StatusCode:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        get_run = channel.unary_unary("/strata.scheduler.v1.SchedulerService/GetRun")
+        trigger_run = channel.unary_unary("/strata.scheduler.v1.SchedulerService/TriggerRun")
         try:
-            await get_run(b"", metadata=metadata, timeout=5.0)
+            await trigger_run(b"", metadata=metadata, timeout=5.0)
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK

@@ -1,26 +1,32 @@
 """The scheduler's gRPC edge: converts SchedulerService messages, calls the domain and
 the store, converts back. Validation and versioning rules live in the domain.
 
-Methods not written yet (runs: TriggerRun, GetRun, ListRuns, WatchRun, CancelRun)
-are inherited from the generated base class and answer UNIMPLEMENTED.
+Methods not written yet (WatchRun, CancelRun) are inherited from the generated base
+class and answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceServicer
-from strata.core.errors import NotFoundError
+from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
-from strata.scheduler.domain.paging import name_after, page_size, token_of
+from strata.scheduler.domain.paging import name_after, page_size, run_after, run_token, token_of
+from strata.scheduler.domain.runs import TaskStatus
 from strata.scheduler.domain.validation import validate
 from strata.scheduler.domain.versions import next_version, spec_sha256
-from strata.scheduler.store import StoredWorkflow, WorkflowStore
+from strata.scheduler.runs import Runs
+from strata.scheduler.store import StoredRun, StoredWorkflow, WorkflowStore
 
 
 class SchedulerApi(SchedulerServiceServicer):
@@ -28,6 +34,7 @@ class SchedulerApi(SchedulerServiceServicer):
 
     def __init__(self, context: ServiceContext) -> None:
         self._workflows = WorkflowStore(context.pool, context.schema)
+        self._runs = Runs(context)
 
     @override
     async def ApplyWorkflow(
@@ -67,6 +74,50 @@ class SchedulerApi(SchedulerServiceServicer):
             next_page_token=token_of(page[-1].spec.name) if more else "",
         )
 
+    @override
+    async def TriggerRun(
+        self, request: pb.TriggerRunRequest, context: object
+    ) -> pb.TriggerRunResponse:
+        if not request.workflow_name:
+            raise InvalidArgumentError("workflow_name", "is empty: name the workflow to run")
+        workflow = await self._workflows.get(request.workflow_name)
+        if workflow is None:
+            raise NotFoundError(f"workflow {request.workflow_name!r}")
+        params = {
+            **json_format.MessageToDict(workflow.spec.default_params),
+            **json_format.MessageToDict(request.params),
+        }
+        cause = pb.RunCause(principal=current_principal().name)
+        run = await self._runs.trigger(workflow, params, cause, request.request_id)
+        return pb.TriggerRunResponse(run=_run(run))
+
+    @override
+    async def GetRun(self, request: pb.GetRunRequest, context: object) -> pb.GetRunResponse:
+        try:
+            run_id = str(uuid.UUID(request.run_id))
+        except ValueError:
+            raise InvalidArgumentError("run_id", f"{request.run_id!r} is not a UUID") from None
+        run = await self._runs.store.get(run_id)
+        if run is None:
+            raise NotFoundError(f"run {request.run_id!r}")
+        return pb.GetRunResponse(run=_run(run))
+
+    @override
+    async def ListRuns(self, request: pb.ListRunsRequest, context: object) -> pb.ListRunsResponse:
+        size = page_size(request.page_size)
+        found = await self._runs.store.newest(
+            workflow_name=request.workflow_name,
+            states=list(request.states),
+            after=run_after(request.page_token),
+            limit=size + 1,
+        )
+        page = found[:size]
+        more = len(found) > size
+        return pb.ListRunsResponse(
+            runs=[_run(r) for r in page],
+            next_page_token=run_token(page[-1].created_at, page[-1].run_id) if more else "",
+        )
+
     async def _preview(
         self, request: pb.ApplyWorkflowRequest, principal: str
     ) -> pb.ApplyWorkflowResponse:
@@ -100,3 +151,44 @@ def _workflow(stored: StoredWorkflow) -> pb.Workflow:
         applied_by=stored.applied_by,
         paused=stored.paused,
     )
+
+
+def _run(stored: StoredRun) -> pb.Run:
+    return pb.Run(
+        run_id=stored.run_id,
+        workflow_name=stored.workflow_name,
+        workflow_version=stored.workflow_version,
+        state=stored.state,
+        cause=stored.cause,
+        params=_struct(stored.params),
+        created_at=_timestamp(stored.created_at),
+        started_at=_timestamp(stored.started_at),
+        finished_at=_timestamp(stored.finished_at),
+        tasks=[_task(t) for t in stored.tasks],
+        message=stored.message,
+    )
+
+
+def _task(task: TaskStatus) -> pb.TaskInstance:
+    return pb.TaskInstance(
+        task_id=task.task_id,
+        state=task.state,
+        attempt=task.attempt,
+        node_id=task.node_id,
+        started_at=_timestamp(task.started_at),
+        finished_at=_timestamp(task.finished_at),
+        outputs=_struct(dict(task.outputs or {})),
+        message=task.message,
+    )
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _struct(values: dict[str, Any]) -> Struct:
+    return json_format.ParseDict(values, Struct())

@@ -1,4 +1,5 @@
-"""The scheduler's SQL: workflows and their versions, in the service's own schema.
+"""The scheduler's SQL: workflows and their versions, runs and their task instances,
+in the service's own schema.
 
 Specs are stored as their proto bytes (the deterministic serialisation whose hash
 identifies them); everything else is a column, so listing and comparing never
@@ -7,12 +8,18 @@ decode a spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from strata.api.scheduler.v1.scheduler_pb2 import WorkflowSpec
+from strata.api.scheduler.v1.scheduler_pb2 import RunCause, RunState, WorkflowSpec
+from strata.core.migrations import DbConnection
+from strata.scheduler.domain.runs import TaskStatus
 from strata.scheduler.domain.versions import next_version, spec_sha256
 
 
@@ -127,4 +134,206 @@ def _workflow(row: asyncpg.Record) -> StoredWorkflow:
         applied_at=row["applied_at"],
         applied_by=row["applied_by"],
         paused=row["paused"],
+    )
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A run as stored, with every task in DAG order (empty when listed)."""
+
+    run_id: str
+    workflow_name: str
+    workflow_version: int
+    state: RunState.ValueType
+    cause: RunCause
+    params: dict[str, Any]
+    message: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    tasks: tuple[TaskStatus, ...] = ()
+
+
+_RUN_COLUMNS = (
+    "run_id, workflow_name, workflow_version, state, cause, params, message, "
+    "created_at, started_at, finished_at"
+)
+_TASK_COLUMNS = (
+    "task_id, state, attempt, node_id, outputs, message, due_at, started_at, finished_at"
+)
+
+
+class RunStore:
+    """Runs and task instances in ``schema``. Methods taking ``conn`` run in the
+    caller's transaction, beside the outbox events announcing the change."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._schema = schema
+
+    async def insert(self, conn: DbConnection, run: StoredRun, request_id: str | None) -> bool:
+        """Store a new run and its tasks; False when ``request_id`` was used already."""
+        s = self._schema
+        inserted = await conn.fetchval(
+            f"INSERT INTO {s}.runs (run_id, workflow_name, workflow_version, state, cause, "
+            "params, message, created_at, started_at, finished_at, request_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING true",
+            uuid.UUID(run.run_id),
+            run.workflow_name,
+            run.workflow_version,
+            run.state,
+            run.cause.SerializeToString(),
+            json.dumps(run.params),
+            run.message,
+            run.created_at,
+            run.started_at,
+            run.finished_at,
+            request_id,
+        )
+        if not inserted:
+            return False
+        await conn.executemany(
+            f"INSERT INTO {s}.task_instances (run_id, position, {_TASK_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [(uuid.UUID(run.run_id), i, *_task_values(t)) for i, t in enumerate(run.tasks)],
+        )
+        return True
+
+    async def by_request(self, conn: DbConnection, request_id: str) -> StoredRun | None:
+        """The run a TriggerRun with ``request_id`` started, with its tasks."""
+        run_id = await conn.fetchval(
+            f"SELECT run_id FROM {self._schema}.runs WHERE request_id = $1", request_id
+        )
+        return None if run_id is None else await self.get(str(run_id), conn)
+
+    async def lock(self, conn: DbConnection, run_id: str) -> StoredRun | None:
+        """The run with its tasks, its row locked until the transaction ends."""
+        row = await conn.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM {self._schema}.runs WHERE run_id = $1 FOR UPDATE",
+            uuid.UUID(run_id),
+        )
+        return None if row is None else await self._with_tasks(conn, row)
+
+    async def get(self, run_id: str, conn: DbConnection | None = None) -> StoredRun | None:
+        """The run with its tasks, or None."""
+        db = conn or self._pool
+        row = await db.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM {self._schema}.runs WHERE run_id = $1", uuid.UUID(run_id)
+        )
+        if row is None:
+            return None
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self._with_tasks(own, row)
+        return await self._with_tasks(conn, row)
+
+    async def newest(
+        self,
+        *,
+        workflow_name: str,
+        states: Sequence[int],
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[StoredRun]:
+        """Runs newest first (without tasks), after the (created_at, run_id) ``after``."""
+        rows = await self._pool.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM {self._schema}.runs "
+            "WHERE ($1 = '' OR workflow_name = $1) "
+            "AND (cardinality($2::smallint[]) = 0 OR state = ANY($2::smallint[])) "
+            "AND ($3::timestamptz IS NULL OR (created_at, run_id) < ($3, $4::uuid)) "
+            "ORDER BY created_at DESC, run_id DESC LIMIT $5",
+            workflow_name,
+            list(states),
+            after[0] if after else None,
+            uuid.UUID(after[1]) if after else None,
+            limit,
+        )
+        return [_run(row) for row in rows]
+
+    async def save(
+        self,
+        conn: DbConnection,
+        run: StoredRun,
+        changed: Sequence[TaskStatus],
+    ) -> None:
+        """Write the run's state and the tasks that changed."""
+        s = self._schema
+        await conn.execute(
+            f"UPDATE {s}.runs SET state = $2, message = $3, started_at = $4, finished_at = $5 "
+            "WHERE run_id = $1",
+            uuid.UUID(run.run_id),
+            run.state,
+            run.message,
+            run.started_at,
+            run.finished_at,
+        )
+        await conn.executemany(
+            f"UPDATE {s}.task_instances SET state = $3, attempt = $4, node_id = $5, "
+            "outputs = $6, message = $7, due_at = $8, started_at = $9, finished_at = $10 "
+            "WHERE run_id = $1 AND task_id = $2",
+            [(uuid.UUID(run.run_id), *_task_values(t)) for t in changed],
+        )
+
+    async def with_due_retries(self, now: datetime, limit: int) -> list[str]:
+        """Ids of runs having a task whose retry backoff ended by ``now``."""
+        rows = await self._pool.fetch(
+            f"SELECT DISTINCT run_id FROM {self._schema}.task_instances "
+            "WHERE due_at IS NOT NULL AND due_at <= $1 LIMIT $2",
+            now,
+            limit,
+        )
+        return [str(row["run_id"]) for row in rows]
+
+    async def _with_tasks(self, conn: DbConnection, row: asyncpg.Record) -> StoredRun:
+        tasks = await conn.fetch(
+            f"SELECT {_TASK_COLUMNS} FROM {self._schema}.task_instances "
+            "WHERE run_id = $1 ORDER BY position",
+            row["run_id"],
+        )
+        return replace(_run(row), tasks=tuple(_task(t) for t in tasks))
+
+
+def _run(row: asyncpg.Record) -> StoredRun:
+    return StoredRun(
+        run_id=str(row["run_id"]),
+        workflow_name=row["workflow_name"],
+        workflow_version=row["workflow_version"],
+        state=row["state"],
+        cause=RunCause.FromString(row["cause"]),
+        params=json.loads(row["params"]),
+        message=row["message"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _task(row: asyncpg.Record) -> TaskStatus:
+    outputs = row["outputs"]
+    return TaskStatus(
+        task_id=row["task_id"],
+        state=row["state"],
+        attempt=row["attempt"],
+        node_id=row["node_id"],
+        outputs=None if outputs is None else json.loads(outputs),
+        message=row["message"],
+        due_at=row["due_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _task_values(task: TaskStatus) -> tuple[object, ...]:
+    """Values in the order of ``_TASK_COLUMNS``."""
+    return (
+        task.task_id,
+        task.state,
+        task.attempt,
+        task.node_id,
+        None if task.outputs is None else json.dumps(task.outputs),
+        task.message,
+        task.due_at,
+        task.started_at,
+        task.finished_at,
     )

@@ -1,0 +1,318 @@
+"""The run state machine: from a run's task states and what just happened, the next
+task states, the attempts to request, and the run's state. No I/O.
+
+Three things move a run: it starts (:func:`start`), a task attempt reports
+(:func:`report`: placed, started, finished, failed, lost), or a retry's backoff
+ends (:func:`release_due`). Each returns a :class:`Decision` holding the whole new
+state and the list of changes, which the caller stores and announces together.
+
+Fencing: a report whose attempt is not the task's current attempt, or that comes
+for a task already waiting for a retry or finished, is stale. It changes nothing
+and the decision says so, so the caller can count it. A late report from an
+attempt the scheduler already gave up on (lost, failed) can thus never overwrite
+a newer attempt.
+
+After any change, pending tasks whose upstream tasks are all terminal are
+settled in DAG order by their trigger rule and then their condition:
+
+- ALL_SUCCEEDED: all upstream SUCCEEDED -> run; any FAILED/UPSTREAM_FAILED ->
+  UPSTREAM_FAILED; otherwise (an upstream SKIPPED or CANCELLED) -> SKIPPED, so a
+  skip propagates down a chain.
+- ALL_DONE: run, whatever the upstream outcomes.
+- ANY_FAILED: run when an upstream FAILED or UPSTREAM_FAILED; otherwise SKIPPED.
+
+A task allowed to run whose condition is false is SKIPPED; one whose condition
+cannot be evaluated (it reads an output that is absent) FAILED, naming why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from strata.api.scheduler.v1.scheduler_pb2 import (
+    RUN_STATE_FAILED,
+    RUN_STATE_RUNNING,
+    RUN_STATE_SUCCEEDED,
+    TASK_STATE_CANCELLED,
+    TASK_STATE_FAILED,
+    TASK_STATE_PENDING,
+    TASK_STATE_PLACED,
+    TASK_STATE_REQUESTED,
+    TASK_STATE_RETRY_WAIT,
+    TASK_STATE_RUNNING,
+    TASK_STATE_SKIPPED,
+    TASK_STATE_SUCCEEDED,
+    TASK_STATE_UPSTREAM_FAILED,
+    TRIGGER_RULE_ALL_DONE,
+    TRIGGER_RULE_ANY_FAILED,
+    RunState,
+    TaskState,
+    TriggerRule,
+)
+from strata.scheduler.domain.plan import RunPlan, TaskPlan
+
+Json = Mapping[str, Any]
+
+TERMINAL = frozenset(
+    {
+        TASK_STATE_SUCCEEDED,
+        TASK_STATE_FAILED,
+        TASK_STATE_SKIPPED,
+        TASK_STATE_UPSTREAM_FAILED,
+        TASK_STATE_CANCELLED,
+    }
+)
+ACTIVE = frozenset({TASK_STATE_REQUESTED, TASK_STATE_PLACED, TASK_STATE_RUNNING})
+"""States in which an attempt is out in the world and may report."""
+_FAILED = frozenset({TASK_STATE_FAILED, TASK_STATE_UPSTREAM_FAILED})
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One task of a run as the scheduler records it, with its latest attempt."""
+
+    task_id: str
+    state: TaskState.ValueType = TASK_STATE_PENDING
+    attempt: int = 0
+    node_id: str = ""
+    outputs: Json | None = None
+    message: str = ""
+    due_at: datetime | None = None
+    """When the next attempt may be requested, while RETRY_WAIT."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """One task moving from one state to another: what TaskStateChanged announces."""
+
+    task_id: str
+    attempt: int
+    previous: TaskState.ValueType
+    state: TaskState.ValueType
+    node_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The run after one step: every task, what changed, what to request, the run state."""
+
+    tasks: tuple[TaskStatus, ...]
+    changes: tuple[TaskChange, ...]
+    requested: tuple[TaskStatus, ...]
+    """Attempts that became REQUESTED in this step: one TaskRequested each."""
+    run_state: RunState.ValueType
+    message: str
+    stale: bool = False
+    """The report was fenced out (older attempt, or a task no longer waiting for it)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an attempt of a task says happened; subclasses name what."""
+
+    task_id: str
+    attempt: int
+    node_id: str = ""
+
+
+@dataclass(frozen=True)
+class Placed(Report):
+    pass
+
+
+@dataclass(frozen=True)
+class Started(Report):
+    pass
+
+
+@dataclass(frozen=True)
+class Finished(Report):
+    outputs: Json | None = None
+
+
+@dataclass(frozen=True)
+class Failed(Report):
+    message: str = ""
+    retryable: bool = True
+    """False for failures a retry cannot help (unschedulable, cancelled)."""
+
+
+@dataclass(frozen=True)
+class Lost(Report):
+    reason: str = ""
+
+
+def start(plan: RunPlan, params: Json, now: datetime) -> Decision:
+    """A new run: every task PENDING, then the first ones requested (or skipped)."""
+    tasks = {tid: TaskStatus(tid) for tid in plan.order}
+    return _Step(plan, params, now, tasks).settle()
+
+
+def report(
+    plan: RunPlan, params: Json, tasks: tuple[TaskStatus, ...], event: Report, now: datetime
+) -> Decision:
+    """Apply one attempt's report; ValueError if it names a task the workflow lacks."""
+    step = _Step(plan, params, now, {t.task_id: t for t in tasks})
+    current = step.tasks.get(event.task_id)
+    if current is None:
+        raise ValueError(f"task {event.task_id!r} is not a task of workflow {plan.workflow.name!r}")
+    if event.attempt != current.attempt or current.state not in ACTIVE:
+        return step.settle(stale=True)
+    node = event.node_id or current.node_id
+    if isinstance(event, Placed):
+        if current.state == TASK_STATE_REQUESTED:
+            step.move(current, TASK_STATE_PLACED, node_id=node)
+    elif isinstance(event, Started):
+        if current.state != TASK_STATE_RUNNING:
+            step.move(current, TASK_STATE_RUNNING, node_id=node, started_at=now)
+    elif isinstance(event, Finished):
+        step.move(
+            current,
+            TASK_STATE_SUCCEEDED,
+            node_id=node,
+            outputs=dict(event.outputs or {}),
+            finished_at=now,
+        )
+    elif isinstance(event, Failed):
+        step.fail(replace(current, node_id=node), event.message, retryable=event.retryable)
+    elif isinstance(event, Lost):
+        step.fail(replace(current, node_id=node), f"lost: {event.reason}", retryable=True)
+    return step.settle()
+
+
+def release_due(
+    plan: RunPlan, params: Json, tasks: tuple[TaskStatus, ...], now: datetime
+) -> Decision:
+    """Request the next attempt of every task whose retry backoff has ended."""
+    return _Step(plan, params, now, {t.task_id: t for t in tasks}).settle()
+
+
+def run_state(tasks: Mapping[str, TaskStatus]) -> tuple[RunState.ValueType, str]:
+    """The run's state from its tasks, with the reason when it FAILED."""
+    if any(t.state not in TERMINAL for t in tasks.values()):
+        return RUN_STATE_RUNNING, ""
+    failed = [t for t in tasks.values() if t.state == TASK_STATE_FAILED]
+    if failed:
+        first = failed[0]
+        return RUN_STATE_FAILED, f"task {first.task_id!r} failed: {first.message}"
+    return RUN_STATE_SUCCEEDED, ""
+
+
+class _Step:
+    """The working state of one decision: tasks by id and the changes so far."""
+
+    def __init__(
+        self, plan: RunPlan, params: Json, now: datetime, tasks: dict[str, TaskStatus]
+    ) -> None:
+        self.plan = plan
+        self.params = params
+        self.now = now
+        self.tasks = tasks
+        self.changes: list[TaskChange] = []
+        self.requested: list[str] = []
+
+    def move(self, task: TaskStatus, state: TaskState.ValueType, **fields: Any) -> TaskStatus:
+        moved = replace(task, state=state, **fields)
+        self.tasks[task.task_id] = moved
+        self.changes.append(
+            TaskChange(task.task_id, moved.attempt, task.state, state, moved.node_id, moved.message)
+        )
+        if state == TASK_STATE_REQUESTED:
+            self.requested.append(task.task_id)
+        return moved
+
+    def fail(self, task: TaskStatus, message: str, *, retryable: bool) -> None:
+        retry = self.plan.tasks[task.task_id].retry
+        if retryable and task.attempt < retry.max_attempts:
+            due = self.now + retry.backoff(task.attempt)
+            self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
+        else:
+            self.move(task, TASK_STATE_FAILED, message=message, finished_at=self.now)
+
+    def settle(self, *, stale: bool = False) -> Decision:
+        """Release due retries and settle pending tasks, in DAG order, in one pass."""
+        for tid in self.plan.order:
+            task = self.tasks[tid]
+            if task.state == TASK_STATE_RETRY_WAIT and task.due_at is not None:
+                if task.due_at <= self.now:
+                    self._request(task)
+            elif task.state == TASK_STATE_PENDING:
+                self._settle_pending(self.plan.tasks[tid], task)
+        state, message = run_state(self.tasks)
+        return Decision(
+            tasks=tuple(self.tasks[tid] for tid in self.plan.order),
+            changes=tuple(self.changes),
+            requested=tuple(self.tasks[tid] for tid in self.requested),
+            run_state=state,
+            message=message,
+            stale=stale,
+        )
+
+    def _request(self, task: TaskStatus) -> None:
+        self.move(
+            task,
+            TASK_STATE_REQUESTED,
+            attempt=task.attempt + 1,
+            due_at=None,
+            node_id="",
+            message="",
+            started_at=None,
+        )
+
+    def _settle_pending(self, plan: TaskPlan, task: TaskStatus) -> None:
+        upstream = [self.tasks[up] for up in plan.upstream]
+        if any(up.state not in TERMINAL for up in upstream):
+            return
+        any_failed = any(up.state in _FAILED for up in upstream)
+        if plan.trigger_rule == TRIGGER_RULE_ALL_DONE:
+            runs = True
+        elif plan.trigger_rule == TRIGGER_RULE_ANY_FAILED:
+            runs = any_failed
+        else:
+            if any_failed:
+                self.move(
+                    task,
+                    TASK_STATE_UPSTREAM_FAILED,
+                    message="an upstream task failed",
+                    finished_at=self.now,
+                )
+                return
+            runs = all(up.state == TASK_STATE_SUCCEEDED for up in upstream)
+        if not runs:
+            self._skip(task, f"trigger rule {_rule_name(plan.trigger_rule)} not met")
+            return
+        if plan.condition is not None:
+            try:
+                holds = plan.condition.holds(self.params, self.upstream_outputs(plan))
+            except ValueError as error:
+                self.move(task, TASK_STATE_FAILED, message=str(error), finished_at=self.now)
+                return
+            if not holds:
+                self._skip(task, f"condition {plan.condition.expression!r} is false")
+                return
+        self._request(task)
+
+    def _skip(self, task: TaskStatus, message: str) -> None:
+        self.move(task, TASK_STATE_SKIPPED, message=message, finished_at=self.now)
+
+    def upstream_outputs(self, plan: TaskPlan) -> dict[str, Json]:
+        return upstream_outputs(plan, self.tasks)
+
+
+def upstream_outputs(plan: TaskPlan, tasks: Mapping[str, TaskStatus]) -> dict[str, Json]:
+    """Outputs of the task's upstream tasks, direct or not, that SUCCEEDED, by task id."""
+    return {
+        tid: dict(tasks[tid].outputs or {})
+        for tid in sorted(plan.ancestors)
+        if tasks[tid].state == TASK_STATE_SUCCEEDED
+    }
+
+
+def _rule_name(rule: TriggerRule.ValueType) -> str:
+    return TriggerRule.Name(rule).removeprefix("TRIGGER_RULE_")
