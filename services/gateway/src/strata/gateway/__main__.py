@@ -1,10 +1,47 @@
-"""``python -m strata.gateway``: the deploy gateway: needs Redis; a Kafka outage
-only degrades it (it serves from memory).
+"""``python -m strata.gateway``: the deploy gateway. It serves the Open Inference
+Protocol from the models it holds in memory, loaded from the registry; Redis is
+required (the online features of Predict), a Kafka outage only delays alias
+changes (the reconcile loop catches up).
 """
 
-from strata.core.runtime import KAFKA, REDIS, ServiceSpec, run_service
+import sys
 
-SPEC = ServiceSpec(name="gateway", requires=(REDIS,), degrades=(KAFKA,))
+from strata.api.inference.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from strata.core.errors import ConfigError
+from strata.core.runtime import KAFKA, REDIS, Endpoint, Loop, ServiceSpec, run_service
+from strata.core.runtime.process import EXIT_BAD_SETTINGS
+from strata.core.settings import load
+from strata.gateway.aliases import follow_aliases
+from strata.gateway.api import ROLES, InferenceApi
+from strata.gateway.models import Served
+from strata.gateway.settings import GatewaySettings
+
+
+def spec(settings: GatewaySettings) -> ServiceSpec:
+    """The gateway serving the models ``settings`` names; with none, it serves health only."""
+    served = Served(settings.models)
+    loops = (Loop("follow-aliases", follow_aliases(served, settings)),) if settings.models else ()
+    return ServiceSpec(
+        name="gateway",
+        requires=(REDIS,),
+        degrades=(KAFKA,),
+        endpoints=(
+            Endpoint(
+                add_GRPCInferenceServiceServicer_to_server, lambda _: InferenceApi(served), ROLES
+            ),
+        ),
+        loops=loops,
+    )
+
+
+def main() -> None:
+    try:
+        settings = load(GatewaySettings)
+    except ConfigError as exc:
+        print(f"strata.gateway refuses to start: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+    run_service(spec(settings))
+
 
 if __name__ == "__main__":
-    run_service(SPEC)
+    main()

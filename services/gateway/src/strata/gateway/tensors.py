@@ -1,0 +1,162 @@
+"""Open Inference Protocol tensors to numpy and back, checked against a model's signature.
+
+Pure: no I/O. A request whose tensors do not fit the model is refused with
+:class:`InvalidArgumentError` naming the input and both shapes or datatypes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from strata.api.inference import grpc_service_pb2 as oip
+from strata.core.errors import InvalidArgumentError
+
+Array = npt.NDArray[np.generic]
+
+DTYPES: Mapping[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+"""OIP datatype -> numpy dtype, for the fixed-size types (BYTES is not served yet)."""
+
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+"""The InferTensorContents field of each datatype (FP16 travels only as raw bytes)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: OIP datatype and shape, -1 where any size fits."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def example(self) -> Array:
+        """Zeros of this tensor's shape (1 where any size fits): a warm-up input."""
+        return np.zeros([1 if d < 0 else d for d in self.shape], dtype=DTYPES[self.datatype])
+
+
+def decode_inputs(request: oip.ModelInferRequest, inputs: Sequence[TensorSpec]) -> dict[str, Array]:
+    """The request's input tensors as arrays by name, each checked against ``inputs``."""
+    wanted = {spec.name: spec for spec in inputs}
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgumentError(
+            "raw_input_contents",
+            f"holds {len(raw)} tensors for {len(request.inputs)} inputs; "
+            "send one per input, in the order of inputs, or none",
+        )
+    arrays: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        field = f"inputs[{index}]"
+        spec = wanted.get(tensor.name)
+        if spec is None:
+            raise InvalidArgumentError(
+                f"{field}.name",
+                f"the model has no input {tensor.name!r}; its inputs are {sorted(wanted)}",
+            )
+        if tensor.name in arrays:
+            raise InvalidArgumentError(f"{field}.name", f"input {tensor.name!r} is given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgumentError(
+                f"{field}.datatype",
+                f"input {tensor.name!r} has datatype {tensor.datatype!r}; "
+                f"the model expects {spec.datatype!r}",
+            )
+        shape = list(tensor.shape)
+        if not spec.fits(shape):
+            raise InvalidArgumentError(
+                f"{field}.shape",
+                f"input {tensor.name!r} has shape {shape}; the model expects "
+                f"{list(spec.shape)} (-1: any size)",
+            )
+        values = _values(tensor, raw[index] if raw else None, spec, index)
+        if values.size != math.prod(shape):
+            raise InvalidArgumentError(
+                f"{field}.contents",
+                f"input {tensor.name!r} has {values.size} values; shape {shape} "
+                f"needs {math.prod(shape)}",
+            )
+        arrays[tensor.name] = values.reshape(shape)
+    missing = sorted(set(wanted) - set(arrays))
+    if missing:
+        raise InvalidArgumentError("inputs", f"the model's inputs {missing} are missing")
+    return arrays
+
+
+def _values(
+    tensor: oip.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec, index: int
+) -> Array:
+    dtype = DTYPES[spec.datatype]
+    if raw is not None:
+        if len(raw) % dtype.itemsize:
+            raise InvalidArgumentError(
+                f"raw_input_contents[{index}]",
+                f"input {tensor.name!r}: {len(raw)} bytes is not a whole number of "
+                f"{spec.datatype} values ({dtype.itemsize} bytes each)",
+            )
+        return np.frombuffer(raw, dtype=dtype)
+    contents = _CONTENTS.get(spec.datatype)
+    if contents is None:
+        raise InvalidArgumentError(
+            f"inputs[{index}].contents",
+            f"input {tensor.name!r}: {spec.datatype} travels in raw_input_contents only",
+        )
+    return np.asarray(getattr(tensor.contents, contents), dtype=dtype)
+
+
+def encode_outputs(
+    outputs: Mapping[str, Array], specs: Sequence[TensorSpec], *, raw: bool
+) -> tuple[list[oip.ModelInferResponse.InferOutputTensor], list[bytes]]:
+    """Output tensors in the order of ``specs``: typed contents, or raw bytes when ``raw``.
+
+    Raw answers follow raw requests, so a client gets back the encoding it sent; a
+    datatype with no contents field (FP16) makes the whole answer raw, as OIP wants
+    all outputs in one encoding.
+    """
+    raw = raw or any(spec.datatype not in _CONTENTS for spec in specs)
+    tensors: list[oip.ModelInferResponse.InferOutputTensor] = []
+    blobs: list[bytes] = []
+    for spec in specs:
+        array = np.ascontiguousarray(outputs[spec.name], dtype=DTYPES[spec.datatype])
+        tensor = oip.ModelInferResponse.InferOutputTensor(
+            name=spec.name, datatype=spec.datatype, shape=list(array.shape)
+        )
+        if raw:
+            blobs.append(array.tobytes())
+        else:
+            getattr(tensor.contents, _CONTENTS[spec.datatype]).extend(array.ravel().tolist())
+        tensors.append(tensor)
+    return tensors, blobs
