@@ -452,6 +452,8 @@ class FeatureViewSpec(_message.Message):
     ALLOWED_GROUPS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
+    ALLOWED_LATENESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique view name: lower-case letters, digits and '_', at most 63 characters."""
     description: _builtins.str
@@ -494,6 +496,19 @@ class FeatureViewSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels."""
 
+    @_builtins.property
+    def transforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnTransform]:
+        """Row-level transforms as expressions over the source columns and earlier
+        transforms (strata.transforms.expressions), run identically by the batch,
+        streaming and request-time paths; each adds a column features may use.
+        """
+
+    @_builtins.property
+    def allowed_lateness(self) -> _duration_pb2.Duration:
+        """How far behind its entity's latest event time an event may arrive and still
+        count; later events are dropped (and counted) in every path. Unset: zero.
+        """
+
     def __init__(
         self,
         *,
@@ -509,14 +524,42 @@ class FeatureViewSpec(_message.Message):
         allowed_groups: _abc.Iterable[_builtins.str] | None = ...,
         owner: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        transforms: _abc.Iterable[Global___ColumnTransform] | None = ...,
+        allowed_lateness: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "source", b"source", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allowed_lateness", b"allowed_lateness", "bundle", b"bundle", "source", b"source", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_groups", b"allowed_groups", "bundle", b"bundle", "description", b"description", "entities", b"entities", "event_time_column", b"event_time_column", "features", b"features", "labels", b"labels", "name", b"name", "owner", b"owner", "source", b"source", "transform", b"transform", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_groups", b"allowed_groups", "allowed_lateness", b"allowed_lateness", "bundle", b"bundle", "description", b"description", "entities", b"entities", "event_time_column", b"event_time_column", "features", b"features", "labels", b"labels", "name", b"name", "owner", b"owner", "source", b"source", "transform", b"transform", "transforms", b"transforms", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureViewSpec: _TypeAlias = FeatureViewSpec  # noqa: Y015
+
+@_typing.final
+class ColumnTransform(_message.Message):
+    """ColumnTransform derives one column from each row."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the derived column."""
+    expression: _builtins.str
+    """Expression computing it, e.g. "minutes / 60"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        expression: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnTransform: _TypeAlias = ColumnTransform  # noqa: Y015
 
 @_typing.final
 class Field(_message.Message):
@@ -553,6 +596,7 @@ class Source(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """A Kafka topic of raw events (streaming path); its offline copy is the dataset
     of the same name.
@@ -563,16 +607,21 @@ class Source(_message.Message):
     def request(self) -> Global___RequestSource:
         """Values supplied with each request (request-time features in the gateway)."""
 
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Field]:
+        """Columns of each row of a topic or dataset (a request source lists its own)."""
+
     def __init__(
         self,
         *,
         topic: _builtins.str = ...,
         dataset: _builtins.str = ...,
         request: Global___RequestSource | None = ...,
+        columns: _abc.Iterable[Global___Field] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "kind", b"kind", "request", b"request", "topic", b"topic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "kind", b"kind", "request", b"request", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "dataset", b"dataset", "kind", b"kind", "request", b"request", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["topic", "dataset", "request"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -615,6 +664,7 @@ class Feature(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     COLUMN_FIELD_NUMBER: _builtins.int
     AGGREGATION_FIELD_NUMBER: _builtins.int
+    DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Feature name, unique within the view."""
     type: Global___ValueType.ValueType
@@ -627,6 +677,12 @@ class Feature(_message.Message):
     def aggregation(self) -> Global___Aggregation:
         """When set, the feature aggregates `column` over a sliding event-time window."""
 
+    @_builtins.property
+    def default_value(self) -> Global___Value:
+        """Value served when the entity has no row, its value expired, or it is null;
+        unset: null.
+        """
+
     def __init__(
         self,
         *,
@@ -635,10 +691,11 @@ class Feature(_message.Message):
         description: _builtins.str = ...,
         column: _builtins.str = ...,
         aggregation: Global___Aggregation | None = ...,
+        default_value: Global___Value | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "default_value", b"default_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "column", b"column", "description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "column", b"column", "default_value", b"default_value", "description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
