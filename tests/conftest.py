@@ -51,6 +51,9 @@ def stack_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 os.environ.update(stack_environment(os.environ))
+# A gateway started by a test serves REST on a free port, not on 8080, which the
+# machine may use for something else; tests that call REST choose their own port.
+os.environ.setdefault("STRATA_GATEWAY_HTTP_PORT", "0")
 # gRPC's C core logs connection events (GOAWAY on server shutdown) at INFO to
 # stderr, in between pytest's progress dots; errors are still shown.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

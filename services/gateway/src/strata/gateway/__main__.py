@@ -1,7 +1,8 @@
 """``python -m strata.gateway``: the deploy gateway. It serves the Open Inference
-Protocol from the models it holds in memory, loaded from the registry; Redis is
-required (the online features of Predict), a Kafka outage only delays alias
-changes (the reconcile loop catches up).
+Protocol (gRPC on the service port, REST on ``STRATA_GATEWAY_HTTP_PORT``) from the
+models it holds in memory, loaded from the registry; Redis is required (the online
+features of Predict), a Kafka outage only delays alias changes (the reconcile loop
+catches up).
 """
 
 import sys
@@ -14,13 +15,15 @@ from strata.core.settings import load
 from strata.gateway.aliases import follow_aliases
 from strata.gateway.api import ROLES, InferenceApi
 from strata.gateway.models import Served
+from strata.gateway.rest import serve_rest
 from strata.gateway.settings import GatewaySettings
 
 
 def spec(settings: GatewaySettings) -> ServiceSpec:
     """The gateway serving the models ``settings`` names; with none, it serves health only."""
     served = Served(settings.models)
-    loops = (Loop("follow-aliases", follow_aliases(served, settings)),) if settings.models else ()
+    rest = Loop("serve-rest", serve_rest(served, settings))
+    follow = (Loop("follow-aliases", follow_aliases(served, settings)),) if settings.models else ()
     return ServiceSpec(
         name="gateway",
         requires=(REDIS,),
@@ -30,7 +33,7 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
                 add_GRPCInferenceServiceServicer_to_server, lambda _: InferenceApi(served), ROLES
             ),
         ),
-        loops=loops,
+        loops=(rest, *follow),
     )
 
 

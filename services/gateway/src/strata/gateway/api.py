@@ -65,30 +65,43 @@ class InferenceApi(GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: Any
     ) -> oip.ModelMetadataResponse:
-        model = self._served.resolve(request.name, request.version)
-        return oip.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(m.version) for m in self._served.versions(model.name)],
-            platform=PLATFORM,
-            inputs=[_metadata(spec) for spec in model.inputs],
-            outputs=[_metadata(spec) for spec in model.outputs],
-        )
+        return model_metadata(self._served, request.name, request.version)
 
     @override
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Any
     ) -> oip.ModelInferResponse:
-        model = self._served.resolve(request.model_name, request.model_version)
-        feeds = decode_inputs(request, model.inputs)
-        results = await asyncio.to_thread(model.run, feeds)
-        tensors, raw = encode_outputs(results, model.outputs, raw=bool(request.raw_input_contents))
-        return oip.ModelInferResponse(
-            model_name=model.name,
-            model_version=str(model.version),
-            id=request.id,
-            outputs=tensors,
-            raw_output_contents=raw,
-        )
+        return await infer(self._served, request)
+
+
+def model_metadata(served: Served, name: str, version: str) -> oip.ModelMetadataResponse:
+    """The signature of the version ``version`` names (see :meth:`Served.resolve`)."""
+    model = served.resolve(name, version)
+    return oip.ModelMetadataResponse(
+        name=model.name,
+        versions=[str(m.version) for m in served.versions(model.name)],
+        platform=PLATFORM,
+        inputs=[_metadata(spec) for spec in model.inputs],
+        outputs=[_metadata(spec) for spec in model.outputs],
+    )
+
+
+async def infer(served: Served, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
+    """One ModelInfer on the data plane, whichever edge (gRPC, REST) the request came by.
+
+    The session runs in a thread, so the event loop keeps serving other requests.
+    """
+    model = served.resolve(request.model_name, request.model_version)
+    feeds = decode_inputs(request, model.inputs)
+    results = await asyncio.to_thread(model.run, feeds)
+    tensors, raw = encode_outputs(results, model.outputs, raw=bool(request.raw_input_contents))
+    return oip.ModelInferResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        id=request.id,
+        outputs=tensors,
+        raw_output_contents=raw,
+    )
 
 
 def _metadata(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetadata:

@@ -18,6 +18,13 @@ class GatewaySettings(BaseSettings):
     registry: str = Field(
         "127.0.0.1:50055", description="host:port of the model registry, the models' only source."
     )
+    http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol's REST API (/v2); 0 picks a free "
+        "one, logged at start. gRPC keeps the service port.",
+    )
     reconcile_interval: float = Field(
         30.0,
         gt=0,
