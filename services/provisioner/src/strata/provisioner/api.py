@@ -1,0 +1,266 @@
+"""The provisioner's gRPC edge: agents' Connect sessions and the node and queue queries.
+
+A Connect session: the first message must be an ``AgentRegistration``, checked by
+:mod:`strata.provisioner.domain.registration` (nonsense capacity is refused with
+the field named) and stored; the answer is ``AgentAccepted``. From then on the
+session reads the agent's messages (each renews the node's lease) and sends down
+the assignments of the attempts placed on the node, from the stored placements,
+each once per session (so a reconnecting agent gets again what it does not list
+as running). Reports on attempts go through :mod:`strata.provisioner.reports`.
+When the stream closes the node is marked LOST.
+
+Methods not written yet (DrainNode, ListPlacements) are inherited from the
+generated base class and answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from typing_extensions import override
+
+from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
+from strata.api.common.v1.resources_pb2 import ResourceUsage
+from strata.api.provisioner.v1 import provisioner_pb2 as pb
+from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceServicer
+from strata.core.errors import InvalidArgumentError, NotFoundError
+from strata.core.runtime import ServiceContext
+from strata.provisioner.domain.lease import HEARTBEAT_INTERVAL, LEASE, USAGE_INTERVAL
+from strata.provisioner.domain.registration import Registration, check
+from strata.provisioner.domain.reports import REPORTS
+from strata.provisioner.domain.resources import Resources
+from strata.provisioner.reports import Reports
+from strata.provisioner.store import NodeStore, QueueStore, StoredNode, StoredPlacement
+
+log = structlog.stdlib.get_logger(__name__)
+
+DELIVERY_POLL = 0.1
+"""Seconds between looks for new placements of a connected node."""
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+LIVE_STATES = (pb.NODE_STATE_READY, pb.NODE_STATE_DRAINING, pb.NODE_STATE_DRAINED)
+
+
+class ProvisionerApi(ProvisionerServiceServicer):
+    """ProvisionerService over the nodes and queue of the service's schema."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._nodes = NodeStore(context.pool, context.schema)
+        self._queue = QueueStore(context.pool, context.schema)
+        self._reports = Reports(context)
+
+    @override
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: object
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if not first.HasField("registration"):
+            raise InvalidArgumentError(
+                "registration", "the first message of a Connect stream must be an AgentRegistration"
+            )
+        node = await self._nodes.register(check(_registration(first.registration)), _now())
+        node_id, session_id = node.registration.node_id, node.session_id
+        log.info("node connected", node_id=node_id, capacity=str(node.registration.capacity))
+        yield pb.ConnectResponse(
+            accepted=pb.AgentAccepted(
+                session_id=session_id,
+                heartbeat_interval=_duration(HEARTBEAT_INTERVAL),
+                lease=_duration(LEASE),
+                usage_interval=_duration(USAGE_INTERVAL),
+            )
+        )
+        reader = asyncio.create_task(self._read(request_iterator, node_id, session_id))
+        # What the agent runs already is not sent again.
+        sent = {(a.run_id, a.task_id, a.attempt) for a in first.registration.running}
+        try:
+            while not reader.done():
+                for placement in await self._queue.on_node(node_id):
+                    a = placement.request.attempt
+                    if placement.running or (a.run_id, a.task_id, a.attempt) in sent:
+                        continue
+                    yield pb.ConnectResponse(assignment=_assignment(placement))
+                    sent.add((a.run_id, a.task_id, a.attempt))
+                await asyncio.wait({reader}, timeout=DELIVERY_POLL)
+            reader.result()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self._nodes.disconnected(node_id, session_id)
+            log.info("node disconnected", node_id=node_id)
+
+    async def _read(
+        self, requests: AsyncIterator[pb.ConnectRequest], node_id: str, session_id: str
+    ) -> None:
+        """Renew the lease on every message of the agent and apply its reports, until its
+        stream ends."""
+        async for message in requests:
+            kind = message.WhichOneof("message")
+            if kind == "registration":
+                raise InvalidArgumentError(
+                    "registration", "sent again on the same stream: register once per stream"
+                )
+            heartbeat = message.heartbeat if message.HasField("heartbeat") else None
+            current = await self._nodes.heard(
+                node_id,
+                session_id,
+                _now(),
+                usage=heartbeat.usage.SerializeToString() if heartbeat else None,
+                warm_bundles=list(heartbeat.warm_bundles) if heartbeat else None,
+            )
+            if not current:
+                log.info("message from a replaced session ignored", node_id=node_id)
+                return
+            if kind in REPORTS:
+                await self._reports.apply(node_id, message)
+
+    @override
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: object
+    ) -> pb.ListNodesResponse:
+        if request.page_size < 0:
+            raise InvalidArgumentError(
+                "page_size", f"must be 0 (default) or more, got {request.page_size}"
+            )
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        states = list(request.states) or list(LIVE_STATES)
+        found = await self._nodes.list(states, after=_after(request.page_token), limit=size + 1)
+        page = found[:size]
+        more = len(found) > size
+        last = page[-1].registration.node_id if more else ""
+        return pb.ListNodesResponse(
+            nodes=[_node(n) for n in page],
+            next_page_token=base64.urlsafe_b64encode(last.encode()).decode() if more else "",
+        )
+
+    @override
+    async def GetNode(self, request: pb.GetNodeRequest, context: object) -> pb.GetNodeResponse:
+        if not request.node_id:
+            raise InvalidArgumentError("node_id", "is empty: name the node")
+        node = await self._nodes.get(request.node_id)
+        if node is None:
+            raise NotFoundError(f"node {request.node_id!r}")
+        placements = await self._queue.on_node(request.node_id)
+        return pb.GetNodeResponse(node=_node(node), placements=[_placement(p) for p in placements])
+
+    @override
+    async def GetQueue(self, request: pb.GetQueueRequest, context: object) -> pb.GetQueueResponse:
+        name = request.name or "default"
+        waiting = await self._queue.waiting(queue=name)
+        return pb.GetQueueResponse(
+            queue=pb.Queue(
+                name=name,
+                pending=[
+                    pb.PendingTask(
+                        attempt=q.request.attempt,
+                        workflow_name=q.request.workflow_name,
+                        priority=q.request.priority,
+                        limits=q.request.resources,
+                        requested_at=_timestamp(q.attempt.requested_at),
+                        waiting_for=q.waiting_for,
+                    )
+                    for q in waiting
+                ],
+            )
+        )
+
+
+def _registration(message: pb.AgentRegistration) -> Registration:
+    c = message.capacity
+    return Registration(
+        node_id=message.node_id,
+        hostname=message.hostname,
+        capacity=Resources(c.cpu_millis, c.memory_bytes, c.gpus),
+        labels=dict(message.labels),
+        agent_version=message.agent_version,
+        warm_bundles=tuple(message.warm_bundles),
+    )
+
+
+def _after(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidArgumentError(
+            "page_token", "is not a token from a previous ListNodes reply"
+        ) from None
+
+
+def _resources(amounts: Resources) -> ResourcesMessage:
+    return ResourcesMessage(
+        cpu_millis=amounts.cpu_millis, memory_bytes=amounts.memory_bytes, gpus=amounts.gpus
+    )
+
+
+def _node(stored: StoredNode) -> pb.Node:
+    registration = stored.registration
+    return pb.Node(
+        node_id=registration.node_id,
+        hostname=registration.hostname,
+        state=stored.state,
+        capacity=_resources(registration.capacity),
+        reserved=_resources(stored.reserved),
+        usage=ResourceUsage.FromString(stored.usage) if stored.usage else None,
+        labels=dict(registration.labels),
+        agent_version=registration.agent_version,
+        joined_at=_timestamp(stored.joined_at),
+        last_seen_at=_timestamp(stored.last_seen_at),
+        placement_count=stored.placement_count,
+    )
+
+
+def _placement(stored: StoredPlacement) -> pb.Placement:
+    request = stored.request
+    return pb.Placement(
+        attempt=request.attempt,
+        workflow_name=request.workflow_name,
+        node_id=stored.node_id,
+        queue=request.queue or "default",
+        priority=request.priority,
+        limits=request.resources,
+        reserved=_resources(stored.reserved),
+        running=stored.running,
+        placed_at=_timestamp(stored.placed_at),
+    )
+
+
+def _assignment(stored: StoredPlacement) -> pb.TaskAssignment:
+    request = stored.request
+    return pb.TaskAssignment(
+        attempt=request.attempt,
+        workflow_name=request.workflow_name,
+        entrypoint=request.entrypoint,
+        bundle=request.bundle,
+        args=request.args,
+        upstream_outputs=dict(request.upstream_outputs),
+        limits=request.resources,
+        reserved=_resources(stored.reserved),
+        timeout=request.timeout if request.HasField("timeout") else None,
+    )
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _duration(span: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(span)
+    return duration
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,61 @@
+"""Where requested attempts enter the provisioner: ``strata.tasks.requested``, group
+"provisioner".
+
+Each ``TaskRequested`` is queued in the transaction that claims its event id in
+the inbox, so a redelivered request queues nothing twice; the placement loop
+(:mod:`strata.provisioner.placing`) takes it from there.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
+from strata.core.errors import InvalidArgumentError
+from strata.core.inbox import claim
+from strata.core.runtime import ServiceContext
+from strata.core.topics import TASKS_REQUESTED
+from strata.provisioner.store import QueueStore
+
+log = structlog.stdlib.get_logger(__name__)
+
+GROUP = "provisioner"
+INBOX_CONSUMER = "task-requests"
+"""The inbox name under which task requests are claimed."""
+
+
+def register_task_requests(context: ServiceContext) -> None:
+    """Queue the attempts requested on ``strata.tasks.requested``."""
+    queue = QueueStore(context.pool, context.schema)
+    requests = context.bus.consumer(TASKS_REQUESTED, group=GROUP)
+
+    @requests.on(TaskRequested)
+    async def on_requested(event: TaskRequested, envelope: Envelope) -> None:
+        _check(event)
+        async with context.pool.acquire() as conn, conn.transaction():
+            if not await claim(conn, context.schema, envelope.event_id, consumer=INBOX_CONSUMER):
+                return
+            if await queue.enqueue(conn, event):
+                log.info(
+                    "attempt queued",
+                    run_id=event.attempt.run_id,
+                    task_id=event.attempt.task_id,
+                    attempt=event.attempt.attempt,
+                )
+
+
+def _check(event: TaskRequested) -> None:
+    """A request placement cannot act on goes to the dead-letter topic with the field named."""
+    if not event.attempt.run_id or not event.attempt.task_id:
+        raise InvalidArgumentError("attempt", "must name the run and the task")
+    if event.attempt.attempt < 1:
+        raise InvalidArgumentError("attempt.attempt", "must be 1 or more (the fencing number)")
+    r = event.resources
+    for name, value in (
+        ("cpu_millis", r.cpu_millis),
+        ("memory_bytes", r.memory_bytes),
+        ("gpus", r.gpus),
+    ):
+        if value < 0:
+            raise InvalidArgumentError(f"resources.{name}", f"must be 0 or more, got {value}")

@@ -1,0 +1,1 @@
+"""SQL migrations of the provisioner schema, applied in file-name order."""

@@ -1,0 +1,59 @@
+"""Where agents' reports on their attempts leave the provisioner: ``strata.tasks.events``.
+
+A report (started, finished, failed, usage) arrives on the agent's Connect
+stream. In one transaction the attempt's placement is locked, the report's
+effect decided by :mod:`strata.provisioner.domain.reports` (stale reports change
+nothing and are counted), the placement marked running or dropped (its
+reservation freed), and the event published through the outbox with the node id
+of the session it came on, never the one the agent wrote.
+"""
+
+from __future__ import annotations
+
+import structlog
+from prometheus_client import Counter
+
+from strata.api.provisioner.v1 import provisioner_pb2 as pb
+from strata.core.runtime import ServiceContext
+from strata.provisioner.domain.reports import Effect, effect
+from strata.provisioner.store import QueueStore
+
+log = structlog.stdlib.get_logger(__name__)
+
+Report = pb.TaskStarted | pb.TaskFinished | pb.TaskFailed | pb.TaskUsage
+
+
+class Reports:
+    """Applies and announces the reports of agents connected to this provisioner."""
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+        self._queue = QueueStore(context.pool, context.schema)
+        self._stale = Counter(
+            "strata_provisioner_stale_reports",
+            "Agent reports about attempts not placed on the reporting node, by report.",
+            ["report"],
+            registry=context.metrics.registry,
+        )
+
+    async def apply(self, node_id: str, message: pb.ConnectRequest) -> None:
+        """Apply ``message`` (one with a report set) from the agent of ``node_id``."""
+        kind = message.WhichOneof("message")
+        assert kind is not None, "the caller passes reports only"
+        report: Report = type(getattr(message, kind))()
+        report.CopyFrom(getattr(message, kind))
+        report.node_id = node_id
+        attempt = report.attempt
+        key = (attempt.run_id, attempt.task_id, attempt.attempt)
+        async with self._context.pool.acquire() as conn, conn.transaction():
+            placed_on = await self._queue.lock_placement(conn, *key)
+            outcome = effect(kind, placed_on, node_id)
+            if outcome is Effect.STALE:
+                self._stale.labels(report=kind).inc()
+                log.info("stale report ignored", node_id=node_id, report=kind, attempt=list(key))
+                return
+            if outcome is Effect.STARTED:
+                await self._queue.started(conn, *key)
+            elif outcome is Effect.ENDED:
+                await self._queue.ended(conn, *key)
+            await self._context.outbox.publish(conn, report)
