@@ -1075,7 +1075,9 @@ class FeatureValue(_message.Message):
     """Whether the value was found and fresh."""
     @_builtins.property
     def value(self) -> Global___Value:
-        """The value; null unless status is PRESENT."""
+        """The value: the stored one when status is PRESENT (the feature's default when
+        it is null), otherwise the feature's default (null when it declares none).
+        """
 
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:

@@ -1,0 +1,204 @@
+"""The streaming path of the service: each topic-sourced view's current version
+follows its raw topic and keeps its online values in Redis.
+
+``follow_views`` (a supervised loop) polls the catalog every second and runs one
+``ViewStream`` per view, replacing it when a new version is applied (a new
+version starts from the topic's beginning, since its windows may differ).
+
+A ``ViewStream`` reads its topic with a plain ``strata.core.kafka`` consumer, not
+the bus: raw events are JSON (``domain.raw_events``), not Strata envelopes, and
+the stream must resume from its own checkpoint. Partitions are assigned, not
+subscribed, so one process owns the view. Each batch from ``getmany``:
+
+1. decodes the records; one that does not fit the view's source columns is
+   dead-lettered to ``<topic>.dlq`` with the reason, and the stream goes on
+   (whoever creates a raw topic creates its ``.dlq`` too, as for every Strata
+   topic: the broker does not create topics on demand);
+2. folds the rows into the ``StreamingExecutor`` and writes every touched
+   entity's features (as of its latest event time) to Redis in one pipeline;
+3. saves the next offsets and the executor's snapshot together in Postgres;
+4. commits the offsets to Kafka (for lag metrics and tools).
+
+A restart resumes from the checkpoint: the state and the offsets it saved belong
+together, so no record is counted twice or lost. A crash between 2 and 3 replays
+the batch over the older state and rewrites the same values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import structlog
+from aiokafka import TopicPartition
+
+from strata.api.common.v1.dead_letter_pb2 import DeadLetter
+from strata.core import kafka
+from strata.core.bus import dead_letter
+from strata.core.bus.dead_letters import Record
+from strata.core.errors import InvalidArgumentError
+from strata.core.runtime import ServiceContext
+from strata.streamer.domain.raw_events import RawEventError, decode
+from strata.streamer.store import Checkpoint, CheckpointStore, StoredView, ViewStore
+from strata.transforms.online import write_online
+from strata.transforms.spec import view_from_spec
+from strata.transforms.streaming import StreamingExecutor
+from strata.transforms.types import Scalar
+
+log = structlog.stdlib.get_logger(__name__)
+
+REFRESH = 1.0
+"""Seconds between looks at the catalog for new views and versions."""
+MAX_TOPIC_WAIT = 30.0
+"""Longest pause between asking whether a view's missing topic exists yet."""
+MAX_BATCH = 5000
+"""Most records folded, written and checkpointed as one batch."""
+POLL_MS = 500
+"""How long one ``getmany`` waits for records."""
+
+
+async def follow_views(context: ServiceContext) -> None:
+    """Run a stream for the current version of every topic-sourced view, until cancelled.
+
+    One view's trouble stays its own: a stored spec that no longer compiles is
+    logged once and skipped, and a stream that fails is logged and started again
+    from its checkpoint at the next look, while the others go on.
+    """
+    views = ViewStore(context.pool, context.schema, context.outbox)
+    running: dict[str, tuple[int, asyncio.Task[None]]] = {}
+    unusable: set[tuple[str, int]] = set()
+    try:
+        while True:
+            for stored in await views.all_current():
+                name, version = stored.spec.name, stored.version
+                if stored.spec.source.WhichOneof("kind") != "topic" or (name, version) in unusable:
+                    continue
+                current = running.get(name)
+                if current is not None and current[0] == version and not current[1].done():
+                    continue
+                if current is not None:
+                    _end(name, current[1])
+                try:
+                    stream = ViewStream(context, stored)
+                except InvalidArgumentError as error:
+                    log.error(
+                        "view cannot be streamed", view=name, version=version, error=str(error)
+                    )
+                    unusable.add((name, version))
+                    continue
+                running[name] = (version, asyncio.create_task(stream.run()))
+            await asyncio.sleep(REFRESH)
+    finally:
+        tasks = [task for _, task in running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _end(name: str, task: asyncio.Task[None]) -> None:
+    """Stop a replaced stream, or log why a stream ended."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled() and (error := task.exception()) is not None:
+        log.error("stream failed, restarting it", view=name, exc_info=error)
+
+
+class ViewStream:
+    """One view version following its topic, from its checkpoint on."""
+
+    def __init__(self, context: ServiceContext, stored: StoredView) -> None:
+        self._context = context
+        self._checkpoints = CheckpointStore(context.pool, context.schema)
+        self._view = view_from_spec(stored.spec)
+        self._version = stored.version
+        self._topic = stored.spec.source.topic
+        self._group = f"strata.streamer.{self._view.name}.v{self._version}"
+
+    async def run(self) -> None:
+        name = self._view.name
+        checkpoint = await self._checkpoints.load(name, self._version)
+        if checkpoint is None:
+            executor, offsets = StreamingExecutor(self._view), {}
+        else:
+            executor = StreamingExecutor.restore(self._view, checkpoint.state)
+            offsets = dict(checkpoint.offsets)
+        partitions = await self._partitions()
+        consumer = kafka.consumer(self._context.settings.kafka, group_id=self._group)
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            for partition in partitions:
+                if partition.partition in offsets:
+                    consumer.seek(partition, offsets[partition.partition])
+                else:
+                    await consumer.seek_to_beginning(partition)
+            log.info("stream started", view=name, version=self._version, resumed=offsets)
+            while True:
+                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
+                if not batches:
+                    continue
+                await self._apply(executor, offsets, batches)
+                await consumer.commit({tp: offsets[tp.partition] for tp in batches})
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        """The topic's partitions, once the topic exists (asked of the broker, backing off)."""
+        pause = REFRESH
+        while True:
+            admin = kafka.admin(self._context.settings.kafka)
+            await admin.start()
+            try:
+                (described,) = await admin.describe_topics([self._topic])
+            finally:
+                await admin.close()
+            found = sorted(p["partition"] for p in described["partitions"])
+            if described["error_code"] == 0 and found:
+                return [TopicPartition(self._topic, p) for p in found]
+            if pause == REFRESH:
+                log.warning("waiting for the topic", view=self._view.name, topic=self._topic)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_TOPIC_WAIT)
+
+    async def _apply(
+        self,
+        executor: StreamingExecutor,
+        offsets: dict[int, int],
+        batches: Mapping[TopicPartition, Sequence[Record]],
+    ) -> None:
+        rows: list[dict[str, Scalar]] = []
+        for partition, records in batches.items():
+            for record in records:
+                try:
+                    rows.append(decode(self._view, record.value))
+                except RawEventError as error:
+                    await self._dead_letter(record, str(error))
+            offsets[partition.partition] = records[-1].offset + 1
+        touched = executor.ingest(rows) if rows else set()
+        values = {}
+        for key in touched:
+            latest = executor.watermark(key)
+            assert latest is not None, "an entity just touched has an event time"
+            values[key] = executor.read(key, latest)
+        await write_online(self._context.redis, self._view, values)
+        checkpoint = Checkpoint(dict(offsets), executor.snapshot())
+        await self._checkpoints.save(self._view.name, self._version, checkpoint)
+
+    async def _dead_letter(self, record: Record, reason: str) -> None:
+        letter = dead_letter(
+            record,
+            cause=DeadLetter.CAUSE_REJECTED,
+            reason=f"feature view {self._view.name!r} version {self._version}: {reason}",
+            attempts=1,
+            group=self._group,
+            consumer=self._context.name,
+        )
+        await self._context.bus.publisher.publish_dead_letter(letter)
+        log.warning(
+            "raw event dead-lettered",
+            view=self._view.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+        )
