@@ -42,9 +42,10 @@ CONSUMER = "test-consumer"
 
 @pytest.fixture
 async def schema(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """A fresh schema with the core's tables (outbox, inbox) and the scheduler's (workflows)."""
+    """A fresh schema with the core's tables (outbox, inbox) and the example service's
+    (``partitions``, tests/integration/example): a state table no real service changes."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    await migrate_service(pool, name, "strata.scheduler.migrations")
+    await migrate_service(pool, name, "example")
     await pool.execute(f'CREATE TABLE "{name}".handled (event_id uuid, value text)')
     yield name
     await pool.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
@@ -162,7 +163,7 @@ async def test_an_event_survives_sigkill_after_commit_and_is_handled_exactly_onc
     peer.send_signal(signal.SIGKILL)
     assert await peer.wait() == -signal.SIGKILL
     assert await pool.fetchval(f'SELECT event_id::text FROM "{schema}".outbox') == event_id
-    assert await pool.fetchval(f'SELECT count(*) FROM "{schema}".workflows') == 1
+    assert await pool.fetchval(f'SELECT count(*) FROM "{schema}".partitions') == 1
 
     relay = OutboxRelay(pool, schema, producer, sweep_interval=0.5)
     async with running(relay):
