@@ -1,4 +1,5 @@
-"""The ``strata`` command line: ``strata stack up|down|status``, ``strata workflow apply|list``.
+"""The ``strata`` command line: ``strata stack up|down|status``, ``strata workflow apply|list``,
+``strata features apply|list|get|online``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -37,6 +38,11 @@ workflow = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(workflow, name="workflow")
+features = typer.Typer(
+    help="Feature views: declare them in Python, apply them to the streamer, read them.",
+    no_args_is_help=True,
+)
+app.add_typer(features, name="features")
 
 
 @stack.command()
@@ -97,6 +103,53 @@ def workflow_list() -> None:
     _run_workflow(commands.list_workflows(_out()))
 
 
+@features.command("apply")
+def features_apply(
+    file: Annotated[Path, typer.Argument(help="Python file declaring one or more FeatureView.")],
+    validate_only: Annotated[
+        bool, typer.Option("--validate-only", help="Check and compare; store nothing.")
+    ] = False,
+) -> None:
+    """Apply the feature views FILE declares: an unchanged one keeps its version, a changed
+    one gets the next. Exits 1 with one line naming the problem when one is refused.
+    """
+    from strata.sdk.features import commands
+
+    _run_features(commands.apply(file, validate_only=validate_only, out=_out()))
+
+
+@features.command("list")
+def features_list() -> None:
+    """The current version of every feature view you may read, by name."""
+    from strata.sdk.features import commands
+
+    _run_features(commands.list_views(_out()))
+
+
+@features.command("get")
+def features_get(
+    name: Annotated[str, typer.Argument(help="Feature view name.")],
+    version: Annotated[int, typer.Option(help="A past version; 0: the current one.")] = 0,
+) -> None:
+    """One feature view: source, entities, TTL, transforms and its features."""
+    from strata.sdk.features import commands
+
+    _run_features(commands.get(name, version, _out()))
+
+
+@features.command("online")
+def features_online(
+    name: Annotated[str, typer.Argument(help="Feature view name.")],
+    entity: Annotated[
+        list[str], typer.Option(help="An entity key as key=value; one per key of the view.")
+    ],
+) -> None:
+    """The online values of every feature of NAME for one entity, with status and event time."""
+    from strata.sdk.features import commands
+
+    _run_features(commands.online(name, entity, _out()))
+
+
 def _out() -> Console:
     from rich.console import Console
 
@@ -106,6 +159,20 @@ def _out() -> Console:
 def _run_workflow(command: Coroutine[None, None, None]) -> None:
     """Run a workflow command; its failures are one line on stderr and exit 1."""
     from strata.sdk.workflows.commands import CommandError
+
+    try:
+        asyncio.run(command)
+    except CommandError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_features(command: Coroutine[None, None, None]) -> None:
+    """Run a features command; its failures are one line on stderr and exit 1."""
+    from strata.sdk.features.commands import CommandError
 
     try:
         asyncio.run(command)

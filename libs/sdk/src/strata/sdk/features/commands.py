@@ -1,0 +1,192 @@
+"""``strata features apply|list|get|online``: the streamer's catalog and online calls, for people.
+
+Each failure becomes one line naming what to fix (the file and field, the view
+and field the streamer refused, an ``--entity`` option, or the streamer's
+address), never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from strata.api.features.v1 import features_pb2 as pb
+from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
+from strata.core.errors import StrataError
+from strata.core.rpc.client import channel
+from strata.core.rpc.status import field_violations
+from strata.core.rpc.tls import channel_credentials
+from strata.core.settings import AuthSettings, ModeSettings, ServiceSettings, TlsSettings, load
+from strata.sdk.features.loading import load_feature_views
+from strata.sdk.features.values import entity_row, show_value
+from strata.transforms.durations import format_duration
+
+FEATURES = "strata.features.v1.FeatureService"
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A failure to print as one line; the command exits 1."""
+
+
+async def apply(path: Path, *, validate_only: bool, out: Console) -> None:
+    """Apply every view ``path`` declares; one line per view with its version."""
+    try:
+        specs = [view.to_spec() for view in load_feature_views(path)]
+    except StrataError as error:
+        raise CommandError(f"{path}: {error}") from None
+    async with _channel() as chan:
+        stub = FeatureServiceStub(chan)
+        for spec in specs:
+            request = pb.ApplyFeatureViewRequest(spec=spec, validate_only=validate_only)
+            reply: pb.ApplyFeatureViewResponse = await _call(
+                stub.ApplyFeatureView(request), f"feature view {spec.name!r}"
+            )
+            what = "changed" if reply.changed else "unchanged"
+            verb = "would be" if validate_only else "is"
+            out.print(f"{spec.name}: {verb} version {reply.feature_view.version} ({what})")
+
+
+async def list_views(out: Console) -> None:
+    """A table of the current version of every view the caller may read."""
+    table = Table("name", "version", "source", "entities", "features", "owner", "applied", "by")
+    token = ""
+    async with _channel() as chan:
+        stub = FeatureServiceStub(chan)
+        while True:
+            request = pb.ListFeatureViewsRequest(page_token=token)
+            page: pb.ListFeatureViewsResponse = await _call(stub.ListFeatureViews(request), "list")
+            for view in page.feature_views:
+                spec = view.spec
+                table.add_row(
+                    spec.name,
+                    str(view.version),
+                    _source(spec.source),
+                    ", ".join(e.name for e in spec.entities),
+                    str(len(spec.features)),
+                    spec.owner or "-",
+                    view.applied_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    view.applied_by,
+                )
+            token = page.next_page_token
+            if not token:
+                break
+    out.print(table)
+
+
+async def get(name: str, version: int, out: Console) -> None:
+    """One view: its catalog entry, then a table of its features."""
+    async with _channel() as chan:
+        view = await _view(FeatureServiceStub(chan), name, version)
+    spec = view.spec
+    out.print(f"{spec.name} version {view.version} (sha256 {view.spec_sha256})")
+    out.print(f"source: {_source(spec.source)}; event time: {spec.event_time_column or '-'}")
+    keys = ", ".join(f"{e.name} {_type(e.type)}" for e in spec.entities)
+    out.print(f"entities: {keys}")
+    out.print(f"ttl: {_ttl(spec)}; owner: {spec.owner or '-'}")
+    if spec.allowed_groups:
+        out.print(f"groups: {', '.join(spec.allowed_groups)}")
+    for transform in spec.transforms:
+        out.print(f"transform: {transform.name} = {transform.expression}")
+    table = Table("feature", "type", "column", "aggregation", "window", "default")
+    for feature in spec.features:
+        has = feature.HasField("aggregation")
+        function = pb.AggregationFunction.Name(feature.aggregation.function) if has else "latest"
+        table.add_row(
+            feature.name,
+            _type(feature.type),
+            feature.column or feature.name,
+            function.removeprefix("AGGREGATION_FUNCTION_").lower(),
+            _window(feature) if has else "-",
+            show_value(feature.default_value),
+        )
+    out.print(table)
+
+
+async def online(name: str, entity: Sequence[str], out: Console) -> None:
+    """Every feature of ``name`` for the entity ``entity`` (``key=value`` items) names."""
+    async with _channel() as chan:
+        stub = FeatureServiceStub(chan)
+        view = await _view(stub, name, 0)
+        try:
+            row = entity_row(view.spec, entity)
+        except StrataError as error:
+            raise CommandError(str(error)) from None
+        refs = [f"{name}:{feature.name}" for feature in view.spec.features]
+        request = pb.GetOnlineFeaturesRequest(features=refs, entities=[row])
+        reply: pb.GetOnlineFeaturesResponse = await _call(
+            stub.GetOnlineFeatures(request), f"feature view {name!r}"
+        )
+    table = Table("feature", "value", "status", "event time")
+    for feature, value in zip(view.spec.features, reply.rows[0].values, strict=True):
+        stamp = value.event_time
+        table.add_row(
+            feature.name,
+            show_value(value.value),
+            pb.FeatureStatus.Name(value.status).removeprefix("FEATURE_STATUS_").lower(),
+            stamp.ToDatetime().isoformat() + "Z" if value.HasField("event_time") else "-",
+        )
+    out.print(table)
+
+
+async def _view(stub: FeatureServiceStub, name: str, version: int) -> pb.FeatureView:
+    request = pb.GetFeatureViewRequest(name=name, version=version)
+    reply: pb.GetFeatureViewResponse = await _call(stub.GetFeatureView(request), "get")
+    return reply.feature_view
+
+
+def _source(source: pb.Source) -> str:
+    kind = source.WhichOneof("kind")
+    if kind == "request":
+        return "request"
+    return f"{kind} {getattr(source, kind)}" if kind else "-"
+
+
+def _type(value: pb.ValueType.ValueType) -> str:
+    return pb.ValueType.Name(value).removeprefix("VALUE_TYPE_").lower()
+
+
+def _ttl(spec: pb.FeatureViewSpec) -> str:
+    return format_duration(spec.ttl.ToMicroseconds()) if spec.HasField("ttl") else "forever"
+
+
+def _window(feature: pb.Feature) -> str:
+    return format_duration(feature.aggregation.window.ToMicroseconds())
+
+
+def _channel() -> grpc.aio.Channel:
+    services = load(ServiceSettings)
+    target = f"{services.host}:{services.streamer_port}"
+    try:
+        return channel(
+            target,
+            load(AuthSettings),
+            mode=load(ModeSettings).mode,
+            credentials=channel_credentials(load(TlsSettings)),
+            idempotent=(
+                f"{FEATURES}/GetFeatureView",
+                f"{FEATURES}/ListFeatureViews",
+                f"{FEATURES}/GetOnlineFeatures",
+            ),
+        )
+    except StrataError as error:
+        raise CommandError(str(error)) from None
+
+
+async def _call(call: Awaitable[T], what: str) -> T:
+    """The reply of ``call``, or a CommandError saying in one line what went wrong."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        violations = field_violations(error)
+        if violations:
+            fields = "; ".join(f"{field}: {problem}" for field, problem in violations.items())
+            raise CommandError(f"{what} refused: {fields}") from None
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            raise CommandError(f"the streamer is not reachable: {error.details()}") from None
+        raise CommandError(f"{what}: {error.code().name}: {error.details()}") from None

@@ -1,0 +1,286 @@
+"""``strata features apply|list|get|online`` against a real ``python -m strata.streamer``.
+
+What a team relies on: applying a file of views stores each one, re-applying it
+changes nothing, a changed view becomes the next version; ``list`` and ``get``
+show what is stored; ``online`` prints the values the streamer's writer stored
+(``strata.transforms.online``), with status, and the default for an entity with
+none; every failure is one line on stderr naming what to fix, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+
+from strata.api.features.v1 import features_pb2 as pb
+from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
+from strata.core import redis
+from strata.core.settings import RedisSettings, load
+from strata.sdk.features.loading import load_feature_views
+from strata.transforms.online import online_key, write_online
+from strata.transforms.streaming import FeatureRow
+from strata.transforms.types import FeatureStatus
+
+pytestmark = pytest.mark.integration
+
+BOUND = 60.0
+"""Bound on waiting for a process: a guard against hanging, not a timing check."""
+TOKENS = {"dev-token": {"principal": "alice", "roles": ["developer"]}}
+DEV = (("authorization", "Bearer dev-token"),)
+
+VIEWS_FILE = """
+from strata.sdk.features import Aggregate, Entity, FeatureView, Field, Float64, Int64, Latest
+from strata.sdk.features import Timestamp, Topic
+
+courier = Entity("courier", join_keys=("courier_id",))
+deliveries = Topic(
+    "raw.{name}",
+    schema=[Field("courier_id", Int64), Field("event_time", Timestamp), Field("minutes", Float64)],
+)
+stats = FeatureView(
+    "{name}",
+    entities=[courier],
+    source=deliveries,
+    event_time="event_time",
+    transforms={{"hours": "minutes / 60"}},
+    features=[
+        Aggregate("count", window="{window}", name="deliveries"),
+        Aggregate("sum", window="{window}", column="hours"),
+        Latest("minutes", default=-1.0),
+    ],
+    ttl="7d",
+    owner="couriers-team",
+)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A streamer process; yields its address once it is SERVING."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamer") / "streamer.log"
+    env = {
+        **os.environ,
+        "STRATA_SERVICE_STREAMER_PORT": str(port),
+        "STRATA_SERVICE_STREAMER_METRICS_PORT": str(_free_port()),
+        "STRATA_AUTH_TOKENS": json.dumps(TOKENS),
+    }
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "strata.streamer", env=env, stderr=sink
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(BOUND):
+            while not await _serving(address):
+                assert process.returncode is None, log.read_text()
+                await asyncio.sleep(0.2)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), BOUND)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _serving(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture
+async def online() -> AsyncIterator[Redis]:
+    connection = redis.client(load(RedisSettings))
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def _views_file(tmp_path: Path, name: str, window: str = "1h") -> Path:
+    path = tmp_path / "views.py"
+    path.write_text(VIEWS_FILE.format(name=name, window=window))
+    return path
+
+
+async def _strata(streamer: str, *args: str) -> tuple[int, str, str]:
+    """Run the ``strata`` CLI against ``streamer`` as the developer; exit code, stdout, stderr."""
+    env = {
+        **os.environ,
+        "STRATA_SERVICE_STREAMER_PORT": streamer.rsplit(":", 1)[1],
+        "STRATA_AUTH_CLIENT_TOKEN": "dev-token",
+        "COLUMNS": "200",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "strata.sdk.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_apply_stores_a_view_and_reapplying_it_changes_nothing(
+    streamer: str, tmp_path: Path
+) -> None:
+    name = _name("cli_apply")
+    path = _views_file(tmp_path, name)
+
+    applied = await _strata(streamer, "features", "apply", str(path))
+    again = await _strata(streamer, "features", "apply", str(path))
+    _views_file(tmp_path, name, window="2h")
+    changed = await _strata(streamer, "features", "apply", str(path))
+
+    assert applied == (0, f"{name}: is version 1 (changed)\n", "")
+    assert again == (0, f"{name}: is version 1 (unchanged)\n", "")
+    assert changed == (0, f"{name}: is version 2 (changed)\n", "")
+    async with grpc.aio.insecure_channel(streamer) as channel:
+        stored = await FeatureServiceStub(channel).GetFeatureView(
+            pb.GetFeatureViewRequest(name=name), metadata=DEV
+        )
+    assert stored.feature_view.version == 2
+    assert stored.feature_view.spec == load_feature_views(path)[0].to_spec()
+
+
+async def test_list_and_get_show_the_stored_view(streamer: str, tmp_path: Path) -> None:
+    name = _name("cli_show")
+    path = _views_file(tmp_path, name)
+    assert (await _strata(streamer, "features", "apply", str(path)))[0] == 0
+
+    listed = await _strata(streamer, "features", "list")
+    shown = await _strata(streamer, "features", "get", name)
+
+    code, out, _ = listed
+    assert code == 0
+    row = next(line for line in out.splitlines() if name in line)
+    assert f"topic raw.{name}" in row
+    assert "couriers-team" in row
+    assert "alice" in row
+    code, out, err = shown
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith(f"{name} version 1 (sha256 ")
+    assert "entities: courier_id int64" in out
+    assert "ttl: 1w; owner: couriers-team" in out
+    assert "transform: hours = minutes / 60" in out
+    assert _cells(out)["hours_sum_1h"] == ["double", "hours", "sum", "1h", "null"]
+
+
+async def test_online_prints_the_stored_values_and_defaults(
+    streamer: str, online: Redis, tmp_path: Path
+) -> None:
+    name = _name("cli_online")
+    path = _views_file(tmp_path, name)
+    assert (await _strata(streamer, "features", "apply", str(path)))[0] == 0
+    view = load_feature_views(path)[0].definition
+    seen = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    row = FeatureRow(
+        {"deliveries": 3, "hours_sum_1h": 0.75, "minutes": 20.0}, seen, FeatureStatus.PRESENT
+    )
+    await write_online(online, view, {(42,): row})
+    try:
+        stored = await _strata(streamer, "features", "online", name, "--entity", "courier_id=42")
+        missing = await _strata(streamer, "features", "online", name, "--entity", "courier_id=7")
+    finally:
+        await online.delete(online_key(view, (42,)))
+
+    code, out, err = stored
+    assert (code, err) == (0, "")
+    stamp = seen.replace(tzinfo=None).isoformat() + "Z"
+    cells = _cells(out)
+    assert cells["deliveries"] == ["3", "present", stamp]
+    assert cells["hours_sum_1h"] == ["0.75", "present", stamp]
+    assert cells["minutes"] == ["20.0", "present", stamp]
+    code, out, err = missing
+    assert (code, err) == (0, "")
+    cells = _cells(out)
+    assert cells["minutes"] == ["-1.0", "not_found", "-"]
+    assert cells["deliveries"] == ["null", "not_found", "-"]
+
+
+def _cells(out: str) -> dict[str, list[str]]:
+    """The rows of a printed table by their first cell (no cell here holds a space)."""
+    rows = [[c for c in line.split() if c != "│"] for line in out.splitlines() if "│" in line]
+    return {row[0]: row[1:] for row in rows}
+
+
+async def _one_line_failure(streamer: str, *args: str) -> str:
+    code, out, err = await _strata(streamer, *args)
+    assert (code, out) == (1, "")
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_two_definitions_of_one_name_are_refused_and_nothing_is_stored(
+    streamer: str, tmp_path: Path
+) -> None:
+    name = _name("cli_twice")
+    path = _views_file(tmp_path, name)
+    path.write_text(
+        path.read_text() + f'\nother = FeatureView("{name}", entities=[courier], '
+        'source=deliveries, event_time="event_time", features=[Latest("minutes")])\n'
+    )
+
+    line = await _one_line_failure(streamer, "features", "apply", str(path))
+
+    assert line.startswith(f"{path}: ")
+    assert f"feature view '{name}' is declared twice with different definitions" in line
+    assert f"feature view '{name}'" in await _one_line_failure(streamer, "features", "get", name)
+
+
+async def test_failures_are_one_line_naming_what_to_fix(streamer: str, tmp_path: Path) -> None:
+    name = _name("cli_fail")
+    path = _views_file(tmp_path, name, window="1 hour")
+    assert (await _strata(streamer, "features", "apply", str(_views_file(tmp_path, name))))[0] == 0
+    _views_file(tmp_path, name, window="1 hour")
+
+    bad_file = await _one_line_failure(streamer, "features", "apply", str(path))
+    unknown = await _one_line_failure(streamer, "features", "get", f"{name}_nope")
+    bad_key = await _one_line_failure(
+        streamer, "features", "online", name, "--entity", "courier_id=abc"
+    )
+    gone = await _one_line_failure(f"127.0.0.1:{_free_port()}", "features", "list")
+
+    assert bad_file.startswith(f"{path}: invalid feature_view[{name}].features[deliveries].window")
+    assert unknown == f"get: NOT_FOUND: feature view '{name}_nope' not found"
+    assert bad_key == "invalid --entity courier_id=abc: expected an integer, got 'abc'"
+    assert gone.startswith("the streamer is not reachable: ")
