@@ -1173,6 +1173,7 @@ class TaskFailed(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     PEAK_USAGE_FIELD_NUMBER: _builtins.int
+    TRACEBACK_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node it ran on; empty when it never reached one (unschedulable)."""
     kind: Global___FailureKind.ValueType
@@ -1181,6 +1182,8 @@ class TaskFailed(_message.Message):
     """One line for people, e.g. "ValueError: column 'eta' missing"."""
     exit_code: _builtins.int
     """Exit code of the worker process, when it exited."""
+    traceback: _builtins.str
+    """Python traceback of the exception the entrypoint raised, when it raised one."""
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt; its run id is the Kafka key."""
@@ -1198,10 +1201,11 @@ class TaskFailed(_message.Message):
         message: _builtins.str = ...,
         exit_code: _builtins.int = ...,
         peak_usage: _resources_pb2.ResourceUsage | None = ...,
+        traceback: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "peak_usage", b"peak_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "kind", b"kind", "message", b"message", "node_id", b"node_id", "peak_usage", b"peak_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "kind", b"kind", "message", b"message", "node_id", b"node_id", "peak_usage", b"peak_usage", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

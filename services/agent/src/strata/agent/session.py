@@ -1,0 +1,156 @@
+"""The agent's side of the provisioner's ``Connect`` stream, kept up for as long as the agent runs.
+
+One session: register (capacity, labels, what still runs), read ``AgentAccepted``,
+then heartbeat at the interval it names, write queued reports, and start or stop
+attempts as assignments and cancellations arrive. When the stream drops (the
+provisioner restarts, the network blips) attempts keep running and their reports
+wait; the agent connects again after an exponential, jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+
+from strata.agent.attempts import Attempts, Outgoing
+from strata.agent.domain.backoff import reconnect_delay
+from strata.agent.settings import AgentSettings
+from strata.api.common.v1.resources_pb2 import Resources
+from strata.api.provisioner.v1 import provisioner_pb2 as pb
+from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
+from strata.core.rpc.client import channel
+from strata.core.rpc.tls import channel_credentials
+from strata.core.runtime import ServiceContext
+
+log = structlog.stdlib.get_logger(__name__)
+
+VERSION = "0.1.0"
+
+
+def provisioner_session(settings: AgentSettings) -> Callable[[ServiceContext], Awaitable[None]]:
+    """The agent's main loop, for :class:`~strata.core.runtime.Loop`, with its settings bound."""
+    return functools.partial(serve_provisioner, settings=settings)
+
+
+async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings) -> None:
+    """Stay connected to the provisioner and run what it assigns, until cancelled."""
+    outgoing = Outgoing()
+    attempts = Attempts(settings.node_id, settings.code_path, outgoing)
+    runtime = context.settings
+    credentials = channel_credentials(runtime.tls)
+    failures = 0
+    try:
+        while True:
+            async with channel(
+                settings.provisioner, runtime.auth, mode=runtime.mode.mode, credentials=credentials
+            ) as provisioner:
+                session = Session(ProvisionerServiceStub(provisioner), settings, attempts, outgoing)
+                try:
+                    await session.run()
+                except grpc.aio.AioRpcError as exc:
+                    log.warning(
+                        f"the provisioner at {settings.provisioner} dropped the stream: "
+                        f"{exc.code().name} {exc.details()}",
+                        node_id=settings.node_id,
+                    )
+                except Exception:
+                    # Whatever broke this session, the attempts must outlive it.
+                    log.exception("the session with the provisioner failed; reconnecting")
+            failures = 1 if session.accepted else failures + 1
+            await asyncio.sleep(
+                reconnect_delay(failures, settings.reconnect_initial, settings.reconnect_max)
+            )
+    finally:
+        await attempts.stop()
+
+
+class Session:
+    """One ``Connect`` stream: registration, heartbeats, reports out, assignments in."""
+
+    def __init__(
+        self,
+        stub: ProvisionerServiceStub,
+        settings: AgentSettings,
+        attempts: Attempts,
+        outgoing: Outgoing,
+    ) -> None:
+        self._stub = stub
+        self._settings = settings
+        self._attempts = attempts
+        self._outgoing = outgoing
+        self.accepted = False
+
+    async def run(self) -> None:
+        """Until the stream ends; raises the provisioner's refusal or the transport's error."""
+        call = self._stub.Connect()
+        try:
+            await call.write(self._registration())
+            first: pb.ConnectResponse = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("accepted"):
+                log.warning("the provisioner did not accept the registration; reconnecting")
+                return
+            self.accepted = True
+            accepted = first.accepted
+            log.info(
+                "registered with the provisioner",
+                node_id=self._settings.node_id,
+                session_id=accepted.session_id,
+            )
+            interval = accepted.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
+            helpers = (
+                asyncio.create_task(self._write(call)),
+                asyncio.create_task(self._heartbeat(interval)),
+            )
+            try:
+                await self._read(call)
+            finally:
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+        finally:
+            call.cancel()
+
+    def _registration(self) -> pb.ConnectRequest:
+        s = self._settings
+        capacity = Resources(cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes, gpus=s.gpus)
+        return pb.ConnectRequest(
+            registration=pb.AgentRegistration(
+                node_id=s.node_id,
+                hostname=socket.gethostname(),
+                capacity=capacity,
+                labels=s.labels,
+                agent_version=VERSION,
+                running=self._attempts.running,
+            )
+        )
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            kind = message.WhichOneof("message")
+            if kind == "assignment":
+                self._attempts.start(message.assignment)
+            elif kind == "cancellation":
+                self._attempts.cancel(message.cancellation)
+            else:
+                log.info("ignored a message from the provisioner", kind=kind)
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            await call.write(await self._outgoing.next())
+            self._outgoing.sent()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._outgoing.put(
+                pb.ConnectRequest(
+                    heartbeat=pb.Heartbeat(
+                        node_id=self._settings.node_id, running=self._attempts.running
+                    )
+                )
+            )

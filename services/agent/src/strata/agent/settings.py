@@ -1,0 +1,63 @@
+"""The agent's own settings (``STRATA_AGENT_*``): where the provisioner is, what the node offers.
+
+Capacity defaults to the machine (every CPU, all physical memory); set it lower to
+keep room for other work on the node.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _machine_cpu_millis() -> int:
+    return (os.cpu_count() or 1) * 1000
+
+
+def _machine_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class AgentSettings(BaseSettings):
+    """What one node agent offers and where it reports."""
+
+    model_config = SettingsConfigDict(env_prefix="STRATA_AGENT_", extra="ignore", frozen=True)
+
+    provisioner: str = Field(
+        "127.0.0.1:50052", description="host:port of the provisioner's gRPC server."
+    )
+    node_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="Stable node id, unique in the cluster; default: the host name.",
+    )
+    cpu_millis: int = Field(
+        default_factory=_machine_cpu_millis,
+        gt=0,
+        description="CPU offered to tasks, in millicores; default: every CPU of the machine.",
+    )
+    memory_bytes: int = Field(
+        default_factory=_machine_memory_bytes,
+        gt=0,
+        description="Memory offered to tasks, in bytes; default: the machine's physical memory.",
+    )
+    gpus: int = Field(0, ge=0, description="GPUs offered to tasks.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description='JSON labels placement selects on, e.g. {"zone": "a"}.'
+    )
+    code_path: list[str] = Field(
+        default_factory=list,
+        description=(
+            "JSON list of folders put first on a worker's sys.path, where entrypoints are "
+            "imported from (until bundles are fetched from the blob store)."
+        ),
+    )
+    reconnect_initial: float = Field(
+        0.5, gt=0, description="Seconds before the first reconnect after the stream drops."
+    )
+    reconnect_max: float = Field(
+        15.0, gt=0, description="Longest wait between reconnects (the backoff doubles up to it)."
+    )
