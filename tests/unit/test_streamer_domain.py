@@ -10,10 +10,10 @@ import pytest
 
 from strata.api.features.v1.features_pb2 import FeatureViewSpec
 from strata.core.errors import InvalidArgumentError, PermissionDeniedError
+from strata.core.versions import next_version, spec_sha256
 from strata.streamer.domain.access import check_read, may_read
 from strata.streamer.domain.raw_events import RawEventError, decode
 from strata.streamer.domain.refs import FeatureRef, parse_refs, views_of
-from strata.streamer.domain.versions import next_version, spec_sha256
 from strata.transforms.definition import Column, Feature, FeatureView, TopicSource
 from strata.transforms.types import ColumnType
 

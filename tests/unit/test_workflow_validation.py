@@ -10,9 +10,9 @@ from google.protobuf.duration_pb2 import Duration
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.core.errors import InvalidArgumentError
+from strata.core.versions import next_version, spec_sha256
 from strata.scheduler.domain.node_classes import GIB, NodeClass
 from strata.scheduler.domain.validation import validate
-from strata.scheduler.domain.versions import next_version, spec_sha256
 
 
 def _task(task_id: str, *depends_on: str, **fields: object) -> pb.TaskSpec:

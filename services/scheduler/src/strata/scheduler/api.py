@@ -19,12 +19,13 @@ from typing_extensions import override
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceServicer
 from strata.core.errors import InvalidArgumentError, NotFoundError
+from strata.core.paging import page_size, position_after, token_of
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
-from strata.scheduler.domain.paging import name_after, page_size, run_after, run_token, token_of
+from strata.core.versions import next_version, spec_sha256
+from strata.scheduler.domain.paging import run_after, run_token
 from strata.scheduler.domain.runs import TaskStatus
 from strata.scheduler.domain.validation import validate
-from strata.scheduler.domain.versions import next_version, spec_sha256
 from strata.scheduler.runs import Runs
 from strata.scheduler.store import StoredRun, StoredWorkflow, WorkflowStore
 
@@ -66,7 +67,7 @@ class SchedulerApi(SchedulerServiceServicer):
         self, request: pb.ListWorkflowsRequest, context: object
     ) -> pb.ListWorkflowsResponse:
         size = page_size(request.page_size)
-        found = await self._workflows.list(after=name_after(request.page_token), limit=size + 1)
+        found = await self._workflows.list(after=position_after(request.page_token), limit=size + 1)
         page = found[:size]
         more = len(found) > size
         return pb.ListWorkflowsResponse(

@@ -19,8 +19,8 @@ import asyncpg
 
 from strata.api.scheduler.v1.scheduler_pb2 import RunCause, RunState, WorkflowSpec
 from strata.core.migrations import DbConnection
+from strata.core.versions import next_version, spec_sha256
 from strata.scheduler.domain.runs import TaskStatus
-from strata.scheduler.domain.versions import next_version, spec_sha256
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from strata.api.common.v1.refs_pb2 import FeatureViewRef
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceServicer
 from strata.core.errors import NotFoundError
+from strata.core.paging import page_size, position_after, token_of
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
+from strata.core.versions import next_version, spec_sha256
 from strata.streamer.domain.access import check_read
-from strata.streamer.domain.paging import name_after, page_size, token_of
 from strata.streamer.domain.refs import parse_refs, views_of
-from strata.streamer.domain.versions import next_version, spec_sha256
 from strata.streamer.store import StoredView, ViewStore
 from strata.streamer.values import entity_key, value_of
 from strata.transforms.definition import FeatureView
@@ -76,7 +76,7 @@ class FeatureApi(FeatureServiceServicer):
     ) -> pb.ListFeatureViewsResponse:
         size = page_size(request.page_size)
         found = await self._views.list(
-            after=name_after(request.page_token),
+            after=position_after(request.page_token),
             limit=size + 1,
             groups=current_principal().roles,
         )

@@ -17,7 +17,7 @@ import asyncpg
 from strata.api.features.v1.features_pb2 import FeatureViewApplied, FeatureViewSpec
 from strata.core.outbox import Outbox
 from strata.core.rpc.auth import ADMIN_ROLE
-from strata.streamer.domain.versions import next_version, spec_sha256
+from strata.core.versions import next_version, spec_sha256
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Workflow versions: when an apply makes a new one, and how a spec is recognised.
+"""Versions of an applied spec (a workflow, a feature view): when an apply makes a new one.
 
 A spec is identified by the SHA-256 of its deterministic serialisation, so applying
 the same declaration twice (from any client) is recognised as unchanged.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from strata.api.scheduler.v1.scheduler_pb2 import WorkflowSpec
+from google.protobuf.message import Message
 
 
-def spec_sha256(spec: WorkflowSpec) -> str:
+def spec_sha256(spec: Message) -> str:
     """Lower-case hex SHA-256 of the canonical bytes of ``spec``."""
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
 

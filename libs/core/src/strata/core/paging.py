@@ -1,7 +1,9 @@
-"""Pages of views ordered by name: the page size asked for, and an opaque token.
+"""Pages of a list: the page size asked for, and an opaque page token.
 
-The token is the last name of the previous page, base64url-encoded so clients
-treat it as opaque and it can change shape later without breaking them.
+Every List RPC pages the same way (protos/README.md: ``page_size`` / ``page_token``
+/ ``next_page_token``). The token is the position the previous page ended at,
+base64url-encoded so clients treat it as opaque and it can change shape later
+without breaking them.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ def page_size(asked: int) -> int:
     return min(asked or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def token_of(last_name: str) -> str:
-    return base64.urlsafe_b64encode(last_name.encode()).decode()
+def token_of(position: str) -> str:
+    """The token of a page that ended at ``position`` (e.g. the last name on it)."""
+    return base64.urlsafe_b64encode(position.encode()).decode()
 
 
-def name_after(token: str) -> str:
-    """The name a page starts after; "" for the first page."""
+def position_after(token: str) -> str:
+    """The position a page starts after; "" for the first page."""
     if not token:
         return ""
     try:
