@@ -10,6 +10,7 @@ stops it, with the settings this session records in ``<home>/env``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import subprocess
@@ -30,6 +31,12 @@ from strata.core.settings import (
     StackSettings,
     load,
 )
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    # Helpers of these tests (link.py, the example service's package) import by
+    # name; pytest's importlib mode does not put test folders on sys.path.
+    sys.path.insert(0, str(HERE))
 
 STRATA = Path(sys.executable).with_name("strata")
 """The ``strata`` CLI of the venv that runs the tests (``make`` runs the same script)."""
@@ -53,12 +60,33 @@ def local_stack() -> LocalStack:
     started = subprocess.run([STRATA, "stack", "up"], capture_output=True, text=True, check=False)
     if started.returncode != 0:
         pytest.fail(f"the tests' stack is not up:\n{started.stdout}{started.stderr}", pytrace=False)
+    asyncio.run(_forget_service_state(load(PostgresSettings)))
     return LocalStack(
         kafka=load(KafkaSettings),
         postgres=load(PostgresSettings),
         redis=load(RedisSettings),
         blobs=load(BlobSettings).model_copy(update={"backend": "s3"}),
     )
+
+
+SERVICE_SCHEMAS = ("scheduler", "provisioner", "agent", "streamer", "registry", "gateway")
+
+
+async def _forget_service_state(settings: PostgresSettings) -> None:
+    """Start each session with the services' own schemas empty, as on a fresh stack.
+
+    The tests' stack outlives a session (it is kept for fast re-runs) and its data
+    is throw-away; without this, what earlier sessions applied (feature views on
+    deleted topics, workflows, queued attempts) piles up and a service started by a
+    later test carries all of it, unlike in CI. Test schemas of their own are
+    unaffected: they are made and dropped per test.
+    """
+    connection = await asyncpg.connect(settings.dsn)
+    try:
+        for schema in SERVICE_SCHEMAS:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
 
 
 def record_settings(home: Path) -> None:
