@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from link import Link, free_port
+from link import Link
+from service_processes import free_port
 
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.inference import grpc_service_pb2 as oip

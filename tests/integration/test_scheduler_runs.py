@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import socket
-import sys
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -31,7 +27,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_processes import running
 
 from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
@@ -49,13 +45,6 @@ BOUND = 60.0
 TOKENS = {"dev-token": {"principal": "alice", "roles": ["developer"]}}
 DEV = (("authorization", "Bearer dev-token"),)
 STALE = "strata_scheduler_stale_reports_total"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -80,43 +69,9 @@ class Scheduler:
 
 @pytest.fixture(scope="module")
 async def scheduler(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scheduler]:
-    port, metrics_port = _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("scheduler-runs") / "scheduler.log"
-    env = {
-        **os.environ,
-        "STRATA_SERVICE_SCHEDULER_PORT": str(port),
-        "STRATA_SERVICE_SCHEDULER_METRICS_PORT": str(metrics_port),
-        "STRATA_AUTH_TOKENS": json.dumps(TOKENS),
-    }
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "strata.scheduler", env=env, stderr=sink
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(BOUND):
-            while not await _serving(address):
-                assert process.returncode is None, log.read_text()
-                await asyncio.sleep(0.2)
-        yield Scheduler(address, metrics_port)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), BOUND)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=2.0
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    folder = tmp_path_factory.mktemp("scheduler-runs")
+    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
+        yield Scheduler(service.address, service.metrics_port)
 
 
 class Cluster:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_processes import running
 
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
@@ -37,53 +35,12 @@ TOKENS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 async def scheduler(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A scheduler process; yields its address once it is SERVING."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("scheduler") / "scheduler.log"
-    env = {
-        **os.environ,
-        "STRATA_SERVICE_SCHEDULER_PORT": str(port),
-        "STRATA_SERVICE_SCHEDULER_METRICS_PORT": str(_free_port()),
-        "STRATA_AUTH_TOKENS": json.dumps(TOKENS),
-    }
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "strata.scheduler", env=env, stderr=sink
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(BOUND):
-            while not await _serving(address):
-                assert process.returncode is None, log.read_text()
-                await asyncio.sleep(0.2)
-        yield address
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), BOUND)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=2.0
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    folder = tmp_path_factory.mktemp("scheduler")
+    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
+        yield service.address
 
 
 @pytest.fixture
