@@ -5,7 +5,9 @@ apart from the stack developers keep running for ``strata dev`` and the demo, so
 two never share state. Pytest imports this file first and services started by tests
 inherit ``os.environ``, so everything the tests start talks to that stack.
 ``STRATA_TEST_<NAME>_PORT`` moves one of its ports (two checkouts side by side, CI
-beside a running stack), e.g. ``STRATA_TEST_KAFKA_PORT=39092``.
+beside a running stack), e.g. ``STRATA_TEST_KAFKA_PORT=39092``; with
+``STRATA_TEST_STACK_HOME`` as well, two test sessions of one checkout run side by
+side on two stacks (each session empties the services' schemas when it starts).
 """
 
 import os
@@ -43,7 +45,7 @@ def stack_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables every test and every process it starts runs with."""
     ports = {name: port_from(environ, name, port) for name, port in TEST_STACK_PORTS.items()}
     return {
-        "STRATA_STACK_HOME": str(TEST_STACK_HOME),
+        "STRATA_STACK_HOME": environ.get(override_of("STRATA_STACK_HOME"), str(TEST_STACK_HOME)),
         **ports,
         # The public dev token and disabled auth are refused outside development mode.
         "STRATA_MODE": "development",

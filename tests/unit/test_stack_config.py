@@ -187,3 +187,9 @@ def test_a_bad_test_port_is_refused_naming_the_variable() -> None:
 
     assert ran.returncode != 0
     assert "STRATA_TEST_REDIS_PORT='63-79': expected a port number" in ran.stderr
+
+
+def test_a_test_home_variable_gives_a_second_session_a_stack_of_its_own() -> None:
+    tests = shown(STRATA_TEST_STACK_HOME="/tmp/second-session")
+
+    assert tests["STRATA_STACK_HOME"] == "/tmp/second-session"
