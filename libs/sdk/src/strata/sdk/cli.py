@@ -1,4 +1,4 @@
-"""The ``strata`` command line: ``strata stack up|down|status``, ``strata workflow apply|list``,
+"""The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``, ``strata workflow apply|list``,
 ``strata features apply|list|get|online``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
@@ -43,6 +43,23 @@ features = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(features, name="features")
+
+
+@app.command()
+def dev() -> None:
+    """The local stack and all six services in the foreground, with their logs.
+
+    Ctrl-C stops the services and the stack servers this command started (a stack
+    that was already running is left running). Exits 1 if a service exits by itself.
+    """
+    from strata.sdk import dev
+
+    try:
+        code = dev.main(_out())
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        code = 2
+    raise typer.Exit(code)
 
 
 @stack.command()
