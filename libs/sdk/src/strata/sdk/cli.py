@@ -1,5 +1,5 @@
-"""The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``, ``strata workflow apply|list``,
-``strata features apply|list|get|online``.
+"""The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
+``strata workflow apply|list``, ``strata features apply|list|get|online``, ``strata nodes list``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -43,6 +43,11 @@ features = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(features, name="features")
+nodes = typer.Typer(
+    help="Nodes: the machines whose agents run tasks, their capacity and what is reserved.",
+    no_args_is_help=True,
+)
+app.add_typer(nodes, name="nodes")
 
 
 @app.command()
@@ -167,6 +172,19 @@ def features_online(
     _run_features(commands.online(name, entity, _out()))
 
 
+@nodes.command("list")
+def nodes_list(
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help="Only nodes in this state (ready, draining, drained, lost); repeatable."),
+    ] = None,
+) -> None:
+    """Every node but lost ones (unless asked): reserved of capacity, attempts, labels."""
+    from strata.sdk import nodes as node_commands
+
+    _run_client(node_commands.list_nodes(state or [], _out()))
+
+
 def _out() -> Console:
     from rich.console import Console
 
@@ -190,6 +208,20 @@ def _run_workflow(command: Coroutine[None, None, None]) -> None:
 def _run_features(command: Coroutine[None, None, None]) -> None:
     """Run a features command; its failures are one line on stderr and exit 1."""
     from strata.sdk.features.commands import CommandError
+
+    try:
+        asyncio.run(command)
+    except CommandError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_client(command: Coroutine[None, None, None]) -> None:
+    """Run a command; its failures are one line on stderr and exit 1 (2: bad settings)."""
+    from strata.sdk.client import CommandError
 
     try:
         asyncio.run(command)
