@@ -31,7 +31,7 @@ stack-down: test-stack-down ## Stop every server of the local stack and of the t
 stack-status: ## Show each server of the local stack and whether it answers
 	$(STACK) status
 
-test: ## Unit and integration tests; the integration tests start a real stack of their own
+test: ## Unit, integration and end-to-end tests; those on servers start a real stack of their own
 	$(UV) run --frozen pytest
 
 test-stack-down: ## Stop the tests' own stack, which `make test` leaves running

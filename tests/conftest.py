@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.stack_session import local_stack
+
+__all__ = ["local_stack"]  # the tests' stack, one fixture for the whole session
+
 TEST_STACK_HOME = Path(__file__).resolve().parent.parent / ".stack-test"
 TEST_STACK_PORTS = {
     "STRATA_KAFKA_PORT": 29092,
