@@ -39,6 +39,8 @@ class ServiceProcess:
     address: str
     metrics_port: int
     log: Path
+    process: asyncio.subprocess.Process
+    """The process itself, for tests that kill it (a SIGKILL mid-work)."""
 
 
 async def serving(address: str) -> bool:
@@ -74,9 +76,10 @@ async def running(name: str, folder: Path, **env: str) -> AsyncIterator[ServiceP
             while not await serving(address):
                 assert process.returncode is None, log.read_text()
                 await asyncio.sleep(0.2)
-        yield ServiceProcess(address, metrics_port, log)
+        yield ServiceProcess(address, metrics_port, log, process)
     finally:
-        process.send_signal(signal.SIGTERM)
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), BOUND)
         except TimeoutError:
