@@ -1,15 +1,18 @@
-"""``strata features apply|list|get|online`` against a real ``python -m strata.streamer``.
+"""``strata features apply|list|get|online|training-set`` against a real streamer process.
 
 What a team relies on: applying a file of views stores each one, re-applying it
 changes nothing, a changed view becomes the next version; ``list`` and ``get``
 show what is stored; ``online`` prints the values the streamer's writer stored
 (``strata.transforms.online``), with status, and the default for an entity with
-none; every failure is one line on stderr naming what to fix, with exit code 1.
+none; ``training-set`` writes each label row with the values its view had at the
+row's time; every failure is one line on stderr naming what to fix, with exit code 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -19,14 +22,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pyarrow.parquet as pq
 import pytest
+from aiokafka.admin import NewTopic
 from redis.asyncio import Redis
 from service_processes import free_port, running
+from test_streamer_offline import KAFKA, announced, produce
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import redis
+from strata.core import kafka, redis
 from strata.core.settings import RedisSettings, load
+from strata.core.topics import dead_letter_topic
 from strata.sdk.features.loading import load_feature_views
 from strata.transforms.online import online_key, write_online
 from strata.transforms.streaming import FeatureRow
@@ -69,7 +76,9 @@ stats = FeatureView(
 async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A streamer process; yields its address once it is SERVING."""
     folder = tmp_path_factory.mktemp("streamer")
-    async with running("streamer", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
+    async with running(
+        "streamer", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS), STRATA_BLOB_BACKEND="s3"
+    ) as service:
         yield service.address
 
 
@@ -98,6 +107,7 @@ async def _strata(streamer: str, *args: str) -> tuple[int, str, str]:
         **os.environ,
         "STRATA_SERVICE_STREAMER_PORT": streamer.rsplit(":", 1)[1],
         "STRATA_AUTH_CLIENT_TOKEN": "dev-token",
+        "STRATA_BLOB_BACKEND": "s3",
         "COLUMNS": "200",
     }
     process = await asyncio.create_subprocess_exec(
@@ -241,3 +251,65 @@ async def test_failures_are_one_line_naming_what_to_fix(streamer: str, tmp_path:
     assert unknown == f"get: NOT_FOUND: feature view '{name}_nope' not found"
     assert bad_key == "invalid --entity courier_id=abc: expected an integer, got 'abc'"
     assert gone.startswith("the streamer is not reachable: ")
+
+
+async def test_training_set_writes_each_label_row_with_the_values_at_its_time(
+    streamer: str, tmp_path: Path
+) -> None:
+    name = _name("cli_training")
+    path = _views_file(tmp_path, name)
+    t0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    events = [
+        {"courier_id": 1, "event_time": t0.isoformat(), "minutes": 30.0},
+        {"courier_id": 1, "event_time": (t0 + timedelta(minutes=20)).isoformat(), "minutes": 60.0},
+        {"courier_id": 1, "event_time": (t0 + timedelta(minutes=90)).isoformat(), "minutes": 6.0},
+    ]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "courier_id,event_time,late\n"
+        "1,2026-06-01T08:25:00Z,true\n"
+        "1,2026-06-01T09:10:00Z,false\n"
+        "9,2026-06-01T09:10:00Z,true\n"
+    )
+    unlabelled = tmp_path / "no_time.csv"
+    unlabelled.write_text("courier_id,late\n1,true\n")
+    out = tmp_path / "training.parquet"
+    async with raw_topic(f"raw.{name}") as topic:
+        assert (await _strata(streamer, "features", "apply", str(path)))[0] == 0
+        await produce(topic, events)
+        await announced(topic, len(events))
+        built = await _strata(
+            streamer, "features", "training-set", name, "--labels", str(labels), "--out", str(out)
+        )
+        refused = await _one_line_failure(
+            streamer, "features", "training-set", name, "--labels", str(unlabelled), "--out", "x"
+        )
+
+    code, printed, err = built
+    assert (code, err) == (0, "")
+    assert printed.splitlines()[-1].endswith(f"3 rows, sha256:{_sha256(out)}, written to {out}")
+    table = pq.read_table(out)
+    assert table.column("late").to_pylist() == [True, False, True]
+    # Worked out by hand; the 09:30 event is after every label, so no row sees it.
+    assert table.column(f"{name}:deliveries").to_pylist() == [2, 1, None]
+    assert table.column(f"{name}:hours_sum_1h").to_pylist() == [1.5, 1.0, None]
+    assert table.column(f"{name}:minutes").to_pylist() == [60.0, 60.0, -1.0]
+    assert "'event_time'" in refused
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def raw_topic(name: str) -> AsyncIterator[str]:
+    """A raw topic (with its dead-letter topic) for the test's view, deleted after."""
+    admin = kafka.admin(KAFKA)
+    await admin.start()
+    try:
+        topics = [name, dead_letter_topic(name)]
+        await admin.create_topics([NewTopic(t, 1, replication_factor=1) for t in topics])
+        yield name
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()

@@ -1,5 +1,6 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
-``strata workflow apply|list``, ``strata features apply|list|get|online``, ``strata nodes list``.
+``strata workflow apply|list``, ``strata features apply|list|get|online|training-set``,
+``strata nodes list``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -170,6 +171,25 @@ def features_online(
     from strata.sdk.features import commands
 
     _run_features(commands.online(name, entity, _out()))
+
+
+@features.command("training-set")
+def features_training_set(
+    views: Annotated[
+        list[str], typer.Argument(help="Feature views (all their features) or view:feature.")
+    ],
+    labels: Annotated[
+        Path, typer.Option(help="Label file (Parquet or CSV): entity keys, time, labels.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the training set (Parquet).")],
+    time_column: Annotated[
+        str, typer.Option(help="Column of LABELS holding each row's time.")
+    ] = "event_time",
+) -> None:
+    """A point-in-time training set: each label row with the values VIEWS had at its time."""
+    from strata.sdk.features import training
+
+    _run_features(training.training_set(views, labels, out, time_column, _out()))
 
 
 @nodes.command("list")

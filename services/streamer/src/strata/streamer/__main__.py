@@ -1,18 +1,35 @@
-"""``python -m strata.streamer``: the feature store's service, SERVING once Kafka, Redis
-and Postgres answer.
+"""``python -m strata.streamer``: the feature store's service, SERVING once Kafka, Redis,
+Postgres and the blob store answer.
 
 It keeps the catalog of feature views (versioned, announced on
 ``strata.features.events`` through the outbox), streams each topic-sourced view
-from its raw topic into Redis (:mod:`strata.streamer.streams`) and answers online
-reads from there. Roles: ``developer`` applies views; ``developer``, ``viewer`` and
-``service`` (the gateway and other services) read them; each view's
-``allowed_groups`` further restricts who reads it (see ``domain.access``).
+from its raw topic into Redis and into the offline store (Parquet in the blob
+store, announced on ``strata.data.arrived``; :mod:`strata.streamer.streams`),
+answers online reads from Redis, and builds point-in-time training sets from the
+offline store in the background (:mod:`strata.streamer.training`). Roles:
+``developer`` applies views; ``developer`` and ``service`` (training tasks)
+start training sets; ``developer``, ``viewer`` and ``service`` (the gateway and
+other services) read views and training sets; each view's ``allowed_groups``
+further restricts who reads it (see ``domain.access``).
 """
 
 from strata.api.features.v1.features_pb2_grpc import add_FeatureServiceServicer_to_server
-from strata.core.runtime import KAFKA, POSTGRES, REDIS, Endpoint, Loop, ServiceSpec, run_service
+from strata.core.runtime import (
+    BLOBS,
+    KAFKA,
+    POSTGRES,
+    REDIS,
+    Endpoint,
+    Loop,
+    ServiceSpec,
+    run_service,
+)
 from strata.streamer.api import FeatureApi
 from strata.streamer.streams import follow_views
+from strata.streamer.training import build_training_sets
+
+TRAINING_POLL = 0.5
+"""Seconds between looks for training sets to build."""
 
 READERS = ("developer", "viewer", "service")
 ROLES = {
@@ -20,15 +37,20 @@ ROLES = {
     "GetFeatureView": READERS,
     "ListFeatureViews": READERS,
     "GetOnlineFeatures": READERS,
+    "MaterializeTrainingSet": ("developer", "service"),
+    "GetTrainingSet": READERS,
 }
 
 SPEC = ServiceSpec(
     name="streamer",
-    requires=(KAFKA, REDIS, POSTGRES),
+    requires=(KAFKA, REDIS, POSTGRES, BLOBS),
     migrations="strata.streamer.migrations",
     outbox=True,
     endpoints=(Endpoint(add_FeatureServiceServicer_to_server, FeatureApi, ROLES),),
-    loops=(Loop("follow-views", follow_views),),
+    loops=(
+        Loop("follow-views", follow_views),
+        Loop("training-sets", build_training_sets, every=TRAINING_POLL),
+    ),
 )
 
 if __name__ == "__main__":

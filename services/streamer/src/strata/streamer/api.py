@@ -2,35 +2,59 @@
 catalog store and the online library, converts back.
 
 Every read checks the view's ``allowed_groups`` against the caller's groups (its
-roles; see :mod:`strata.streamer.domain.access`). Methods not written yet
-(training sets) are inherited from the generated base class and answer
-UNIMPLEMENTED.
+roles; see :mod:`strata.streamer.domain.access`), training sets included: a
+caller sees a training set only if it may read every view it joins.
+``MaterializeTrainingSet`` checks the request and the label file's columns, then
+stores a job that :mod:`strata.streamer.training` builds in the background.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 
+import pyarrow as pa
 from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
-from strata.api.common.v1.refs_pb2 import FeatureViewRef
+from strata.api.common.v1.refs_pb2 import FeatureViewRef, PartitionRef
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceServicer
-from strata.core.errors import NotFoundError
+from strata.core.blobs import BlobNotFoundError
+from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.paging import page_size, position_after, token_of
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
 from strata.core.versions import next_version, spec_sha256
+from strata.streamer import offline
 from strata.streamer.domain.access import check_read
-from strata.streamer.domain.refs import parse_refs, views_of
-from strata.streamer.store import StoredView, ViewStore
+from strata.streamer.domain.refs import FeatureRef, parse_refs, views_of
+from strata.streamer.domain.training import (
+    TrainingSetState,
+    check_labels,
+    output_folder,
+    time_column,
+)
+from strata.streamer.store import (
+    StoredTrainingSet,
+    StoredView,
+    TrainingSetStore,
+    ViewStore,
+    ViewVersion,
+)
 from strata.streamer.values import entity_key, value_of
 from strata.transforms.definition import FeatureView
 from strata.transforms.online import OnlineValue, read_online
 from strata.transforms.spec import view_from_spec
 from strata.transforms.types import FeatureStatus
 
+_STATES = {
+    TrainingSetState.PENDING: pb.TRAINING_SET_STATE_PENDING,
+    TrainingSetState.RUNNING: pb.TRAINING_SET_STATE_RUNNING,
+    TrainingSetState.SUCCEEDED: pb.TRAINING_SET_STATE_SUCCEEDED,
+    TrainingSetState.FAILED: pb.TRAINING_SET_STATE_FAILED,
+}
 _STATUSES = {
     FeatureStatus.PRESENT: pb.FEATURE_STATUS_PRESENT,
     FeatureStatus.NOT_FOUND: pb.FEATURE_STATUS_NOT_FOUND,
@@ -44,6 +68,8 @@ class FeatureApi(FeatureServiceServicer):
     def __init__(self, context: ServiceContext) -> None:
         self._views = ViewStore(context.pool, context.schema, context.outbox)
         self._redis = context.redis
+        self._blobs = context.blobs
+        self._training_sets = TrainingSetStore(context.pool, context.schema, context.outbox)
         self._compiled: dict[str, FeatureView] = {}
 
     @override
@@ -95,16 +121,8 @@ class FeatureApi(FeatureServiceServicer):
         names = views_of(refs)
         stored = await self._views.current_of(names)
         groups = current_principal().roles
-        views: dict[str, FeatureView] = {}
-        for name in names:
-            if name not in stored:
-                raise NotFoundError(f"feature view {name!r}")
-            check_read(name, stored[name].spec.allowed_groups, groups)
-            views[name] = self._view(stored[name])
-        known = {name: {f.name for f in view.resolved_features} for name, view in views.items()}
-        for ref in refs:
-            if ref.feature not in known[ref.view]:
-                raise NotFoundError(f"feature '{ref.view}:{ref.feature}'")
+        views = {name: self._readable(name, stored, groups) for name in names}
+        _check_features(refs, views)
         now = datetime.now(UTC)
         columns: dict[tuple[str, str], list[OnlineValue]] = {}
         for name, view in views.items():
@@ -123,6 +141,82 @@ class FeatureApi(FeatureServiceServicer):
             for ref in refs:
                 vector.values.append(_feature_value(columns[(ref.view, ref.feature)][i]))
         return response
+
+    @override
+    async def MaterializeTrainingSet(
+        self, request: pb.MaterializeTrainingSetRequest, context: object
+    ) -> pb.MaterializeTrainingSetResponse:
+        groups = current_principal().roles
+        if request.request_id:
+            started = await self._training_sets.by_request(request.request_id)
+            if started is not None:
+                _check_training_set(started, groups)
+                return pb.MaterializeTrainingSetResponse(training_set=_training_set(started))
+        refs = parse_refs(list(request.features))
+        names = views_of(refs)
+        stored = await self._views.current_of(names)
+        views = [self._readable(name, stored, groups) for name in names]
+        _check_features(refs, {view.name: view for view in views})
+        for view in views:
+            if stored[view.name].spec.source.WhichOneof("kind") != "topic":
+                raise InvalidArgumentError(
+                    "features",
+                    f"feature view {view.name!r} is not sourced from a topic; training sets "
+                    "read the offline store the streamer lands from topics",
+                )
+        if not request.labels_uri:
+            raise InvalidArgumentError("labels_uri", "is empty: name the label file (Parquet)")
+        labels = await self._labels(request.labels_uri)
+        time = time_column(request.event_time_column)
+        check_labels(labels, request.labels_uri, time, views)
+        training_set_id = str(uuid.uuid4())
+        created = await self._training_sets.create(
+            training_set_id,
+            request,
+            [ViewVersion(v.name, stored[v.name].version, tuple(v.allowed_groups)) for v in views],
+            output_folder(request.output_uri, training_set_id),
+        )
+        return pb.MaterializeTrainingSetResponse(training_set=_training_set(created))
+
+    @override
+    async def GetTrainingSet(
+        self, request: pb.GetTrainingSetRequest, context: object
+    ) -> pb.GetTrainingSetResponse:
+        try:
+            uuid.UUID(request.training_set_id)
+        except ValueError:
+            raise InvalidArgumentError(
+                "training_set_id", f"{request.training_set_id!r} is not a training set id (UUID)"
+            ) from None
+        found = await self._training_sets.get(request.training_set_id)
+        if found is None:
+            raise NotFoundError(f"training set {request.training_set_id!r}")
+        _check_training_set(found, current_principal().roles)
+        return pb.GetTrainingSetResponse(training_set=_training_set(found))
+
+    def _readable(
+        self, name: str, stored: dict[str, StoredView], groups: Collection[str]
+    ) -> FeatureView:
+        """The compiled current version of ``name``: NOT_FOUND or PERMISSION_DENIED naming it."""
+        if name not in stored:
+            raise NotFoundError(f"feature view {name!r}")
+        check_read(name, stored[name].spec.allowed_groups, groups)
+        return self._view(stored[name])
+
+    async def _labels(self, uri: str) -> pa.Schema:
+        """The label file's columns; NOT_FOUND or INVALID_ARGUMENT naming ``labels_uri``."""
+        try:
+            content = await self._blobs.get(uri)
+        except ValueError as error:
+            raise InvalidArgumentError("labels_uri", str(error)) from None
+        except BlobNotFoundError:
+            raise NotFoundError(f"labels_uri {uri!r}: no such file in the blob store") from None
+        try:
+            return offline.decode(content).schema
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InvalidArgumentError(
+                "labels_uri", f"{uri!r} is not a Parquet file: {error}"
+            ) from None
 
     def _view(self, stored: StoredView) -> FeatureView:
         """The compiled view of a stored version, compiled once per spec."""
@@ -171,3 +265,40 @@ def _feature_value(online: OnlineValue) -> pb.FeatureValue:
     if online.event_time is not None:
         value.event_time.FromDatetime(online.event_time)
     return value
+
+
+def _check_features(refs: list[FeatureRef], views: dict[str, FeatureView]) -> None:
+    """NOT_FOUND naming the first reference to a feature its view lacks."""
+    known = {name: {f.name for f in view.resolved_features} for name, view in views.items()}
+    for ref in refs:
+        if ref.feature not in known[ref.view]:
+            raise NotFoundError(f"feature '{ref.view}:{ref.feature}'")
+
+
+def _check_training_set(found: StoredTrainingSet, groups: Collection[str]) -> None:
+    """PERMISSION_DENIED unless a caller in ``groups`` may read every view of the set."""
+    for view in found.feature_views:
+        check_read(view.name, view.allowed_groups, groups)
+
+
+def _training_set(found: StoredTrainingSet) -> pb.TrainingSet:
+    message = pb.TrainingSet(
+        training_set_id=found.training_set_id,
+        state=_STATES[found.state],
+        progress=found.progress,
+        label_rows=found.label_rows,
+        rows_written=found.rows_written,
+        output_uri=found.output_uri,
+        checksum=found.checksum,
+        feature_views=[FeatureViewRef(name=v.name, version=v.version) for v in found.feature_views],
+        partitions=[
+            PartitionRef(dataset=p.dataset, partition=p.partition, checksum=p.checksum)
+            for p in found.partitions
+        ],
+        request=found.request,
+        message=found.message,
+    )
+    message.created_at.FromDatetime(found.created_at)
+    if found.finished_at is not None:
+        message.finished_at.FromDatetime(found.finished_at)
+    return message

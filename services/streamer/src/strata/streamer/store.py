@@ -1,4 +1,6 @@
-"""The streamer's SQL: the feature-view catalog, every version kept, in its own schema.
+"""The streamer's SQL, in the service's own schema: the feature-view catalog (every
+version kept), stream checkpoints with the offline partitions each covers, and
+training sets.
 
 Specs are stored as their proto bytes (the deterministic serialisation whose hash
 identifies them); the name, version, hash and allowed groups are columns, so
@@ -8,16 +10,24 @@ listing, comparing and filtering by the caller's groups never decode a spec.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import asyncpg
 
-from strata.api.features.v1.features_pb2 import FeatureViewApplied, FeatureViewSpec
+from strata.api.data.v1.data_pb2 import DataArrived
+from strata.api.features.v1.features_pb2 import (
+    FeatureViewApplied,
+    FeatureViewSpec,
+    MaterializationFinished,
+    MaterializeTrainingSetRequest,
+)
 from strata.core.outbox import Outbox
 from strata.core.rpc.auth import ADMIN_ROLE
 from strata.core.versions import next_version, spec_sha256
+from strata.streamer.domain.offline import FORMAT, LandedPartition
+from strata.streamer.domain.training import TrainingSetState
 
 
 @dataclass(frozen=True)
@@ -174,11 +184,13 @@ class Checkpoint:
 
 
 class CheckpointStore:
-    """Stream checkpoints in ``schema``, one row per view version."""
+    """Stream checkpoints in ``schema`` (one row per view version) and the offline
+    partitions each covers."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, outbox: Outbox) -> None:
         self._pool = pool
         self._schema = schema
+        self._outbox = outbox
 
     async def load(self, name: str, version: int) -> Checkpoint | None:
         row = await self._pool.fetchrow(
@@ -192,13 +204,231 @@ class CheckpointStore:
         offsets = {int(p): int(o) for p, o in json.loads(row["offsets"]).items()}
         return Checkpoint(offsets, bytes(row["state"]))
 
-    async def save(self, name: str, version: int, checkpoint: Checkpoint) -> None:
-        await self._pool.execute(
-            f"INSERT INTO {self._schema}.stream_checkpoints (name, version, offsets, state) "
-            "VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (name, version) DO UPDATE "
-            "SET offsets = EXCLUDED.offsets, state = EXCLUDED.state, saved_at = now()",
+    async def save(
+        self,
+        name: str,
+        version: int,
+        checkpoint: Checkpoint,
+        landed: Sequence[LandedPartition] = (),
+    ) -> None:
+        """Save ``checkpoint`` and record the partitions landed since the last one, together.
+
+        Each partition is announced with DataArrived in the same transaction, so a
+        partition is listed and announced exactly when the offsets after its rows
+        are saved.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {self._schema}.stream_checkpoints (name, version, offsets, state) "
+                "VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (name, version) DO UPDATE "
+                "SET offsets = EXCLUDED.offsets, state = EXCLUDED.state, saved_at = now()",
+                name,
+                version,
+                json.dumps({str(p): o for p, o in checkpoint.offsets.items()}),
+                checkpoint.state,
+            )
+            for part in landed:
+                await conn.execute(
+                    f"INSERT INTO {self._schema}.offline_partitions (name, version, dataset, "
+                    "partition, uri, row_count, size_bytes, checksum, start_time, end_time) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    name,
+                    version,
+                    part.dataset,
+                    part.partition,
+                    part.uri,
+                    part.row_count,
+                    part.size_bytes,
+                    part.checksum,
+                    part.start_time,
+                    part.end_time,
+                )
+            await self._outbox.publish(
+                conn,
+                *(
+                    DataArrived(
+                        dataset=part.dataset,
+                        partition=part.partition,
+                        uri=part.uri,
+                        row_count=part.row_count,
+                        size_bytes=part.size_bytes,
+                        checksum=part.checksum,
+                        format=FORMAT,
+                    )
+                    for part in landed
+                ),
+            )
+
+    async def partitions(self, name: str, version: int) -> list[LandedPartition]:
+        """The offline partitions ``name`` version ``version`` landed, oldest hour first."""
+        rows = await self._pool.fetch(
+            "SELECT dataset, partition, uri, row_count, size_bytes, checksum, start_time, "
+            f"end_time FROM {self._schema}.offline_partitions WHERE name = $1 AND version = $2 "
+            "ORDER BY partition",
             name,
             version,
-            json.dumps({str(p): o for p, o in checkpoint.offsets.items()}),
-            checkpoint.state,
         )
+        return [LandedPartition(**dict(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class ViewVersion:
+    """A view version a training set reads, with the groups allowed to read it then."""
+
+    name: str
+    version: int
+    allowed_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartitionRead:
+    """An offline partition a training set read."""
+
+    dataset: str
+    partition: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class StoredTrainingSet:
+    """A training set and the state of the job building it."""
+
+    training_set_id: str
+    request: MaterializeTrainingSetRequest
+    feature_views: tuple[ViewVersion, ...]
+    state: TrainingSetState
+    progress: float
+    label_rows: int
+    rows_written: int
+    output_uri: str
+    checksum: str
+    partitions: tuple[PartitionRead, ...]
+    message: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class TrainingSetStore:
+    """Training sets in ``schema``; each method is one transaction."""
+
+    LEASE = 600.0
+    """Seconds a claimed job is its streamer's; after that another claims it again."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str, outbox: Outbox) -> None:
+        self._pool = pool
+        self._table = f"{schema}.training_sets"
+        self._outbox = outbox
+
+    async def create(
+        self,
+        training_set_id: str,
+        request: MaterializeTrainingSetRequest,
+        views: Sequence[ViewVersion],
+        output_uri: str,
+    ) -> StoredTrainingSet:
+        """Store a PENDING training set, or return the one the same ``request_id`` started."""
+        row = await self._pool.fetchrow(
+            f"INSERT INTO {self._table} (id, request_id, request, feature_views, state, "
+            "output_uri) VALUES ($1, $2, $3, $4::jsonb, $5, $6) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING *",
+            training_set_id,
+            request.request_id or None,
+            request.SerializeToString(deterministic=True),
+            json.dumps([asdict(view) for view in views]),
+            TrainingSetState.PENDING.value,
+            output_uri,
+        )
+        if row is None:
+            row = await self._pool.fetchrow(
+                f"SELECT * FROM {self._table} WHERE request_id = $1", request.request_id
+            )
+        assert row is not None, "the training set was stored or found just above"
+        return _training_set(row)
+
+    async def by_request(self, request_id: str) -> StoredTrainingSet | None:
+        """The training set a request with ``request_id`` started, if any."""
+        row = await self._pool.fetchrow(
+            f"SELECT * FROM {self._table} WHERE request_id = $1", request_id
+        )
+        return None if row is None else _training_set(row)
+
+    async def get(self, training_set_id: str) -> StoredTrainingSet | None:
+        row = await self._pool.fetchrow(
+            f"SELECT * FROM {self._table} WHERE id = $1", training_set_id
+        )
+        return None if row is None else _training_set(row)
+
+    async def claim(self) -> StoredTrainingSet | None:
+        """The oldest job to build (pending, or running with its lease passed), now RUNNING."""
+        row = await self._pool.fetchrow(
+            f"UPDATE {self._table} SET state = $1, "
+            "lease_until = now() + make_interval(secs => $2) WHERE id = ("
+            f"SELECT id FROM {self._table} "
+            "WHERE state = $3 OR (state = $1 AND lease_until < now()) "
+            "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
+            TrainingSetState.RUNNING.value,
+            self.LEASE,
+            TrainingSetState.PENDING.value,
+        )
+        return None if row is None else _training_set(row)
+
+    async def progress(self, training_set_id: str, progress: float, label_rows: int) -> None:
+        await self._pool.execute(
+            f"UPDATE {self._table} SET progress = $2, label_rows = $3 WHERE id = $1",
+            training_set_id,
+            progress,
+            label_rows,
+        )
+
+    async def succeed(
+        self,
+        training_set_id: str,
+        rows_written: int,
+        checksum: str,
+        partitions: Sequence[PartitionRead],
+        finished: Sequence[MaterializationFinished],
+    ) -> None:
+        """Mark the job SUCCEEDED and announce what it materialised, together."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"UPDATE {self._table} SET state = $2, progress = 1, rows_written = $3, "
+                "checksum = $4, partitions = $5::jsonb, finished_at = now(), lease_until = NULL "
+                "WHERE id = $1",
+                training_set_id,
+                TrainingSetState.SUCCEEDED.value,
+                rows_written,
+                checksum,
+                json.dumps([asdict(partition) for partition in partitions]),
+            )
+            await self._outbox.publish(conn, *finished)
+
+    async def fail(self, training_set_id: str, message: str) -> None:
+        await self._pool.execute(
+            f"UPDATE {self._table} SET state = $2, message = $3, finished_at = now(), "
+            "lease_until = NULL WHERE id = $1",
+            training_set_id,
+            TrainingSetState.FAILED.value,
+            message,
+        )
+
+
+def _training_set(row: asyncpg.Record) -> StoredTrainingSet:
+    views = json.loads(row["feature_views"])
+    partitions = json.loads(row["partitions"])
+    return StoredTrainingSet(
+        training_set_id=str(row["id"]),
+        request=MaterializeTrainingSetRequest.FromString(row["request"]),
+        feature_views=tuple(
+            ViewVersion(v["name"], v["version"], tuple(v["allowed_groups"])) for v in views
+        ),
+        state=TrainingSetState(row["state"]),
+        progress=row["progress"],
+        label_rows=row["label_rows"],
+        rows_written=row["rows_written"],
+        output_uri=row["output_uri"],
+        checksum=row["checksum"],
+        partitions=tuple(PartitionRead(**p) for p in partitions),
+        message=row["message"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+    )

@@ -15,19 +15,31 @@ subscribed, so one process owns the view. Each batch from ``getmany``:
    (whoever creates a raw topic creates its ``.dlq`` too, as for every Strata
    topic: the broker does not create topics on demand);
 2. folds the rows into the ``StreamingExecutor`` and writes every touched
-   entity's features (as of its latest event time) to Redis in one pipeline;
-3. saves the next offsets and the executor's snapshot together in Postgres;
-4. commits the offsets to Kafka (for lag metrics and tools).
+   entity's features (as of its latest event time) to Redis in one pipeline,
+   and keeps the rows for the offline store.
 
-A restart resumes from the checkpoint: the state and the offsets it saved belong
-together, so no record is counted twice or lost. A crash between 2 and 3 replays
-the batch over the older state and rewrites the same values.
+Once the kept rows reach ``FLUSH_ROWS``, or the oldest is ``FLUSH_SECONDS`` old,
+the stream lands them (``strata.streamer.offline``: Parquet partitions in the
+blob store, one per hour of event time), then saves in one Postgres transaction
+the next offsets, the executor's snapshot, the landed partitions and a
+DataArrived for each (through the outbox), and commits the offsets to Kafka
+(for lag metrics and tools).
+
+A restart resumes from the checkpoint: the state, the offsets and the offline
+partitions it saved belong together, so no record is counted twice or lost, on
+either path. A crash after the online write or the Parquet upload but before the
+checkpoint replays those records over the older state: the online values are
+written again, and the partitions are landed again (under the same names, since
+they are named by the offsets they start at); a file of the crashed run that is
+not overwritten is not in the catalog and is never read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import TopicPartition
@@ -39,6 +51,7 @@ from strata.core.bus.dead_letters import Record
 from strata.core.errors import InvalidArgumentError
 from strata.core.runtime import ServiceContext
 from strata.streamer.domain.raw_events import RawEventError, decode
+from strata.streamer.offline import ARRIVAL, KAFKA_PARTITION, events_table, land
 from strata.streamer.store import Checkpoint, CheckpointStore, StoredView, ViewStore
 from strata.transforms.online import write_online
 from strata.transforms.spec import view_from_spec
@@ -55,6 +68,10 @@ MAX_BATCH = 5000
 """Most records folded, written and checkpointed as one batch."""
 POLL_MS = 500
 """How long one ``getmany`` waits for records."""
+FLUSH_ROWS = 100_000
+"""Most consumed events held before they are landed offline and checkpointed."""
+FLUSH_SECONDS = 2.0
+"""Longest a consumed event waits before it is landed offline and checkpointed."""
 
 
 async def follow_views(context: ServiceContext) -> None:
@@ -103,12 +120,28 @@ def _end(name: str, task: asyncio.Task[None]) -> None:
         log.error("stream failed, restarting it", view=name, exc_info=error)
 
 
+@dataclass
+class _Unlanded:
+    """What the stream consumed since its last checkpoint: rows still to land offline."""
+
+    start: dict[int, int]
+    """Offsets the batch begins at (the last checkpoint's); they name its partitions."""
+    rows: list[dict[str, Scalar]] = field(default_factory=list)
+    since: float | None = None
+    """``time.monotonic()`` when the first record after the checkpoint was consumed."""
+
+    def due(self, now: float) -> bool:
+        if self.since is None:
+            return False
+        return len(self.rows) >= FLUSH_ROWS or now - self.since >= FLUSH_SECONDS
+
+
 class ViewStream:
     """One view version following its topic, from its checkpoint on."""
 
     def __init__(self, context: ServiceContext, stored: StoredView) -> None:
         self._context = context
-        self._checkpoints = CheckpointStore(context.pool, context.schema)
+        self._checkpoints = CheckpointStore(context.pool, context.schema, context.outbox)
         self._view = view_from_spec(stored.spec)
         self._version = stored.version
         self._topic = stored.spec.source.topic
@@ -133,12 +166,17 @@ class ViewStream:
                 else:
                     await consumer.seek_to_beginning(partition)
             log.info("stream started", view=name, version=self._version, resumed=offsets)
+            unlanded = _Unlanded(dict(offsets))
             while True:
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
-                if not batches:
-                    continue
-                await self._apply(executor, offsets, batches)
-                await consumer.commit({tp: offsets[tp.partition] for tp in batches})
+                if batches:
+                    await self._apply(executor, offsets, batches, unlanded)
+                if unlanded.due(time.monotonic()):
+                    await self._land(executor, offsets, unlanded)
+                    await consumer.commit(
+                        {TopicPartition(self._topic, p): o for p, o in offsets.items()}
+                    )
+                    unlanded = _Unlanded(dict(offsets))
         finally:
             await consumer.stop()
 
@@ -165,15 +203,24 @@ class ViewStream:
         executor: StreamingExecutor,
         offsets: dict[int, int],
         batches: Mapping[TopicPartition, Sequence[Record]],
+        unlanded: _Unlanded,
     ) -> None:
+        """Fold a batch into the window state and the online store; keep its rows to land."""
         rows: list[dict[str, Scalar]] = []
         for partition, records in batches.items():
             for record in records:
                 try:
-                    rows.append(decode(self._view, record.value))
+                    row = decode(self._view, record.value)
                 except RawEventError as error:
                     await self._dead_letter(record, str(error))
+                    continue
+                rows.append(row)
+                unlanded.rows.append(
+                    {**row, KAFKA_PARTITION: record.partition, ARRIVAL: record.offset}
+                )
             offsets[partition.partition] = records[-1].offset + 1
+        if unlanded.since is None:
+            unlanded.since = time.monotonic()
         touched = executor.ingest(rows) if rows else set()
         values = {}
         for key in touched:
@@ -181,8 +228,23 @@ class ViewStream:
             assert latest is not None, "an entity just touched has an event time"
             values[key] = executor.read(key, latest)
         await write_online(self._context.redis, self._view, values)
+
+    async def _land(
+        self, executor: StreamingExecutor, offsets: dict[int, int], unlanded: _Unlanded
+    ) -> None:
+        """Land the kept rows offline, then checkpoint state, offsets and partitions together."""
+        landed = []
+        if unlanded.rows:
+            landed = await land(
+                self._context.blobs,
+                self._view,
+                self._version,
+                self._topic,
+                events_table(self._view, unlanded.rows),
+                unlanded.start,
+            )
         checkpoint = Checkpoint(dict(offsets), executor.snapshot())
-        await self._checkpoints.save(self._view.name, self._version, checkpoint)
+        await self._checkpoints.save(self._view.name, self._version, checkpoint, landed)
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
         letter = dead_letter(

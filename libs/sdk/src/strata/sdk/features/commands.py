@@ -2,7 +2,8 @@
 
 Each failure becomes one line naming what to fix (the file and field, the view
 and field the streamer refused, an ``--entity`` option, or the streamer's
-address), never a traceback.
+address), never a traceback. ``training-set`` (:mod:`strata.sdk.features.training`)
+reaches the streamer through ``connect`` and ``call`` too.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ async def apply(path: Path, *, validate_only: bool, out: Console) -> None:
         specs = [view.to_spec() for view in load_feature_views(path)]
     except StrataError as error:
         raise CommandError(f"{path}: {error}") from None
-    async with _channel() as chan:
+    async with connect() as chan:
         stub = FeatureServiceStub(chan)
         for spec in specs:
             request = pb.ApplyFeatureViewRequest(spec=spec, validate_only=validate_only)
-            reply: pb.ApplyFeatureViewResponse = await _call(
+            reply: pb.ApplyFeatureViewResponse = await call(
                 stub.ApplyFeatureView(request), f"feature view {spec.name!r}"
             )
             what = "changed" if reply.changed else "unchanged"
@@ -56,11 +57,11 @@ async def list_views(out: Console) -> None:
     """A table of the current version of every view the caller may read."""
     table = Table("name", "version", "source", "entities", "features", "owner", "applied", "by")
     token = ""
-    async with _channel() as chan:
+    async with connect() as chan:
         stub = FeatureServiceStub(chan)
         while True:
             request = pb.ListFeatureViewsRequest(page_token=token)
-            page: pb.ListFeatureViewsResponse = await _call(stub.ListFeatureViews(request), "list")
+            page: pb.ListFeatureViewsResponse = await call(stub.ListFeatureViews(request), "list")
             for view in page.feature_views:
                 spec = view.spec
                 table.add_row(
@@ -81,7 +82,7 @@ async def list_views(out: Console) -> None:
 
 async def get(name: str, version: int, out: Console) -> None:
     """One view: its catalog entry, then a table of its features."""
-    async with _channel() as chan:
+    async with connect() as chan:
         view = await _view(FeatureServiceStub(chan), name, version)
     spec = view.spec
     out.print(f"{spec.name} version {view.version} (sha256 {view.spec_sha256})")
@@ -110,7 +111,7 @@ async def get(name: str, version: int, out: Console) -> None:
 
 async def online(name: str, entity: Sequence[str], out: Console) -> None:
     """Every feature of ``name`` for the entity ``entity`` (``key=value`` items) names."""
-    async with _channel() as chan:
+    async with connect() as chan:
         stub = FeatureServiceStub(chan)
         view = await _view(stub, name, 0)
         try:
@@ -119,7 +120,7 @@ async def online(name: str, entity: Sequence[str], out: Console) -> None:
             raise CommandError(str(error)) from None
         refs = [f"{name}:{feature.name}" for feature in view.spec.features]
         request = pb.GetOnlineFeaturesRequest(features=refs, entities=[row])
-        reply: pb.GetOnlineFeaturesResponse = await _call(
+        reply: pb.GetOnlineFeaturesResponse = await call(
             stub.GetOnlineFeatures(request), f"feature view {name!r}"
         )
     table = Table("feature", "value", "status", "event time")
@@ -136,7 +137,7 @@ async def online(name: str, entity: Sequence[str], out: Console) -> None:
 
 async def _view(stub: FeatureServiceStub, name: str, version: int) -> pb.FeatureView:
     request = pb.GetFeatureViewRequest(name=name, version=version)
-    reply: pb.GetFeatureViewResponse = await _call(stub.GetFeatureView(request), "get")
+    reply: pb.GetFeatureViewResponse = await call(stub.GetFeatureView(request), "get")
     return reply.feature_view
 
 
@@ -159,7 +160,8 @@ def _window(feature: pb.Feature) -> str:
     return format_duration(feature.aggregation.window.ToMicroseconds())
 
 
-def _channel() -> grpc.aio.Channel:
+def connect() -> grpc.aio.Channel:
+    """A channel to the streamer the settings name, as the caller the settings authenticate."""
     services = load(ServiceSettings)
     target = f"{services.host}:{services.streamer_port}"
     try:
@@ -172,16 +174,17 @@ def _channel() -> grpc.aio.Channel:
                 f"{FEATURES}/GetFeatureView",
                 f"{FEATURES}/ListFeatureViews",
                 f"{FEATURES}/GetOnlineFeatures",
+                f"{FEATURES}/GetTrainingSet",
             ),
         )
     except StrataError as error:
         raise CommandError(str(error)) from None
 
 
-async def _call(call: Awaitable[T], what: str) -> T:
-    """The reply of ``call``, or a CommandError saying in one line what went wrong."""
+async def call(pending: Awaitable[T], what: str) -> T:
+    """The reply of ``pending``, or a CommandError saying in one line what went wrong."""
     try:
-        return await call
+        return await pending
     except grpc.aio.AioRpcError as error:
         violations = field_violations(error)
         if violations:

@@ -1347,12 +1347,18 @@ class MaterializationFinished(_message.Message):
     ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    TRAINING_SET_ID_FIELD_NUMBER: _builtins.int
     target: Global___MaterializationTarget.ValueType
     """Which store was written."""
     uri: _builtins.str
     """Where the offline result is (MATERIALIZATION_TARGET_OFFLINE only)."""
     rows_written: _builtins.int
     """Rows written."""
+    training_set_id: _builtins.str
+    """The training set this materialization built, when it built one (target
+    OFFLINE, uri its file): a training set reads many partitions, listed in
+    TrainingSet.partitions, so source is then unset.
+    """
     @_builtins.property
     def feature_view(self) -> _refs_pb2.FeatureViewRef:
         """The view version computed; its name is the Kafka key."""
@@ -1379,10 +1385,11 @@ class MaterializationFinished(_message.Message):
         rows_written: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        training_set_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "feature_view", b"feature_view", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "feature_view", b"feature_view", "rows_written", b"rows_written", "source", b"source", "start_time", b"start_time", "target", b"target", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "feature_view", b"feature_view", "rows_written", b"rows_written", "source", b"source", "start_time", b"start_time", "target", b"target", "training_set_id", b"training_set_id", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
