@@ -24,13 +24,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_processes import free_port
 from test_gateway_service import (
     BOUND,
-    _free_port,
     _model,
     _running_gateway,
     _until_ready,
-    registry_port,
+    registry_address,
 )
 
 from strata.api.inference import grpc_service_pb2 as oip
@@ -40,7 +40,7 @@ from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings, load
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["registry_port"]  # the module-scoped registry the gateway reads from
+__all__ = ["registry_address"]  # the module-scoped registry the gateway reads from
 
 PREDICTOR = "rest-test-predictor-token"
 VIEWER = "rest-test-viewer-token"
@@ -84,22 +84,19 @@ class _Call:
 
 
 @pytest.fixture(scope="module")
-async def rest(registry_port: int, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rest]:
+async def rest(
+    registry_address: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Rest]:
     folder = tmp_path_factory.mktemp("gateway-rest")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("STRATA_GATEWAY_HTTP_PORT", "0")
         env.setenv("STRATA_AUTH_TOKENS", json.dumps(TOKENS))
-        async with channel(
-            f"127.0.0.1:{registry_port}", load(AuthSettings), mode="development"
-        ) as chan:
+        async with channel(registry_address, load(AuthSettings), mode="development") as chan:
             model = await _model(ModelRegistryServiceStub(chan), 2.0)
-        async with _running_gateway(folder, registry_port, {model: ["champion"]}) as gateway:
+        async with _running_gateway(folder, registry_address, {model: ["champion"]}) as gateway:
             await _until_ready(gateway.oip)
             listening = await gateway.until_logged("http listening")
-            grpc_port = _grpc_port(folder)
-            yield Rest(
-                f"http://{listening['address']}", f"127.0.0.1:{grpc_port}", model, gateway.oip
-            )
+            yield Rest(f"http://{listening['address']}", gateway.address, model, gateway.oip)
 
 
 def _failed(log: str, task: str) -> bool:
@@ -108,11 +105,6 @@ def _failed(log: str, task: str) -> bool:
         "background task failed" in line and f'"task": "{task}"' in line
         for line in log.splitlines()
     )
-
-
-def _grpc_port(folder: Path) -> int:
-    (log,) = folder.glob("gateway-*.log")
-    return int(log.stem.removeprefix("gateway-"))
 
 
 def _infer_body(rows: list[list[float]], **extra: Any) -> dict[str, Any]:
@@ -265,12 +257,12 @@ async def test_a_rest_port_that_cannot_be_bound_shows_in_health_until_it_can(
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    http_port, grpc_port = taken.getsockname()[1], _free_port()
+    http_port, grpc_port = taken.getsockname()[1], free_port()
     log = tmp_path / "gateway.log"
     environment = {
         **os.environ,
         "STRATA_SERVICE_GATEWAY_PORT": str(grpc_port),
-        "STRATA_SERVICE_GATEWAY_METRICS_PORT": str(_free_port()),
+        "STRATA_SERVICE_GATEWAY_METRICS_PORT": str(free_port()),
         "STRATA_GATEWAY_HTTP_PORT": str(http_port),
     }
     with log.open("wb") as sink:

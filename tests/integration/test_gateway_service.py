@@ -12,10 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import signal
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,9 +21,11 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
+from service_processes import running
 
+from strata.api.gateway.v1 import gateway_pb2 as gpb
+from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceStub
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from strata.api.registry.v1 import registry_pb2 as pb
@@ -41,18 +39,11 @@ pytestmark = pytest.mark.integration
 
 BOUND = 60.0
 """Bound on waiting for a process or a swap: a guard against hanging, not a timing check."""
-CLIENTS = 4
+CLIENTS = 8
 MOST_REQUESTS = 20_000
 """Each load client stops after this many requests at most: the load is bounded."""
 AFTER_SWAP = 50
 """...or once it has had this many answers from the new version."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def times(factor: float) -> bytes:
@@ -69,61 +60,25 @@ def times(factor: float) -> bytes:
     return model.SerializeToString()
 
 
-@asynccontextmanager
-async def _service(name: str, folder: Path, env: dict[str, str]) -> AsyncIterator[tuple[int, Path]]:
-    """``python -m strata.<name>``, SERVING on the port yielded with its log; SIGTERM on exit."""
-    port = _free_port()
-    log = folder / f"{name}-{port}.log"
-    environment = {
-        **os.environ,
-        f"STRATA_SERVICE_{name.upper()}_PORT": str(port),
-        f"STRATA_SERVICE_{name.upper()}_METRICS_PORT": str(_free_port()),
-        **env,
-    }
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"strata.{name}", env=environment, stderr=sink
-        )
-    try:
-        async with asyncio.timeout(BOUND), grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
-            health = health_pb2_grpc.HealthStub(chan)
-            while True:
-                assert process.returncode is None, log.read_text()
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.2)
-        yield port, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), BOUND)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
 @pytest.fixture(scope="module")
-async def registry_port(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[int]:
+async def registry_address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     folder = tmp_path_factory.mktemp("registry")
-    async with _service("registry", folder, {"STRATA_BLOB_BACKEND": "s3"}) as (port, _):
-        yield port
+    async with running("registry", folder, STRATA_BLOB_BACKEND="s3") as service:
+        yield service.address
 
 
 @pytest.fixture
-async def registry(registry_port: int) -> AsyncIterator[ModelRegistryServiceStub]:
-    async with channel(f"127.0.0.1:{registry_port}", load(AuthSettings), mode="development") as c:
+async def registry(registry_address: str) -> AsyncIterator[ModelRegistryServiceStub]:
+    async with channel(registry_address, load(AuthSettings), mode="development") as c:
         yield ModelRegistryServiceStub(c)
 
 
 @dataclass
 class Gateway:
-    """A running gateway: its OIP client and the file its log lines go to."""
+    """A running gateway: its OIP client, its gRPC address and the file its log lines go to."""
 
     oip: GRPCInferenceServiceStub
+    address: str
     log: Path
 
     async def until_logged(self, text: str) -> dict[str, Any]:
@@ -138,25 +93,26 @@ class Gateway:
 
 @asynccontextmanager
 async def _running_gateway(
-    folder: Path, registry_port: int, models: dict[str, list[str]]
+    folder: Path, registry_address: str, models: dict[str, list[str]]
 ) -> AsyncIterator[Gateway]:
-    env = {
-        "STRATA_GATEWAY_MODELS": json.dumps(models),
-        "STRATA_GATEWAY_REGISTRY": f"127.0.0.1:{registry_port}",
-        "STRATA_GATEWAY_RECONCILE_INTERVAL": "3600",
-    }
     async with (
-        _service("gateway", folder, env) as (port, log),
-        channel(f"127.0.0.1:{port}", load(AuthSettings), mode="development") as chan,
+        running(
+            "gateway",
+            folder,
+            STRATA_GATEWAY_MODELS=json.dumps(models),
+            STRATA_GATEWAY_REGISTRY=registry_address,
+            STRATA_GATEWAY_RECONCILE_INTERVAL="3600",
+        ) as service,
+        channel(service.address, load(AuthSettings), mode="development") as chan,
     ):
-        yield Gateway(GRPCInferenceServiceStub(chan), log)
+        yield Gateway(GRPCInferenceServiceStub(chan), service.address, service.log)
 
 
 @asynccontextmanager
 async def _gateway(
-    folder: Path, registry_port: int, models: dict[str, list[str]]
+    folder: Path, registry_address: str, models: dict[str, list[str]]
 ) -> AsyncIterator[GRPCInferenceServiceStub]:
-    async with _running_gateway(folder, registry_port, models) as gateway:
+    async with _running_gateway(folder, registry_address, models) as gateway:
         yield gateway.oip
 
 
@@ -248,10 +204,10 @@ async def _client(gateway: GRPCInferenceServiceStub, model: str, load_: Load) ->
 
 
 async def test_the_champion_answers_and_a_moved_alias_swaps_with_no_failed_request(
-    registry: ModelRegistryServiceStub, registry_port: int, tmp_path: Path
+    registry: ModelRegistryServiceStub, registry_address: str, tmp_path: Path
 ) -> None:
     model = await _model(registry, 2.0, 3.0)
-    async with _gateway(tmp_path, registry_port, {model: ["champion"]}) as gateway:
+    async with _gateway(tmp_path, registry_address, {model: ["champion"]}) as gateway:
         await _until_ready(gateway)
         reply = await gateway.ModelInfer(_infer(model, [[1.0, 2.0], [3.0, 4.0]]))
         assert reply.model_version == "1"
@@ -277,10 +233,10 @@ async def test_the_champion_answers_and_a_moved_alias_swaps_with_no_failed_reque
 
 
 async def test_model_metadata_names_the_inputs_and_outputs(
-    registry: ModelRegistryServiceStub, registry_port: int, tmp_path: Path
+    registry: ModelRegistryServiceStub, registry_address: str, tmp_path: Path
 ) -> None:
     model = await _model(registry, 2.0)
-    async with _gateway(tmp_path, registry_port, {model: ["champion"]}) as gateway:
+    async with _gateway(tmp_path, registry_address, {model: ["champion"]}) as gateway:
         await _until_ready(gateway)
         meta = await gateway.ModelMetadata(oip.ModelMetadataRequest(name=model))
         assert meta.name == model
@@ -298,11 +254,22 @@ async def test_model_metadata_names_the_inputs_and_outputs(
 
 
 async def test_bad_requests_are_refused_naming_the_input_or_the_model(
-    registry: ModelRegistryServiceStub, registry_port: int, tmp_path: Path
+    registry: ModelRegistryServiceStub, registry_address: str, tmp_path: Path
 ) -> None:
     model = await _model(registry, 2.0)
-    async with _gateway(tmp_path, registry_port, {model: ["champion"]}) as gateway:
+    async with (
+        _running_gateway(tmp_path, registry_address, {model: ["champion"]}) as running_gateway,
+        channel(running_gateway.address, load(AuthSettings), mode="development") as chan,
+    ):
+        gateway = running_gateway.oip
         await _until_ready(gateway)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await PredictionServiceStub(chan).Predict(
+                gpb.PredictRequest(model_name=model, rows=[gpb.PredictRow()])
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no feature bindings" in (caught.value.details() or "")
+
         wrong = _infer(model, [[1.0, 2.0]])
         wrong.inputs[0].shape[:] = [1, 3]
         wrong.inputs[0].contents.fp32_contents.append(3.0)
@@ -321,7 +288,7 @@ async def test_bad_requests_are_refused_naming_the_input_or_the_model(
 
 
 async def test_a_version_whose_file_fails_its_sha256_is_refused_and_the_previous_serves(
-    registry: ModelRegistryServiceStub, registry_port: int, tmp_path: Path
+    registry: ModelRegistryServiceStub, registry_address: str, tmp_path: Path
 ) -> None:
     model = await _model(registry, 2.0, 3.0)
     v2 = (
@@ -330,7 +297,7 @@ async def test_a_version_whose_file_fails_its_sha256_is_refused_and_the_previous
     sha = v2.artifacts[0].sha256
     async with open_blob_store(BlobSettings(backend="s3")) as blobs:  # the blob rots in storage
         await blobs.put(f"models/{model}/artifacts/{sha}", times(5.0))
-    async with _running_gateway(tmp_path, registry_port, {model: ["champion"]}) as gateway:
+    async with _running_gateway(tmp_path, registry_address, {model: ["champion"]}) as gateway:
         await _until_ready(gateway.oip)
         await registry.SetAlias(pb.SetAliasRequest(model_name=model, alias="champion", version=2))
         refused = await gateway.until_logged("refused a version")
@@ -341,10 +308,10 @@ async def test_a_version_whose_file_fails_its_sha256_is_refused_and_the_previous
 
 
 async def test_a_deleted_alias_is_no_longer_served(
-    registry: ModelRegistryServiceStub, registry_port: int, tmp_path: Path
+    registry: ModelRegistryServiceStub, registry_address: str, tmp_path: Path
 ) -> None:
     model = await _model(registry, 2.0)
-    async with _gateway(tmp_path, registry_port, {model: ["champion"]}) as gateway:
+    async with _gateway(tmp_path, registry_address, {model: ["champion"]}) as gateway:
         await _until_ready(gateway)
         await registry.DeleteAlias(pb.DeleteAliasRequest(model_name=model, alias="champion"))
         refusal: grpc.aio.AioRpcError | None = None

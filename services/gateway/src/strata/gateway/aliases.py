@@ -3,10 +3,12 @@
 The registry is the only way a model reaches the gateway. At start, and every
 ``reconcile_interval`` seconds, each served alias is read from the registry; an
 ``AliasChanged`` event makes the change immediate. A version is downloaded, its
-sha256 checked against the registry's, loaded and warmed off the event loop, and
-only then swapped in. Anything that fails (the registry unreachable, a file whose
-sha256 does not match, a model ONNX Runtime refuses) is logged with the reason and
-the previous version keeps serving.
+sha256 checked against the registry's, loaded and warmed off the event loop (a
+version with feature bindings also gets the plan of its features from the feature
+store's catalog, :mod:`strata.gateway.catalog`), and only then swapped in. Anything
+that fails (the registry or the feature store unreachable, a file whose sha256 does
+not match, a model ONNX Runtime refuses, a binding naming no such feature) is logged
+with the reason and the previous version keeps serving.
 
 Each replica reads the events in a consumer group of its own, since every replica
 must see every change. The group starts at the earliest offset, not the latest:
@@ -21,6 +23,7 @@ rest make the alias be read again, and a version already served is not reloaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import socket
 import uuid
@@ -31,12 +34,14 @@ import grpc
 import structlog
 
 from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
 from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
 from strata.core.bus import Bus
 from strata.core.rpc.client import channel
 from strata.core.runtime import ServiceContext
 from strata.core.topics import MODELS_EVENTS
+from strata.gateway.catalog import FEATURES, CatalogUnavailableError, ViewCatalog
 from strata.gateway.models import LoadedModel, Served, load
 from strata.gateway.settings import GatewaySettings
 
@@ -76,9 +81,16 @@ def consumer_group(host: str | None = None) -> str:
 class Follower:
     """Keeps ``served`` on the versions the registry's aliases point at."""
 
-    def __init__(self, served: Served, registry: ModelRegistryServiceStub, start: datetime) -> None:
+    def __init__(
+        self,
+        served: Served,
+        registry: ModelRegistryServiceStub,
+        start: datetime,
+        catalog: ViewCatalog,
+    ) -> None:
         self._served = served
         self._registry = registry
+        self._catalog = catalog
         self._start = start
         self._lock = asyncio.Lock()
         """One load at a time: an event and a reconcile never swap one alias out of order."""
@@ -116,6 +128,14 @@ class Follower:
                     reason=error.details(),
                 )
                 return
+            except CatalogUnavailableError as error:
+                log.warning(
+                    "cannot read the feature views; the previous version keeps serving",
+                    model=name,
+                    alias=alias,
+                    reason=str(error),
+                )
+                return
             except (IntegrityError, ValueError) as error:
                 log.error(
                     "refused a version; the previous one keeps serving",
@@ -144,7 +164,9 @@ class Follower:
             raise ValueError(f"version {version.version} has no ONNX model artifact")
         data = await self._download(name, onnx.sha256)
         check_sha256(data, onnx.sha256)
-        return await asyncio.to_thread(load, name, version.version, onnx.sha256, data)
+        model = await asyncio.to_thread(load, name, version.version, onnx.sha256, data)
+        features = await self._catalog.plan(version, model.inputs)
+        return dataclasses.replace(model, features=features)
 
     async def _download(self, name: str, sha256: str) -> bytes:
         parts: list[bytes] = []
@@ -172,8 +194,12 @@ def follow_aliases(
             settings=runtime.bus.model_copy(update={"auto_offset_reset": "earliest"}),
             metrics=context.metrics,
         )
-        async with registry:
-            follower = Follower(served, ModelRegistryServiceStub(registry), start)
+        streamer = channel(
+            settings.streamer, runtime.auth, mode=runtime.mode.mode, idempotent=(FEATURES,)
+        )
+        async with registry, streamer:
+            catalog = ViewCatalog(FeatureServiceStub(streamer))
+            follower = Follower(served, ModelRegistryServiceStub(registry), start, catalog)
             bus.consumer(MODELS_EVENTS, group=consumer_group()).handle(
                 pb.AliasChanged, follower.on_alias_changed
             )

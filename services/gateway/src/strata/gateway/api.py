@@ -1,4 +1,5 @@
-"""The Open Inference Protocol v2 over gRPC: convert, ask the data plane, convert back.
+"""The gRPC edge: the Open Inference Protocol v2 and Strata's Predict; convert, ask the
+data plane, convert back.
 
 ``model_name`` is a model's name; ``model_version`` empty means its champion, a
 number a loaded version, anything else an alias. Errors are strata.core.errors,
@@ -8,15 +9,18 @@ naming the input).
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 from typing_extensions import override
 
+from strata.api.gateway.v1 import gateway_pb2 as gpb
+from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceServicer
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 from strata.core.errors import NotFoundError
 from strata.gateway.models import Served
+from strata.gateway.predict import Predictor
 from strata.gateway.tensors import TensorSpec, decode_inputs, encode_outputs
 
 ROLES = {"*": ("predictor",)}
@@ -74,6 +78,17 @@ class InferenceApi(GRPCInferenceServiceServicer):
         return await infer(self._served, request)
 
 
+class PredictionApi(PredictionServiceServicer):
+    """Strata's ``PredictionService``: features, model and log in one call."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    @override
+    async def Predict(self, request: gpb.PredictRequest, context: Any) -> gpb.PredictResponse:
+        return await self._predictor.predict(request, time.perf_counter())
+
+
 def model_metadata(served: Served, name: str, version: str) -> oip.ModelMetadataResponse:
     """The signature of the version ``version`` names (see :meth:`Served.resolve`)."""
     model = served.resolve(name, version)
@@ -87,13 +102,10 @@ def model_metadata(served: Served, name: str, version: str) -> oip.ModelMetadata
 
 
 async def infer(served: Served, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
-    """One ModelInfer on the data plane, whichever edge (gRPC, REST) the request came by.
-
-    The session runs in a thread, so the event loop keeps serving other requests.
-    """
+    """One ModelInfer on the data plane, whichever edge (gRPC, REST) the request came by."""
     model = served.resolve(request.model_name, request.model_version)
     feeds = decode_inputs(request, model.inputs)
-    results = await asyncio.to_thread(model.run, feeds)
+    results = await served.run(model, feeds)
     tensors, raw = encode_outputs(results, model.outputs, raw=bool(request.raw_input_contents))
     return oip.ModelInferResponse(
         model_name=model.name,

@@ -8,12 +8,14 @@ version, and no request waits for a load.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import onnxruntime as ort
 
 from strata.core.errors import NotFoundError
+from strata.gateway.batching import Batcher
+from strata.gateway.featurize import FeaturePlan
 from strata.gateway.tensors import DTYPES, Array, TensorSpec
 
 _ORT_TYPES = {
@@ -48,6 +50,8 @@ class LoadedModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     session: ort.InferenceSession
+    features: FeaturePlan | None = None
+    """How Predict fills the inputs from features; None: the version is served by tensors only."""
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Outputs by name for ``feeds`` (checked by :func:`tensors.decode_inputs`)."""
@@ -83,20 +87,44 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
-class Served:
-    """What the gateway answers with: the loaded version behind each (model, alias)."""
+Counted = Callable[[str, int, int], None]
+"""Told (model name, version, calls) after each session run, for the batching metrics."""
 
-    def __init__(self, wanted: Mapping[str, list[str]]) -> None:
+
+class Served:
+    """What the gateway answers with: the loaded version behind each (model, alias), and
+    the batcher of each loaded version (:mod:`strata.gateway.batching`)."""
+
+    def __init__(
+        self,
+        wanted: Mapping[str, list[str]],
+        *,
+        batch_rows: int = 32,
+        batch_wait: float = 0.001,
+        counted: Counted | None = None,
+    ) -> None:
         self.wanted = {name: tuple(aliases) for name, aliases in wanted.items()}
         self._aliases: dict[tuple[str, str], LoadedModel] = {}
+        self._batch_rows = batch_rows
+        self._batch_wait = batch_wait
+        self._counted = counted or (lambda _name, _version, _calls: None)
+        self._batchers: dict[tuple[str, int, str], Batcher] = {}
 
     def swap(self, alias: str, model: LoadedModel) -> None:
         """Serve ``model`` under ``alias`` from the next request on: one assignment."""
         self._aliases[model.name, alias] = model
+        self._forget_unserved()
 
     def drop(self, name: str, alias: str) -> None:
         """Stop serving ``alias`` (it was deleted); requests holding it finish."""
         self._aliases.pop((name, alias), None)
+        self._forget_unserved()
+
+    def _forget_unserved(self) -> None:
+        """Drop the batchers of versions no alias serves; calls already in one finish."""
+        served = {(m.name, m.version, m.sha256) for m in self._aliases.values()}
+        for key in set(self._batchers) - served:
+            del self._batchers[key]
 
     def current(self, name: str, alias: str) -> LoadedModel | None:
         return self._aliases.get((name, alias))
@@ -117,15 +145,44 @@ class Served:
     def resolve(self, name: str, version: str) -> LoadedModel:
         """The model a request names: ``version`` empty means the champion; else a
         version number or an alias. NotFoundError names what is not served."""
-        if name not in self.wanted:
-            raise NotFoundError(f"model {name!r} (served: {sorted(self.wanted)})")
         if not version or not version.isdigit():
-            alias = version or CHAMPION
-            model = self.current(name, alias)
-            if model is None:
-                raise NotFoundError(f"alias {alias!r} of model {name!r}")
-            return model
+            return self.by_alias(name, version or CHAMPION)
+        return self.by_version(name, int(version))
+
+    def by_alias(self, name: str, alias: str) -> LoadedModel:
+        """The version ``alias`` serves; NotFoundError names the model or the alias."""
+        self._known(name)
+        model = self.current(name, alias)
+        if model is None:
+            raise NotFoundError(f"alias {alias!r} of model {name!r}")
+        return model
+
+    def by_version(self, name: str, version: int) -> LoadedModel:
+        """Loaded version ``version``; NotFoundError names the model or the version."""
+        self._known(name)
         for model in self.versions(name):
-            if model.version == int(version):
+            if model.version == version:
                 return model
         raise NotFoundError(f"version {version} of model {name!r}")
+
+    def _known(self, name: str) -> None:
+        if name not in self.wanted:
+            raise NotFoundError(f"model {name!r} (served: {sorted(self.wanted)})")
+
+    async def run(self, model: LoadedModel, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        """Run ``model`` on ``feeds``: the one way ModelInfer and Predict reach a session.
+
+        Concurrent calls of one version are batched; sessions run in a thread, so the
+        event loop keeps serving other requests.
+        """
+        key = (model.name, model.version, model.sha256)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = Batcher(
+                model.run,
+                model.inputs,
+                max_rows=self._batch_rows,
+                max_wait=self._batch_wait,
+                counted=lambda calls: self._counted(model.name, model.version, calls),
+            )
+        return await batcher.run(feeds)

@@ -18,6 +18,38 @@ class GatewaySettings(BaseSettings):
     registry: str = Field(
         "127.0.0.1:50055", description="host:port of the model registry, the models' only source."
     )
+    streamer: str = Field(
+        "127.0.0.1:50054",
+        description="host:port of the feature store (streamer), asked for the feature views "
+        "of a version with feature bindings when it is loaded.",
+    )
+    log_buffer: int = Field(
+        100_000,
+        ge=1,
+        description="Most predictions the prediction log holds while Kafka is slow or down; "
+        "past it, predictions are dropped from the log (counted and logged).",
+    )
+    log_batch: int = Field(
+        500, ge=1, description="Most predictions produced to Kafka in one batch."
+    )
+    shadow_queue: int = Field(
+        1_000,
+        ge=1,
+        description="Most Predict calls waiting for their challenger's shadow answer; past "
+        "it, shadows are dropped (counted) and the predictions logged without them.",
+    )
+    batch_rows: int = Field(
+        32,
+        ge=1,
+        description="Most rows that concurrent calls of one model version gather into one "
+        "ONNX Runtime run (adaptive batching); a call of this many rows runs alone.",
+    )
+    batch_wait: float = Field(
+        0.001,
+        ge=0,
+        description="Most seconds a call waits for company while its model is busy; a "
+        "call finding its model idle runs at once.",
+    )
     http_port: int = Field(
         8080,
         ge=0,

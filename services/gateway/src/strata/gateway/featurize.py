@@ -1,0 +1,292 @@
+"""From Predict rows to a model's input tensors: the plan of a version's feature bindings.
+
+Pure: no I/O. A version's ``FeatureBinding``s say which features, in which order,
+fill the last dimension of each input tensor. Each reference is one of
+
+- ``<view>:<feature>`` of a view fed by a topic or a dataset: read from the online
+  store for the row's entity (:mod:`strata.transforms.online`), unless the row
+  supplies it under that reference;
+- ``<view>:<feature>`` of a request-source view: computed from the columns the row
+  supplies by the view's own transforms (:mod:`strata.transforms.request`), the
+  same definition the batch and streaming paths run;
+- ``request:<column>``: a number the row supplies, fed as it is.
+
+:func:`plan` checks the bindings against the model and the views once, when the
+version is loaded, so a Predict only checks the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+import numpy as np
+
+from strata.api.gateway.v1 import gateway_pb2 as gpb
+from strata.core.errors import InvalidArgumentError
+from strata.gateway.tensors import DTYPES, Array, TensorSpec
+from strata.gateway.values import KINDS, NUMBER, typed
+from strata.transforms.definition import FeatureView, RequestSource, ResolvedFeature
+from strata.transforms.online import OnlineValue
+from strata.transforms.streaming import EntityKey
+from strata.transforms.types import ColumnType, FeatureStatus, Scalar
+
+REQUEST = "request"
+"""The pseudo-view of ``request:<column>``: a value the caller sends, fed as is."""
+
+_FLOATS = ("FP16", "FP32", "FP64")
+_NUMERIC_INPUTS = (*_FLOATS, "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32")
+_NUMERIC_FEATURES = (ColumnType.INT64, ColumnType.DOUBLE, ColumnType.BOOL)
+
+
+class Origin(Enum):
+    """Where a slot's value comes from."""
+
+    ONLINE = "online"
+    REQUEST_VIEW = "request_view"
+    REQUEST = "request"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One position of an input's last dimension."""
+
+    ref: str
+    view: str
+    name: str
+    origin: Origin
+    type: ColumnType | None
+    """The feature's type; None for ``request:<column>`` (any number)."""
+
+
+@dataclass(frozen=True)
+class BoundInput:
+    """An input tensor and the features filling it, in order."""
+
+    spec: TensorSpec
+    slots: tuple[Slot, ...]
+
+
+@dataclass(frozen=True)
+class ViewUse:
+    """A view a version reads, at the version it was read from the catalog."""
+
+    view: FeatureView
+    version: int
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How a model version's inputs are filled; see the module docstring."""
+
+    inputs: tuple[BoundInput, ...]
+    views: Mapping[str, ViewUse]
+
+    @property
+    def online_views(self) -> list[str]:
+        """The views read from the online store, in order of first use."""
+        return self._views_of(Origin.ONLINE)
+
+    @property
+    def request_views(self) -> list[str]:
+        """The request-source views, in order of first use."""
+        return self._views_of(Origin.REQUEST_VIEW)
+
+    def features_of(self, view: str) -> list[str]:
+        """The features of ``view`` the inputs use, each once."""
+        found = [s.name for b in self.inputs for s in b.slots if s.view == view]
+        return list(dict.fromkeys(found))
+
+    def _views_of(self, origin: Origin) -> list[str]:
+        found = [s.view for b in self.inputs for s in b.slots if s.origin is origin]
+        return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Featurized:
+    """What a batch of rows became: the model's feeds, and each row's features as served."""
+
+    feeds: dict[str, Array]
+    served: list[dict[str, OnlineValue]]
+
+
+def plan(
+    bindings: Sequence[tuple[str, Sequence[str]]],
+    inputs: Sequence[TensorSpec],
+    views: Mapping[str, ViewUse],
+) -> FeaturePlan:
+    """The plan of ``bindings`` (input name, references) for a model with ``inputs``.
+
+    Raises ValueError naming the binding at fault: a refused version keeps the
+    previous one serving.
+    """
+    by_name = {spec.name: spec for spec in inputs}
+    bound: list[BoundInput] = []
+    for input_name, refs in bindings:
+        spec = by_name.get(input_name)
+        if spec is None:
+            raise ValueError(
+                f"a feature binding names input {input_name!r}, not one of the model's"
+            )
+        if spec.datatype not in _NUMERIC_INPUTS and spec.datatype != "BOOL":
+            raise ValueError(f"input {input_name!r} is {spec.datatype}: features fill numbers")
+        if len(spec.shape) != 2 or spec.shape[1] not in (-1, len(refs)):
+            raise ValueError(
+                f"input {input_name!r} has shape {list(spec.shape)}; its binding fills "
+                f"[rows, {len(refs)}]"
+            )
+        bound.append(BoundInput(spec, tuple(_slot(ref, views) for ref in refs)))
+    unbound = sorted(set(by_name) - {b.spec.name for b in bound})
+    if unbound:
+        raise ValueError(f"inputs {unbound} have no feature binding")
+    return FeaturePlan(tuple(bound), dict(views))
+
+
+def _slot(ref: str, views: Mapping[str, ViewUse]) -> Slot:
+    view_name, _, name = ref.partition(":")
+    if not view_name or not name:
+        raise ValueError(
+            f"feature reference {ref!r} is not '<view>:<feature>' or 'request:<column>'"
+        )
+    if view_name == REQUEST:
+        return Slot(ref, view_name, name, Origin.REQUEST, None)
+    use = views.get(view_name)
+    if use is None:
+        raise ValueError(f"feature reference {ref!r}: view {view_name!r} was not loaded")
+    feature = _feature(use.view, name)
+    if feature is None:
+        raise ValueError(f"feature reference {ref!r}: view {view_name!r} has no such feature")
+    if feature.type not in _NUMERIC_FEATURES:
+        raise ValueError(f"feature {ref!r} is {feature.type.value}: a model input takes numbers")
+    if isinstance(use.view.source, RequestSource):
+        if feature.function is not None:
+            raise ValueError(f"feature {ref!r} aggregates a window, which a request cannot carry")
+        return Slot(ref, view_name, name, Origin.REQUEST_VIEW, feature.type)
+    return Slot(ref, view_name, name, Origin.ONLINE, feature.type)
+
+
+def _feature(view: FeatureView, name: str) -> ResolvedFeature | None:
+    return next((f for f in view.resolved_features if f.name == name), None)
+
+
+def entity_keys(plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> dict[str, list[EntityKey]]:
+    """Each online view's entity key for every row, checked against the view's key types."""
+    keys: dict[str, list[EntityKey]] = {}
+    for name in plan.online_views:
+        view = plan.views[name].view
+        keys[name] = [_entity_key(view, row, index) for index, row in enumerate(rows)]
+    return keys
+
+
+def _entity_key(view: FeatureView, row: gpb.PredictRow, index: int) -> EntityKey:
+    key: list[Scalar] = []
+    for column in view.entities:
+        field = f"rows[{index}].entity_keys[{column}]"
+        kind = KINDS[view.columns[column]]
+        if column not in row.entity_keys:
+            raise InvalidArgumentError(
+                field,
+                f"missing: feature view {view.name!r} is keyed by {', '.join(view.entities)} "
+                f"(expected {kind})",
+            )
+        value = typed(row.entity_keys[column], (kind,), field, f"key of feature view {view.name!r}")
+        if value is None:
+            raise InvalidArgumentError(field, f"expected {kind}, got null")
+        key.append(value)
+    return tuple(key)
+
+
+def request_rows(
+    plan: FeaturePlan, rows: Sequence[gpb.PredictRow]
+) -> dict[str, list[dict[str, Scalar]]]:
+    """Each request-source view's source columns for every row, checked against their types:
+    its entity key columns from the row's entity keys, the others from its values."""
+    found: dict[str, list[dict[str, Scalar]]] = {}
+    for name in plan.request_views:
+        view = plan.views[name].view
+        keys = set(view.entities)
+        found[name] = []
+        for index, row in enumerate(rows):
+            key = dict(zip(view.entities, _entity_key(view, row, index), strict=True))
+            found[name].append(
+                {
+                    column.name: key[column.name]
+                    if column.name in keys
+                    else _supplied(row, index, column.name, (KINDS[column.type],))
+                    for column in view.source_columns
+                }
+            )
+    return found
+
+
+def _supplied(row: gpb.PredictRow, index: int, column: str, kinds: tuple[str, ...]) -> Scalar:
+    field = f"rows[{index}].features[{column}]"
+    if column not in row.features:
+        raise InvalidArgumentError(
+            field, f"missing: a request value (expected {' or '.join(kinds)})"
+        )
+    return typed(row.features[column], kinds, field, "request value")
+
+
+def assemble(
+    plan: FeaturePlan,
+    rows: Sequence[gpb.PredictRow],
+    online: Mapping[str, Sequence[Sequence[OnlineValue]]],
+    computed: Mapping[str, Sequence[Mapping[str, Scalar]]],
+) -> Featurized:
+    """The input tensors in binding order, and the features each row was served.
+
+    ``online[view][row]`` holds the values of ``plan.features_of(view)`` in order;
+    ``computed[view][row]`` the request-time features by name. A row's value under
+    a feature's own reference replaces the stored one.
+    """
+    positions = {view: {f: i for i, f in enumerate(plan.features_of(view))} for view in online}
+    served: list[dict[str, OnlineValue]] = [{} for _ in rows]
+    feeds: dict[str, Array] = {}
+    for bound in plan.inputs:
+        matrix: list[list[float]] = []
+        for index, row in enumerate(rows):
+            values: list[float] = []
+            for slot in bound.slots:
+                value = _served(slot, row, index, online, computed, positions)
+                served[index][slot.ref] = value
+                values.append(_number(value.value, slot, bound.spec, index))
+            matrix.append(values)
+        array = np.asarray(matrix, dtype=np.float64).reshape(len(rows), len(bound.slots))
+        feeds[bound.spec.name] = array.astype(DTYPES[bound.spec.datatype])
+    return Featurized(feeds, served)
+
+
+def _served(
+    slot: Slot,
+    row: gpb.PredictRow,
+    index: int,
+    online: Mapping[str, Sequence[Sequence[OnlineValue]]],
+    computed: Mapping[str, Sequence[Mapping[str, Scalar]]],
+    positions: Mapping[str, Mapping[str, int]],
+) -> OnlineValue:
+    if slot.origin is Origin.REQUEST:
+        return OnlineValue(_supplied(row, index, slot.name, NUMBER), None, FeatureStatus.PRESENT)
+    if slot.ref in row.features:
+        assert slot.type is not None
+        kinds = NUMBER if slot.type is ColumnType.DOUBLE else (KINDS[slot.type],)
+        return OnlineValue(_supplied(row, index, slot.ref, kinds), None, FeatureStatus.PRESENT)
+    if slot.origin is Origin.REQUEST_VIEW:
+        return OnlineValue(computed[slot.view][index][slot.name], None, FeatureStatus.PRESENT)
+    return online[slot.view][index][positions[slot.view][slot.name]]
+
+
+def _number(value: Scalar, slot: Slot, spec: TensorSpec, index: int) -> float:
+    if value is None:
+        if spec.datatype in _FLOATS:
+            return float("nan")
+        raise InvalidArgumentError(
+            f"rows[{index}]",
+            f"feature {slot.ref!r} has no value and declares no default; input "
+            f"{spec.name!r} ({spec.datatype}) cannot hold a null",
+        )
+    if isinstance(value, datetime | str):
+        raise InvalidArgumentError(f"rows[{index}]", f"feature {slot.ref!r} is not a number")
+    return float(value)

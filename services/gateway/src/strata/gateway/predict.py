@@ -1,0 +1,186 @@
+"""Strata ``Predict``: entity keys and request values in, one prediction per row out.
+
+For the version a request names, the features of its bindings are read from the
+online store in-process, in ONE Redis round trip for every row and every view
+(:func:`strata.transforms.online.read_online_views`); request-source views are
+computed from the row's values by their own transforms
+(:func:`strata.transforms.request.request_features`); the input tensors are
+assembled in binding order (:mod:`strata.gateway.featurize`) and run through the
+same data plane as ModelInfer (:meth:`Served.run`). Each row's prediction, with the
+features as served, goes to the prediction log after the answer is built (by way of
+the shadow challenger, :mod:`strata.gateway.shadows`, when one is loaded); the
+request never waits for Kafka nor for the challenger.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis.asyncio
+from google.protobuf.duration_pb2 import Duration
+
+from strata.api.common.v1.refs_pb2 import FeatureViewRef
+from strata.api.features.v1 import features_pb2 as fpb
+from strata.api.gateway.v1 import gateway_pb2 as gpb
+from strata.core.errors import FailedPreconditionError, InvalidArgumentError
+from strata.gateway.featurize import FeaturePlan, Featurized, assemble, entity_keys, request_rows
+from strata.gateway.models import CHAMPION, LoadedModel, Served
+from strata.gateway.prediction_log import PredictionLog
+from strata.gateway.shadows import CHALLENGER, Shadows
+from strata.gateway.tensors import Array
+from strata.gateway.values import feature_value, output_value
+from strata.transforms.online import OnlineRead, read_online_views
+from strata.transforms.request import request_features
+
+
+class Predictor:
+    """Answers Predict from ``served``, reading features from ``client`` and logging to ``log``."""
+
+    def __init__(
+        self,
+        served: Served,
+        client: redis.asyncio.Redis,
+        log: PredictionLog,
+        shadows: Shadows,
+    ) -> None:
+        self._served = served
+        self._redis = client
+        self._log = log
+        self._shadows = shadows
+
+    async def predict(self, request: gpb.PredictRequest, received: float) -> gpb.PredictResponse:
+        """One Predict; ``received`` is the ``time.perf_counter()`` of its arrival."""
+        alias, model = self._resolve(request)
+        if not request.rows:
+            raise InvalidArgumentError("rows", "expected at least one row to predict")
+        rows = list(request.rows)
+        plan, featurized, outputs = await self._answer(model, rows)
+        ids = [str(uuid.uuid4()) for _ in rows]
+        answers = [_row_outputs(outputs, index) for index in range(len(rows))]
+        response = gpb.PredictResponse(
+            model_name=model.name,
+            model_version=model.version,
+            alias=alias,
+            predictions=[
+                gpb.Prediction(prediction_id=pid, outputs=answer)
+                for pid, answer in zip(ids, answers, strict=True)
+            ],
+        )
+        latency = Duration()
+        latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
+        context = _Context(request, model, alias, plan, featurized, latency)
+        records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(rows))]
+        challenger = self._challenger(model, alias)
+        if challenger is None:
+            self._log.record(records)
+        else:
+            self._shadows.offer(challenger, rows, records)
+        return response
+
+    async def shadow(self, model: LoadedModel, rows: Sequence[gpb.PredictRow]) -> dict[str, Array]:
+        """What ``model`` answers for ``rows``, as Predict computes it (for a challenger)."""
+        _, _, outputs = await self._answer(model, rows)
+        return outputs
+
+    async def _answer(
+        self, model: LoadedModel, rows: Sequence[gpb.PredictRow]
+    ) -> tuple[FeaturePlan, Featurized, dict[str, Array]]:
+        plan = model.features
+        if plan is None:
+            raise FailedPreconditionError(
+                f"version {model.version} of model {model.name!r} has no feature bindings; "
+                "send it tensors with ModelInfer"
+            )
+        featurized = await self._featurize(plan, rows)
+        return plan, featurized, await self._served.run(model, featurized.feeds)
+
+    def _challenger(self, model: LoadedModel, alias: str) -> LoadedModel | None:
+        """The challenger to shadow a call with: a call through an alias other than the
+        challenger itself, when one is loaded (a pinned version is never shadowed)."""
+        if not alias or alias == CHALLENGER:
+            return None
+        challenger = self._served.current(model.name, CHALLENGER)
+        if challenger is None or challenger.version == model.version:
+            return None
+        return challenger
+
+    def _resolve(self, request: gpb.PredictRequest) -> tuple[str, LoadedModel]:
+        selector = request.WhichOneof("selector")
+        if selector == "version":
+            return "", self._served.by_version(request.model_name, request.version)
+        alias = request.alias if selector == "alias" else CHAMPION
+        return alias, self._served.by_alias(request.model_name, alias)
+
+    async def _featurize(self, plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> Featurized:
+        keys = entity_keys(plan, rows)
+        supplied = request_rows(plan, rows)
+        computed = {
+            name: request_features(plan.views[name].view, values)
+            for name, values in supplied.items()
+        }
+        online_views = plan.online_views
+        reads = [
+            OnlineRead(plan.views[name].view, keys[name], plan.features_of(name))
+            for name in online_views
+        ]
+        values = await read_online_views(self._redis, reads, datetime.now(UTC)) if reads else []
+        return assemble(plan, rows, dict(zip(online_views, values, strict=True)), computed)
+
+
+def _row_outputs(outputs: Mapping[str, Array], index: int) -> dict[str, fpb.Value]:
+    return {name: output_value(array[index]) for name, array in outputs.items()}
+
+
+def entity_key(row: gpb.PredictRow) -> str:
+    """The canonical entity key of the log: ``column=value`` sorted by column, joined by ``,``."""
+    parts = []
+    for column in sorted(row.entity_keys):
+        value = row.entity_keys[column]
+        kind = value.WhichOneof("kind")
+        shown = "" if kind in (None, "null_value") else getattr(value, kind)
+        if kind == "timestamp_value":
+            shown = value.timestamp_value.ToJsonString()
+        parts.append(f"{column}={shown}")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every row of one Predict shares in its log record."""
+
+    request: gpb.PredictRequest
+    model: LoadedModel
+    alias: str
+    plan: FeaturePlan
+    featurized: Featurized
+    latency: Duration
+
+    def logged(
+        self,
+        row: gpb.PredictRow,
+        prediction_id: str,
+        index: int,
+        outputs: Mapping[str, fpb.Value],
+    ) -> gpb.PredictionLogged:
+        return gpb.PredictionLogged(
+            prediction_id=prediction_id,
+            request_id=self.request.request_id,
+            entity_key=entity_key(row),
+            model_name=self.model.name,
+            model_version=self.model.version,
+            alias=self.alias,
+            features={
+                ref: feature_value(value.value, value.event_time, value.status)
+                for ref, value in self.featurized.served[index].items()
+            },
+            feature_views=[
+                FeatureViewRef(name=name, version=use.version)
+                for name, use in self.plan.views.items()
+            ],
+            outputs=outputs,
+            latency=self.latency,
+        )

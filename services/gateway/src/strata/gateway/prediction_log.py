@@ -1,0 +1,141 @@
+"""The prediction log: every served prediction, produced to ``strata.predictions`` in the
+background, in batches, from a bounded buffer.
+
+A request only appends its records to the buffer (no await, no I/O): it never waits
+for Kafka. One background task takes up to ``batch`` records at a time, sends them
+all through the bus's producer (idempotent, ``acks=all``) and waits for the
+acknowledgements together. A batch Kafka does not acknowledge goes back to the
+front of the buffer and is sent again after a backoff, so while Kafka is down the
+gateway keeps answering and the log catches up when it returns. A resent record
+keeps its event id (the prediction id), so consumers drop the duplicates a partial
+failure makes, as they drop any redelivery.
+
+The buffer is bounded (``capacity`` records): past it, new records are dropped,
+counted (``strata_gateway_predictions_dropped_total``) and logged, never silently.
+
+Why the bus's producer and not the transactional outbox: the outbox exists to commit
+an event with the state change it announces, in one Postgres transaction. A
+prediction changes no state the gateway keeps; writing each one to Postgres would put
+a database round trip (and a dependency the gateway does not otherwise have) on the
+hot path, for a guarantee with nothing to be atomic with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import structlog
+
+from strata.api.gateway.v1.gateway_pb2 import PredictionLogged
+from strata.core.bus import Bus, event_headers
+from strata.core.envelope import route_of, seal
+from strata.core.runtime import ServiceContext
+from strata.gateway.metrics import GatewayMetrics
+
+log = structlog.stdlib.get_logger(__name__)
+
+FIRST_BACKOFF = 0.2
+LAST_BACKOFF = 5.0
+ROUTE = route_of(PredictionLogged(entity_key="-"))
+"""Topic and schema version of the log, from the event's option. A prediction with no
+entity (all its features came with the request) is keyed by its id instead."""
+WARN_EVERY = 5.0
+"""Seconds between two warnings about the same trouble (drops, Kafka refusing)."""
+
+
+class PredictionLog:
+    """The buffer requests append to, and the task that empties it into Kafka."""
+
+    def __init__(self, capacity: int, batch: int, metrics: GatewayMetrics) -> None:
+        if capacity < 1 or batch < 1:
+            raise ValueError(f"capacity and batch must be positive, got {capacity} and {batch}")
+        self._capacity = capacity
+        self._batch = batch
+        self._metrics = metrics
+        self._buffer: deque[PredictionLogged] = deque()
+        self._ready = asyncio.Event()
+        self._warned = {"dropped": 0.0, "refused": 0.0}
+        self._dropped_since_warning = 0
+
+    def record(self, records: Sequence[PredictionLogged]) -> None:
+        """Queue ``records`` for Kafka; what does not fit is dropped and counted. Never blocks."""
+        room = max(self._capacity - len(self._buffer), 0)
+        kept = records[:room]
+        self._buffer.extend(kept)
+        self._metrics.buffered.set(len(self._buffer))
+        dropped = len(records) - len(kept)
+        if dropped:
+            self._metrics.dropped.inc(dropped)
+            self._dropped_since_warning += dropped
+            if self._due("dropped"):
+                log.warning(
+                    "prediction log buffer full; predictions dropped from the log",
+                    dropped=self._dropped_since_warning,
+                    capacity=self._capacity,
+                )
+                self._dropped_since_warning = 0
+        if kept:
+            self._ready.set()
+
+    async def run(self, context: ServiceContext) -> None:
+        """The background task: send the buffer to Kafka, batch by batch, until cancelled."""
+        self._metrics.attach(context.metrics.registry)
+        bus = context.bus
+        backoff = FIRST_BACKOFF
+        try:
+            while True:
+                if not self._buffer:
+                    self._ready.clear()
+                    await self._ready.wait()
+                batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
+                try:
+                    await _send(bus, batch)
+                except Exception as error:
+                    self._buffer.extendleft(reversed(batch))
+                    self._metrics.log_failures.inc()
+                    if self._due("refused"):
+                        log.warning(
+                            "Kafka did not take the prediction log; it is kept and retried",
+                            buffered=len(self._buffer),
+                            reason=repr(error),
+                        )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, LAST_BACKOFF)
+                    continue
+                backoff = FIRST_BACKOFF
+                self._metrics.logged.inc(len(batch))
+                self._metrics.buffered.set(len(self._buffer))
+        finally:
+            if self._buffer:
+                log.warning("predictions not logged at shutdown", buffered=len(self._buffer))
+
+    def _due(self, what: str) -> bool:
+        now = time.monotonic()
+        if now - self._warned[what] < WARN_EVERY:
+            return False
+        self._warned[what] = now
+        return True
+
+
+async def _send(bus: Bus, batch: Sequence[PredictionLogged]) -> None:
+    """Send ``batch`` at once and wait until Kafka acknowledged every record."""
+    producer = bus.producer
+    pending = []
+    for record in batch:
+        key = record.entity_key or record.prediction_id
+        envelope = seal(
+            record,
+            key=key,
+            producer=bus.name,
+            schema_version=ROUTE.schema_version,
+            event_id=record.prediction_id,
+        )
+        headers = event_headers(envelope.type, envelope.event_id, {})
+        sent = await producer.send(
+            ROUTE.topic, envelope.SerializeToString(), key=key.encode(), headers=headers
+        )
+        pending.append(sent)
+    await asyncio.gather(*pending)

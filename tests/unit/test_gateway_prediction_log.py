@@ -1,0 +1,104 @@
+"""The prediction log's buffer: a request never waits, what Kafka refuses is kept and sent
+again, what overflows is counted, and a resent record keeps its event id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from strata.api.gateway.v1.gateway_pb2 import PredictionLogged
+from strata.core.envelope import open_envelope
+from strata.core.metrics import Metrics
+from strata.core.runtime import ServiceContext
+from strata.gateway.metrics import GatewayMetrics
+from strata.gateway.prediction_log import PredictionLog
+
+
+class Producer:
+    """Takes records while ``up``; a send while down fails, as a dead broker's would."""
+
+    def __init__(self) -> None:
+        self.up = asyncio.Event()
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.up.is_set():
+            self.sent.append((topic, value, key))
+            done.set_result(None)
+        else:
+            done.set_exception(ConnectionError("broker down"))
+        return done
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.producer = Producer()
+        self.name = "gateway/test"
+
+
+def _context(bus: FakeBus) -> ServiceContext:
+    return ServiceContext("gateway", cast(Any, None), Metrics(), _bus=cast(Any, bus))
+
+
+def _records(count: int, start: int = 0) -> list[PredictionLogged]:
+    return [
+        PredictionLogged(prediction_id=f"p{i}", entity_key=f"courier_id={i}", model_name="eta")
+        for i in range(start, start + count)
+    ]
+
+
+async def _until(check: Any) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_records_kafka_refused_are_kept_and_sent_when_it_returns() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    log = PredictionLog(capacity=100, batch=4, metrics=metrics)
+    writer = asyncio.create_task(log.run(_context(bus)))
+    try:
+        log.record(_records(10))  # returns at once, Kafka down or not
+        await _until(lambda: metrics.log_failures._value.get() >= 1)
+        bus.producer.up.set()
+        await _until(lambda: len(bus.producer.sent) == 10)
+    finally:
+        writer.cancel()
+    events = [open_envelope(value) for _, value, _ in bus.producer.sent]
+    assert [e.event_id for e in events] == [f"p{i}" for i in range(10)], "in order, id kept"
+    assert {topic for topic, _, _ in bus.producer.sent} == {"strata.predictions"}
+    assert bus.producer.sent[3][2] == b"courier_id=3"
+    assert metrics.logged._value.get() == 10
+    assert metrics.dropped._value.get() == 0
+
+
+async def test_what_overflows_the_buffer_is_dropped_and_counted() -> None:
+    metrics = GatewayMetrics()
+    log = PredictionLog(capacity=5, batch=4, metrics=metrics)
+    log.record(_records(3))
+    log.record(_records(4, start=3))
+    assert metrics.dropped._value.get() == 2
+    assert metrics.buffered._value.get() == 5
+
+
+async def test_a_prediction_without_entity_is_keyed_by_its_id() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    bus.producer.up.set()
+    log = PredictionLog(capacity=10, batch=10, metrics=metrics)
+    writer = asyncio.create_task(log.run(_context(bus)))
+    try:
+        log.record([PredictionLogged(prediction_id="solo", model_name="eta")])
+        await _until(lambda: len(bus.producer.sent) == 1)
+    finally:
+        writer.cancel()
+    assert bus.producer.sent[0][2] == b"solo"
+
+
+def test_a_log_needs_room() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        PredictionLog(capacity=0, batch=1, metrics=GatewayMetrics())
