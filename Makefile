@@ -42,8 +42,9 @@ test-stack-down: ## Stop the tests' own stack, which `make test` leaves running
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit
 
-bench: stack-up ## Event bus benchmark vs bare aiokafka (~3 min); writes bench/results/
+bench: stack-up ## Event bus vs bare aiokafka, serving vs MLServer; writes bench/results/
 	$(UV) run --frozen python -m bench.bus
+	$(UV) run --frozen python -m bench.serving
 
 lint: proto-check proto-lint ## ruff, mypy and the proto checks
 	$(UV) run --frozen ruff check .

@@ -1,6 +1,6 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
 ``strata workflow apply|list``, ``strata features apply|list|get|online|training-set``,
-``strata nodes list``.
+``strata models list|show|promote|audit``, ``strata nodes list``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -44,6 +44,11 @@ features = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(features, name="features")
+models = typer.Typer(
+    help="Models: their versions and artifacts in the registry, and the aliases served.",
+    no_args_is_help=True,
+)
+app.add_typer(models, name="models")
 nodes = typer.Typer(
     help="Nodes: the machines whose agents run tasks, their capacity and what is reserved.",
     no_args_is_help=True,
@@ -192,6 +197,50 @@ def features_training_set(
     _run_features(training.training_set(views, labels, out, time_column, _out()))
 
 
+@models.command("list")
+def models_list() -> None:
+    """Every model: its latest version, its aliases and who created it."""
+    from strata.sdk.models import commands
+
+    _run_models(commands.list_models(_out()))
+
+
+@models.command("show")
+def models_show(
+    reference: Annotated[
+        str, typer.Argument(help="NAME (the latest version), NAME:VERSION or NAME@ALIAS.")
+    ],
+) -> None:
+    """One version with everything the registry holds for it."""
+    from strata.sdk.models import commands
+
+    _run_models(commands.show(reference, _out()))
+
+
+@models.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="The version the alias should point at.")],
+    alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
+    reason: Annotated[str, typer.Option(help="Why, recorded in the audit log.")] = "",
+) -> None:
+    """Point ALIAS of NAME at VERSION; the gateway swaps to it. Exits 1 when refused."""
+    from strata.sdk.models import commands
+
+    _run_models(commands.promote(name, version, alias, reason, _out()))
+
+
+@models.command("audit")
+def models_audit(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    limit: Annotated[int, typer.Option(help="Most entries to show, newest first.")] = 50,
+) -> None:
+    """Every change made to NAME: versions registered, artifacts uploaded, aliases moved."""
+    from strata.sdk.models import commands
+
+    _run_models(commands.audit(name, limit, _out()))
+
+
 @nodes.command("list")
 def nodes_list(
     state: Annotated[
@@ -228,6 +277,20 @@ def _run_workflow(command: Coroutine[None, None, None]) -> None:
 def _run_features(command: Coroutine[None, None, None]) -> None:
     """Run a features command; its failures are one line on stderr and exit 1."""
     from strata.sdk.features.commands import CommandError
+
+    try:
+        asyncio.run(command)
+    except CommandError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_models(command: Coroutine[None, None, None]) -> None:
+    """Run a models command; its failures are one line on stderr and exit 1."""
+    from strata.sdk.models.commands import CommandError
 
     try:
         asyncio.run(command)
