@@ -42,9 +42,10 @@ test-stack-down: ## Stop the tests' own stack, which `make test` leaves running
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit
 
-bench: stack-up ## Event bus vs bare aiokafka, serving vs MLServer; writes bench/results/
+bench: stack-up ## Bus vs aiokafka, serving vs MLServer, dispatch vs Prefect; writes bench/results/
 	$(UV) run --frozen python -m bench.bus
 	$(UV) run --frozen python -m bench.serving
+	$(UV) run --frozen python -m bench.dispatch
 
 lint: proto-check proto-lint ## ruff, mypy and the proto checks
 	$(UV) run --frozen ruff check .
