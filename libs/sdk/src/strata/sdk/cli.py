@@ -1,5 +1,6 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
-``strata workflow apply|list``, ``strata features apply|list|get|online|training-set``,
+``strata workflow apply|list|run|status|cancel|backfill``,
+``strata features apply|list|get|online|training-set``,
 ``strata models list|show|promote|audit``, ``strata nodes list``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
@@ -129,6 +130,65 @@ def workflow_list() -> None:
     from strata.sdk.workflows import commands
 
     _run_workflow(commands.list_workflows(_out()))
+
+
+@workflow.command("run")
+def workflow_run(
+    name: Annotated[str, typer.Argument(help="Workflow to run (its current version).")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="A run parameter as key=value (JSON values are typed); repeatable."),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Show every task live until the run ends.")
+    ] = False,
+) -> None:
+    """Start a run of NAME. With --follow, exits 1 unless the run SUCCEEDED."""
+    from strata.sdk.workflows import commands
+
+    _run_workflow(commands.run(name, param or [], follow=follow, out=_out()))
+
+
+@workflow.command("status")
+def workflow_status(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """A run and each of its tasks: state, attempt, node, duration and why."""
+    from strata.sdk.workflows import commands
+
+    _run_workflow(commands.status(run_id, _out()))
+
+
+@workflow.command("cancel")
+def workflow_cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on the run.")] = "",
+) -> None:
+    """Cancel a run: pending tasks are cancelled, running attempts told to stop."""
+    from strata.sdk.workflows import commands
+
+    _run_workflow(commands.cancel(run_id, reason, _out()))
+
+
+@workflow.command("backfill")
+def workflow_backfill(
+    name: Annotated[str, typer.Argument(help="Workflow with a cron trigger.")],
+    start: Annotated[str, typer.Option("--from", help="First time, ISO 8601 (UTC if no offset).")],
+    end: Annotated[str, typer.Option("--to", help="Last time, ISO 8601 (UTC if no offset).")],
+    max_concurrent: Annotated[
+        int, typer.Option(help="Most of its runs active at once; 0: the workflow's limit.")
+    ] = 0,
+    dataset: Annotated[
+        str, typer.Option(help="Run per partition of this dataset that arrived in the range.")
+    ] = "",
+) -> None:
+    """One run per cron tick of NAME from --from to --to (or per partition of --dataset
+    that arrived then), ticks and partitions already run excepted."""
+    from strata.sdk.workflows import commands
+
+    _run_workflow(
+        commands.backfill(
+            name, start, end, max_concurrent=max_concurrent, dataset=dataset, out=_out()
+        )
+    )
 
 
 @features.command("apply")

@@ -1,13 +1,19 @@
 """The scheduler's gRPC edge: converts SchedulerService messages, calls the domain and
 the store, converts back. Validation and versioning rules live in the domain.
 
-Methods not written yet (WatchRun, CancelRun) are inherited from the generated base
-class and answer UNIMPLEMENTED.
+WatchRun polls the run's change log (``run_changes``, written with each change)
+every :data:`WATCH_POLL` seconds rather than holding a LISTEN connection per
+stream: a watcher is a person's terminal, for whom a fifth of a second is
+invisible, and a poll holds a pooled connection only for one indexed query, so a
+hundred watchers on any replica cost no dedicated connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +29,16 @@ from strata.core.paging import page_size, position_after, token_of
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
 from strata.core.versions import next_version, spec_sha256
+from strata.scheduler.clock import clock_of
 from strata.scheduler.domain.paging import run_after, run_token
-from strata.scheduler.domain.runs import TaskStatus
+from strata.scheduler.domain.runs import RUN_TERMINAL, TaskStatus
 from strata.scheduler.domain.validation import validate
 from strata.scheduler.runs import Runs
 from strata.scheduler.store import StoredRun, StoredWorkflow, WorkflowStore
+from strata.scheduler.triggers import Triggers
+
+WATCH_POLL = 0.2
+"""Seconds between two reads of a watched run's change log."""
 
 
 class SchedulerApi(SchedulerServiceServicer):
@@ -35,7 +46,8 @@ class SchedulerApi(SchedulerServiceServicer):
 
     def __init__(self, context: ServiceContext) -> None:
         self._workflows = WorkflowStore(context.pool, context.schema)
-        self._runs = Runs(context)
+        self._runs = Runs(context, clock=clock_of())
+        self._triggers = Triggers(context, self._runs)
 
     @override
     async def ApplyWorkflow(
@@ -48,6 +60,7 @@ class SchedulerApi(SchedulerServiceServicer):
         applied = await self._workflows.apply(
             request.spec, paused=request.paused, applied_by=principal
         )
+        await self._triggers.begin_schedules(applied.workflow)
         return pb.ApplyWorkflowResponse(
             workflow=_workflow(applied.workflow), changed=applied.changed
         )
@@ -94,14 +107,67 @@ class SchedulerApi(SchedulerServiceServicer):
 
     @override
     async def GetRun(self, request: pb.GetRunRequest, context: object) -> pb.GetRunResponse:
-        try:
-            run_id = str(uuid.UUID(request.run_id))
-        except ValueError:
-            raise InvalidArgumentError("run_id", f"{request.run_id!r} is not a UUID") from None
-        run = await self._runs.store.get(run_id)
+        run = await self._runs.store.get(_run_id(request.run_id))
         if run is None:
             raise NotFoundError(f"run {request.run_id!r}")
         return pb.GetRunResponse(run=_run(run))
+
+    @override
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: object
+    ) -> pb.CancelRunResponse:
+        principal = current_principal().name
+        reason = request.reason or f"cancelled by {principal}"
+        run = await self._runs.cancel(_run_id(request.run_id), reason)
+        return pb.CancelRunResponse(run=_run(run))
+
+    @override
+    async def BackfillWorkflow(
+        self, request: pb.BackfillWorkflowRequest, context: object
+    ) -> pb.BackfillWorkflowResponse:
+        if not request.workflow_name:
+            raise InvalidArgumentError("workflow_name", "is empty: name the workflow to backfill")
+        for field in ("from_time", "to_time"):
+            if not request.HasField(field):
+                raise InvalidArgumentError(field, "is not set: give the range to backfill")
+        if request.max_concurrent < 0:
+            raise InvalidArgumentError(
+                "max_concurrent",
+                f"must be 0 (the workflow's limit) or more, got {request.max_concurrent}",
+            )
+        workflow = await self._workflows.get(request.workflow_name)
+        if workflow is None:
+            raise NotFoundError(f"workflow {request.workflow_name!r}")
+        runs, created = await self._triggers.backfill(
+            workflow,
+            request.from_time.ToDatetime(tzinfo=UTC),
+            request.to_time.ToDatetime(tzinfo=UTC),
+            request.max_concurrent,
+            request.dataset,
+        )
+        return pb.BackfillWorkflowResponse(
+            runs=[_run(replace(r, tasks=())) for r in runs], created=created
+        )
+
+    @override
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: object
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        found = await self._runs.store.snapshot(_run_id(request.run_id))
+        if found is None:
+            raise NotFoundError(f"run {request.run_id!r}")
+        run, seen = found
+        yield pb.WatchRunResponse(occurred_at=_timestamp(datetime.now(UTC)), snapshot=_run(run))
+        if run.state in RUN_TERMINAL:
+            return
+        while True:
+            for position, raw in await self._runs.store.changes_after(run.run_id, seen):
+                seen = position
+                change = pb.WatchRunResponse.FromString(raw)
+                yield change
+                if change.run_state_changed.state in RUN_TERMINAL:
+                    return
+            await asyncio.sleep(WATCH_POLL)
 
     @override
     async def ListRuns(self, request: pb.ListRunsRequest, context: object) -> pb.ListRunsResponse:
@@ -139,6 +205,13 @@ class SchedulerApi(SchedulerServiceServicer):
             paused=request.paused,
         )
         return pb.ApplyWorkflowResponse(workflow=_workflow(preview), changed=True)
+
+
+def _run_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgumentError("run_id", f"{value!r} is not a UUID") from None
 
 
 def _workflow(stored: StoredWorkflow) -> pb.Workflow:

@@ -2,8 +2,9 @@
 
 In: what the provisioner and the agents report on ``strata.tasks.events``
 (placed, started, finished, failed, lost), as domain reports. Out: what the
-scheduler announces (TaskRequested on ``strata.tasks.requested``; RunStateChanged
-and TaskStateChanged on ``strata.runs.events``), built from a run and a decision.
+scheduler announces (TaskRequested and TaskCancelRequested on
+``strata.tasks.requested``; RunStateChanged and TaskStateChanged on
+``strata.runs.events``), built from a run and a decision.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from strata.api.provisioner.v1.provisioner_pb2 import (
 from strata.api.scheduler.v1.scheduler_pb2 import (
     RunState,
     RunStateChanged,
+    TaskCancelRequested,
     TaskRequested,
     TaskStateChanged,
 )
@@ -104,6 +106,11 @@ def task_requested(plan: RunPlan, run: StoredRun, task: TaskStatus) -> TaskReque
     if spec.HasField("timeout"):
         request.timeout.CopyFrom(spec.timeout)
     return request
+
+
+def task_cancel_requested(run_id: str, task: TaskStatus, reason: str) -> TaskCancelRequested:
+    """Ask the provisioner to stop ``task``'s current attempt."""
+    return TaskCancelRequested(attempt=_ref(run_id, task.task_id, task.attempt), reason=reason)
 
 
 def task_state_changed(run_id: str, change: TaskChange) -> TaskStateChanged:

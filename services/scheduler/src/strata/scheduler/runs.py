@@ -1,7 +1,9 @@
-"""Where runs move: start one, apply an attempt's report, release retries whose
-backoff ended. Each is one transaction holding the run's row lock, the new task
-and run states, and the events announcing them (through the outbox), so a crash
-leaves either all of it or none.
+"""Where runs move: create one (started, or QUEUED while its lane is full), apply an
+attempt's report, release retries whose backoff ended, cancel one. Each is one
+transaction holding the run's row lock, the new task and run states, the events
+announcing them (through the outbox) and the changes WatchRun streams, so a crash
+leaves either all of it or none. When an active run ends, the oldest QUEUED run of
+its lane starts in the same transaction.
 
 The decisions come from :mod:`strata.scheduler.domain.runs`; the SQL from
 :mod:`strata.scheduler.store`; the event messages from :mod:`strata.scheduler.events`.
@@ -10,30 +12,42 @@ The decisions come from :mod:`strata.scheduler.domain.runs`; the SQL from
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter
 
 from strata.api.scheduler.v1.scheduler_pb2 import (
-    RUN_STATE_RUNNING,
+    RUN_STATE_CANCELLING,
+    RUN_STATE_QUEUED,
     RUN_STATE_UNSPECIFIED,
     RunCause,
     RunState,
+    RunStateChanged,
+    TaskStateChanged,
+    WatchRunResponse,
     WorkflowSpec,
 )
-from strata.core.errors import InvalidArgumentError
+from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.inbox import claim
 from strata.core.migrations import DbConnection
 from strata.core.runtime import ServiceContext
+from strata.scheduler.clock import Clock
 from strata.scheduler.domain import runs as transitions
 from strata.scheduler.domain.plan import RunPlan
-from strata.scheduler.domain.runs import Decision, Report
-from strata.scheduler.events import run_state_changed, task_requested, task_state_changed
+from strata.scheduler.domain.runs import RUN_ACTIVE, RUN_TERMINAL, Decision, Report
+from strata.scheduler.domain.triggers import admits
+from strata.scheduler.events import (
+    run_state_changed,
+    task_cancel_requested,
+    task_requested,
+    task_state_changed,
+)
 from strata.scheduler.store import RunStore, StoredRun, StoredWorkflow, WorkflowStore
 
 log = structlog.stdlib.get_logger(__name__)
@@ -61,7 +75,7 @@ class Runs:
         context: ServiceContext,
         *,
         stale: Counter | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self._context = context
         self._pool = context.pool
@@ -71,6 +85,9 @@ class Runs:
         self._clock = clock
         self._plans: dict[tuple[str, int], RunPlan] = {}
 
+    def now(self) -> datetime:
+        return self._clock()
+
     async def trigger(
         self,
         workflow: StoredWorkflow,
@@ -79,32 +96,81 @@ class Runs:
         request_id: str,
     ) -> StoredRun:
         """Start a run of ``workflow``; with a ``request_id`` used before, that run instead."""
-        plan = self._plan(workflow.spec, workflow.version)
-        now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
-            if request_id and (existing := await self.store.by_request(conn, request_id)):
-                return existing
-            decision = transitions.start(plan, params, now)
-            run = StoredRun(
-                run_id=str(uuid.uuid4()),
-                workflow_name=workflow.spec.name,
-                workflow_version=workflow.version,
-                state=decision.run_state,
-                cause=cause,
-                params=dict(params),
-                message=decision.message,
-                created_at=now,
-                started_at=now if decision.requested else None,
-                finished_at=None if decision.run_state == RUN_STATE_RUNNING else now,
-                tasks=decision.tasks,
-            )
-            if not await self.store.insert(conn, run, request_id or None):
-                existing = await self.store.by_request(conn, request_id)
-                assert existing is not None, "the insert conflicted on this request id"
-                return existing
-            await self._announce(conn, plan, run, RUN_STATE_UNSPECIFIED, decision)
-        log.info("run started", run_id=run.run_id, workflow=run.workflow_name)
+            run, _ = await self.create(conn, workflow, params, cause, request_id=request_id or None)
         return run
+
+    async def create(
+        self,
+        conn: DbConnection,
+        workflow: StoredWorkflow,
+        params: Mapping[str, Any],
+        cause: RunCause,
+        *,
+        request_id: str | None = None,
+        trigger_key: str | None = None,
+        lane: str = "",
+        lane_limit: int | None = None,
+    ) -> tuple[StoredRun, bool]:
+        """Create a run in the caller's transaction; False and the existing run when
+        ``request_id`` or ``trigger_key`` made one before.
+
+        The run starts at once when its lane (default: the workflow's
+        max_active_runs) has room, else it is QUEUED.
+        """
+        if request_id and (existing := await self.store.by_request(conn, request_id)):
+            return existing, False
+        if trigger_key and (existing := await self.store.by_trigger(conn, trigger_key)):
+            return existing, False
+        plan = self._plan(workflow.spec, workflow.version)
+        limit = workflow.spec.max_active_runs if lane_limit is None else lane_limit
+        now = self._clock()
+        admitted = True
+        if limit > 0:  # without a limit, runs of one workflow need not wait for each other
+            await self.store.lock_lanes(conn, workflow.spec.name)
+            active = await self.store.active_in_lane(conn, workflow.spec.name, lane)
+            admitted = admits(limit, active)
+        decision = transitions.start(plan, params, now) if admitted else transitions.queued(plan)
+        run = StoredRun(
+            run_id=str(uuid.uuid4()),
+            workflow_name=workflow.spec.name,
+            workflow_version=workflow.version,
+            state=decision.run_state,
+            cause=cause,
+            params=dict(params),
+            message=decision.message,
+            created_at=now,
+            started_at=now if decision.requested else None,
+            finished_at=now if decision.run_state in RUN_TERMINAL else None,
+            tasks=decision.tasks,
+            lane=lane,
+            lane_limit=limit,
+        )
+        if not await self.store.insert(conn, run, request_id, trigger_key):
+            existing = None
+            if request_id:
+                existing = await self.store.by_request(conn, request_id)
+            if existing is None and trigger_key:
+                existing = await self.store.by_trigger(conn, trigger_key)
+            assert existing is not None, "the insert conflicted on its request id or trigger key"
+            return existing, False
+        await self._announce(conn, plan, run, RUN_STATE_UNSPECIFIED, decision)
+        log.info("run created", run_id=run.run_id, workflow=run.workflow_name, state=run.state)
+        return run, True
+
+    async def cancel(self, run_id: str, reason: str) -> StoredRun:
+        """Cancel a run; a run already terminal or cancelling is returned unchanged."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            run = await self.store.lock(conn, run_id)
+            if run is None:
+                raise NotFoundError(f"run {run_id!r}")
+            if run.state in RUN_TERMINAL or run.state == RUN_STATE_CANCELLING:
+                return run
+            plan = await self._plan_of(run)
+            decision = transitions.cancel(plan, run.params, run.tasks, reason, self._clock())
+            updated = await self._save(conn, plan, run, decision)
+        log.info("run cancelled", run_id=run_id, state=updated.state, reason=reason)
+        return updated
 
     async def report(self, run_id: str, event: Report, event_id: str, event_type: str) -> None:
         """Apply one attempt's report to its run, once per event id."""
@@ -120,11 +186,14 @@ class Runs:
                 log.warning("task event for an unknown run", run_id=run_id, event_type=event_type)
                 return
             plan = await self._plan_of(run)
+            cancel_reason = run.message if run.state == RUN_STATE_CANCELLING else None
             try:
-                decision = transitions.report(plan, run.params, run.tasks, event, self._clock())
+                decision = transitions.report(
+                    plan, run.params, run.tasks, event, self._clock(), cancel_reason=cancel_reason
+                )
             except ValueError as error:
                 raise InvalidArgumentError("attempt.task_id", str(error)) from None
-            if decision.stale:
+            if decision.stale or run.state == RUN_STATE_QUEUED:
                 if self._stale is not None:
                     self._stale.labels(event=event_type).inc()
                 log.info(
@@ -155,7 +224,9 @@ class Runs:
 
     async def _save(
         self, conn: DbConnection, plan: RunPlan, run: StoredRun, decision: Decision
-    ) -> None:
+    ) -> StoredRun:
+        """Store and announce ``decision``; start the next QUEUED run of the lane when
+        this one stopped being active."""
         now = self._clock()
         changed_ids = {c.task_id for c in decision.changes}
         updated = replace(
@@ -163,14 +234,31 @@ class Runs:
             state=decision.run_state,
             message=decision.message,
             started_at=run.started_at or (now if decision.requested else None),
-            finished_at=run.finished_at
-            or (None if decision.run_state == RUN_STATE_RUNNING else now),
+            finished_at=run.finished_at or (now if decision.run_state in RUN_TERMINAL else None),
             tasks=decision.tasks,
         )
         await self.store.save(
             conn, updated, [t for t in decision.tasks if t.task_id in changed_ids]
         )
         await self._announce(conn, plan, updated, run.state, decision)
+        if run.state in RUN_ACTIVE and updated.state in RUN_TERMINAL:
+            await self._start_queued(conn, run.workflow_name, run.lane)
+        return updated
+
+    async def _start_queued(self, conn: DbConnection, workflow_name: str, lane: str) -> None:
+        """Start the lane's QUEUED runs, oldest first, while the lane has room."""
+        await self.store.lock_lanes(conn, workflow_name)
+        while True:
+            queued = await self.store.oldest_queued(conn, workflow_name, lane)
+            if queued is None:
+                return
+            active = await self.store.active_in_lane(conn, workflow_name, lane)
+            if not admits(queued.lane_limit, active):
+                return
+            plan = await self._plan_of(queued)
+            decision = transitions.start(plan, queued.params, self._clock())
+            started = await self._save(conn, plan, queued, decision)
+            log.info("queued run started", run_id=started.run_id, workflow=workflow_name)
 
     async def _announce(
         self,
@@ -181,12 +269,22 @@ class Runs:
         decision: Decision,
     ) -> None:
         """Publish the task changes, the attempts to run and the run's change, in that order."""
-        events: list[Message] = [task_state_changed(run.run_id, c) for c in decision.changes]
-        events += [task_requested(plan, run, task) for task in decision.requested]
+        changes: list[TaskStateChanged | RunStateChanged] = [
+            task_state_changed(run.run_id, c) for c in decision.changes
+        ]
         if run.state != previous:
-            events.append(run_state_changed(run, previous))
+            changes.append(run_state_changed(run, previous))
+        events: list[Message] = [*changes[: len(decision.changes)]]
+        events += [task_requested(plan, run, task) for task in decision.requested]
+        events += [
+            task_cancel_requested(run.run_id, task, run.message) for task in decision.to_stop
+        ]
+        events += changes[len(decision.changes) :]
         await self._context.outbox.publish(conn, *events)
-        if run.state != previous and run.state != RUN_STATE_RUNNING:
+        await self.store.record_changes(
+            conn, run.run_id, [_watched(c, self._clock()) for c in changes]
+        )
+        if run.state != previous and run.state in RUN_TERMINAL:
             log.info("run finished", run_id=run.run_id, state=run.state, message=run.message)
 
     async def _plan_of(self, run: StoredRun) -> RunPlan:
@@ -203,3 +301,14 @@ class Runs:
         if key not in self._plans:
             self._plans[key] = RunPlan.of(spec)
         return self._plans[key]
+
+
+def _watched(change: TaskStateChanged | RunStateChanged, now: datetime) -> bytes:
+    """``change`` as the WatchRunResponse a watcher of its run gets."""
+    occurred_at = Timestamp()
+    occurred_at.FromDatetime(now)
+    if isinstance(change, RunStateChanged):
+        message = WatchRunResponse(occurred_at=occurred_at, run_state_changed=change)
+    else:
+        message = WatchRunResponse(occurred_at=occurred_at, task_state_changed=change)
+    return message.SerializeToString()

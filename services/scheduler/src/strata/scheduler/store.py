@@ -17,10 +17,16 @@ from typing import Any
 
 import asyncpg
 
-from strata.api.scheduler.v1.scheduler_pb2 import RunCause, RunState, WorkflowSpec
+from strata.api.scheduler.v1.scheduler_pb2 import (
+    RUN_STATE_QUEUED,
+    RunCause,
+    RunState,
+    WorkflowSpec,
+)
 from strata.core.migrations import DbConnection
 from strata.core.versions import next_version, spec_sha256
-from strata.scheduler.domain.runs import TaskStatus
+from strata.scheduler.domain.runs import RUN_ACTIVE, TaskStatus
+from strata.scheduler.domain.triggers import ArrivedPartition
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,18 @@ class WorkflowStore:
             )
         return None if row is None else _workflow(row)
 
+    async def current(self) -> list[StoredWorkflow]:
+        """The current version of every workflow: what triggers are matched against.
+
+        Triggers are read from the specs themselves, so nothing derived from a spec
+        can drift from it; a scheduler holds hundreds of workflows, not millions.
+        By name, so transactions that lock several workflows lock them in one order.
+        """
+        rows = await self._pool.fetch(
+            f"{self._select} WHERE v.version = w.current_version ORDER BY w.name"
+        )
+        return [_workflow(row) for row in rows]
+
     async def list(self, *, after: str, limit: int) -> list[StoredWorkflow]:
         """Current versions of the workflows named after ``after``, by name, at most ``limit``."""
         rows = await self._pool.fetch(
@@ -152,11 +170,15 @@ class StoredRun:
     started_at: datetime | None
     finished_at: datetime | None
     tasks: tuple[TaskStatus, ...] = ()
+    lane: str = ""
+    """The runs this one counts against for its limit: '' (max_active_runs) or a backfill's."""
+    lane_limit: int = 0
+    """Most active runs of the lane (0: no limit)."""
 
 
 _RUN_COLUMNS = (
     "run_id, workflow_name, workflow_version, state, cause, params, message, "
-    "created_at, started_at, finished_at"
+    "created_at, started_at, finished_at, lane, lane_limit"
 )
 _TASK_COLUMNS = (
     "task_id, state, attempt, node_id, outputs, message, due_at, started_at, finished_at"
@@ -171,14 +193,22 @@ class RunStore:
         self._pool = pool
         self._schema = schema
 
-    async def insert(self, conn: DbConnection, run: StoredRun, request_id: str | None) -> bool:
-        """Store a new run and its tasks; False when ``request_id`` was used already."""
+    async def insert(
+        self,
+        conn: DbConnection,
+        run: StoredRun,
+        request_id: str | None,
+        trigger_key: str | None = None,
+    ) -> bool:
+        """Store a new run and its tasks; False when ``request_id`` or ``trigger_key``
+        was used already."""
         s = self._schema
         inserted = await conn.fetchval(
             f"INSERT INTO {s}.runs (run_id, workflow_name, workflow_version, state, cause, "
-            "params, message, created_at, started_at, finished_at, request_id) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-            "ON CONFLICT (request_id) DO NOTHING RETURNING true",
+            "params, message, created_at, started_at, finished_at, request_id, trigger_key, "
+            "lane, lane_limit) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+            "ON CONFLICT DO NOTHING RETURNING true",
             uuid.UUID(run.run_id),
             run.workflow_name,
             run.workflow_version,
@@ -190,6 +220,9 @@ class RunStore:
             run.started_at,
             run.finished_at,
             request_id,
+            trigger_key,
+            run.lane,
+            run.lane_limit,
         )
         if not inserted:
             return False
@@ -206,6 +239,77 @@ class RunStore:
             f"SELECT run_id FROM {self._schema}.runs WHERE request_id = $1", request_id
         )
         return None if run_id is None else await self.get(str(run_id), conn)
+
+    async def by_trigger(self, conn: DbConnection, trigger_key: str) -> StoredRun | None:
+        """The run a trigger with ``trigger_key`` started, with its tasks."""
+        run_id = await conn.fetchval(
+            f"SELECT run_id FROM {self._schema}.runs WHERE trigger_key = $1", trigger_key
+        )
+        return None if run_id is None else await self.get(str(run_id), conn)
+
+    async def lock_lanes(self, conn: DbConnection, workflow_name: str) -> None:
+        """Lock the workflow's row until the transaction ends: whoever counts the
+        active runs of one of its lanes and then starts one holds it, so two never
+        both take the last place."""
+        await conn.execute(
+            f"SELECT 1 FROM {self._schema}.workflows WHERE name = $1 FOR UPDATE", workflow_name
+        )
+
+    async def active_in_lane(self, conn: DbConnection, workflow_name: str, lane: str) -> int:
+        """How many runs of the lane are RUNNING or CANCELLING."""
+        count: int = await conn.fetchval(
+            f"SELECT count(*) FROM {self._schema}.runs "
+            "WHERE workflow_name = $1 AND lane = $2 AND state = ANY($3::smallint[])",
+            workflow_name,
+            lane,
+            list(RUN_ACTIVE),
+        )
+        return count
+
+    async def oldest_queued(
+        self, conn: DbConnection, workflow_name: str, lane: str
+    ) -> StoredRun | None:
+        """The lane's QUEUED run created first, locked, with its tasks."""
+        row = await conn.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM {self._schema}.runs "
+            "WHERE workflow_name = $1 AND lane = $2 AND state = $3 "
+            "ORDER BY created LIMIT 1 FOR UPDATE",
+            workflow_name,
+            lane,
+            RUN_STATE_QUEUED,
+        )
+        return None if row is None else await self._with_tasks(conn, row)
+
+    async def record_changes(
+        self, conn: DbConnection, run_id: str, changes: Sequence[bytes]
+    ) -> None:
+        """Append what WatchRun streams about the run, in the caller's transaction."""
+        await conn.executemany(
+            f"INSERT INTO {self._schema}.run_changes (run_id, change) VALUES ($1, $2)",
+            [(uuid.UUID(run_id), change) for change in changes],
+        )
+
+    async def snapshot(self, run_id: str) -> tuple[StoredRun, int] | None:
+        """The run and the position of its last change, read at one instant."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            run = await self.get(run_id, conn)
+            if run is None:
+                return None
+            seq = await conn.fetchval(
+                f"SELECT coalesce(max(seq), 0) FROM {self._schema}.run_changes WHERE run_id = $1",
+                uuid.UUID(run_id),
+            )
+        return run, seq
+
+    async def changes_after(self, run_id: str, seq: int) -> list[tuple[int, bytes]]:
+        """The run's changes after position ``seq``, in order."""
+        rows = await self._pool.fetch(
+            f"SELECT seq, change FROM {self._schema}.run_changes "
+            "WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+            uuid.UUID(run_id),
+            seq,
+        )
+        return [(row["seq"], row["change"]) for row in rows]
 
     async def lock(self, conn: DbConnection, run_id: str) -> StoredRun | None:
         """The run with its tasks, its row locked until the transaction ends."""
@@ -306,6 +410,8 @@ def _run(row: asyncpg.Record) -> StoredRun:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        lane=row["lane"],
+        lane_limit=row["lane_limit"],
     )
 
 
@@ -337,3 +443,112 @@ def _task_values(task: TaskStatus) -> tuple[object, ...]:
         task.started_at,
         task.finished_at,
     )
+
+
+class ScheduleStore:
+    """The last tick of each cron schedule in ``schema``, in the caller's transaction."""
+
+    def __init__(self, schema: str) -> None:
+        self._schema = schema
+
+    async def begin(
+        self,
+        db: asyncpg.Pool | DbConnection,
+        workflow_name: str,
+        expression: str,
+        time_zone: str,
+        now: datetime,
+    ) -> None:
+        """Start a schedule at ``now`` unless it exists: a new schedule runs from its
+        next tick, not from ticks before it existed; a re-applied one keeps its place."""
+        await db.execute(
+            f"INSERT INTO {self._schema}.schedules "
+            "(workflow_name, expression, time_zone, last_tick) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            workflow_name,
+            expression,
+            time_zone,
+            now,
+        )
+
+    async def last_ticks(
+        self, db: asyncpg.Pool | DbConnection
+    ) -> dict[tuple[str, str, str], datetime]:
+        """Every schedule's last tick by (workflow, expression, time zone), in one read,
+        so a round of the cron loop locks only the schedules that have a tick due."""
+        rows = await db.fetch(
+            f"SELECT workflow_name, expression, time_zone, last_tick FROM {self._schema}.schedules"
+        )
+        return {
+            (row["workflow_name"], row["expression"], row["time_zone"]): row["last_tick"]
+            for row in rows
+        }
+
+    async def claim(
+        self, conn: DbConnection, workflow_name: str, expression: str, time_zone: str
+    ) -> datetime | None:
+        """The schedule's last tick, its row locked; None when another replica holds it
+        (or it was never begun)."""
+        last: datetime | None = await conn.fetchval(
+            f"SELECT last_tick FROM {self._schema}.schedules "
+            "WHERE workflow_name = $1 AND expression = $2 AND time_zone = $3 "
+            "FOR UPDATE SKIP LOCKED",
+            workflow_name,
+            expression,
+            time_zone,
+        )
+        return last
+
+    async def advance(
+        self,
+        conn: DbConnection,
+        workflow_name: str,
+        expression: str,
+        time_zone: str,
+        tick: datetime,
+    ) -> None:
+        await conn.execute(
+            f"UPDATE {self._schema}.schedules SET last_tick = $4 "
+            "WHERE workflow_name = $1 AND expression = $2 AND time_zone = $3",
+            workflow_name,
+            expression,
+            time_zone,
+            tick,
+        )
+
+
+class PartitionStore:
+    """The partitions seen arriving, in ``schema``, for backfills over them."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._schema = schema
+
+    async def record(self, conn: DbConnection, arrived: ArrivedPartition) -> None:
+        """Keep the latest announcement of the partition, in the caller's transaction."""
+        await conn.execute(
+            f"INSERT INTO {self._schema}.partitions "
+            "(dataset, partition, uri, checksum, arrived_at) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (dataset, partition) DO UPDATE SET uri = EXCLUDED.uri, "
+            "checksum = EXCLUDED.checksum, arrived_at = EXCLUDED.arrived_at",
+            arrived.dataset,
+            arrived.partition,
+            arrived.uri,
+            arrived.checksum,
+            arrived.arrived_at,
+        )
+
+    async def arrived_between(
+        self, dataset: str, start: datetime, end: datetime, limit: int
+    ) -> list[ArrivedPartition]:
+        """Partitions of ``dataset`` that arrived from ``start`` to ``end``, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT dataset, partition, uri, checksum, arrived_at FROM {self._schema}.partitions "
+            "WHERE dataset = $1 AND arrived_at BETWEEN $2 AND $3 "
+            "ORDER BY arrived_at, partition LIMIT $4",
+            dataset,
+            start,
+            end,
+            limit,
+        )
+        return [ArrivedPartition(**dict(row)) for row in rows]

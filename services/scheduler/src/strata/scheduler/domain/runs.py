@@ -1,10 +1,17 @@
 """The run state machine: from a run's task states and what just happened, the next
 task states, the attempts to request, and the run's state. No I/O.
 
-Three things move a run: it starts (:func:`start`), a task attempt reports
-(:func:`report`: placed, started, finished, failed, lost), or a retry's backoff
-ends (:func:`release_due`). Each returns a :class:`Decision` holding the whole new
-state and the list of changes, which the caller stores and announces together.
+Four things move a run: it starts (:func:`start`, or :func:`queued` while its
+lane is full), a task attempt reports (:func:`report`: placed, started, finished,
+failed, lost), a retry's backoff ends (:func:`release_due`), or it is cancelled
+(:func:`cancel`). Each returns a :class:`Decision` holding the whole new state and
+the list of changes, which the caller stores and announces together.
+
+Cancelling: tasks not out in the world (pending, waiting for a retry) become
+CANCELLED at once; attempts out in the world are told to stop
+(:attr:`Decision.to_stop`) and the run stays CANCELLING until each has reported.
+While cancelling, a failed or lost attempt is CANCELLED, never retried, and no
+new attempt is requested; a finished one keeps its success.
 
 Fencing: a report whose attempt is not the task's current attempt, or that comes
 for a task already waiting for a retry or finished, is stale. It changes nothing
@@ -33,7 +40,10 @@ from datetime import datetime
 from typing import Any
 
 from strata.api.scheduler.v1.scheduler_pb2 import (
+    RUN_STATE_CANCELLED,
+    RUN_STATE_CANCELLING,
     RUN_STATE_FAILED,
+    RUN_STATE_QUEUED,
     RUN_STATE_RUNNING,
     RUN_STATE_SUCCEEDED,
     TASK_STATE_CANCELLED,
@@ -68,6 +78,9 @@ TERMINAL = frozenset(
 ACTIVE = frozenset({TASK_STATE_REQUESTED, TASK_STATE_PLACED, TASK_STATE_RUNNING})
 """States in which an attempt is out in the world and may report."""
 _FAILED = frozenset({TASK_STATE_FAILED, TASK_STATE_UPSTREAM_FAILED})
+RUN_TERMINAL = frozenset({RUN_STATE_SUCCEEDED, RUN_STATE_FAILED, RUN_STATE_CANCELLED})
+RUN_ACTIVE = frozenset({RUN_STATE_RUNNING, RUN_STATE_CANCELLING})
+"""Run states that count against their lane's limit."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,8 @@ class Decision:
     message: str
     stale: bool = False
     """The report was fenced out (older attempt, or a task no longer waiting for it)."""
+    to_stop: tuple[TaskStatus, ...] = ()
+    """Attempts out in the world that the cancel asks to stop: one TaskCancelRequested each."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +169,41 @@ def start(plan: RunPlan, params: Json, now: datetime) -> Decision:
     return _Step(plan, params, now, tasks).settle()
 
 
-def report(
-    plan: RunPlan, params: Json, tasks: tuple[TaskStatus, ...], event: Report, now: datetime
+def queued(plan: RunPlan) -> Decision:
+    """A new run waiting for its lane: every task PENDING, nothing requested."""
+    tasks = tuple(TaskStatus(tid) for tid in plan.order)
+    return Decision(tasks=tasks, changes=(), requested=(), run_state=RUN_STATE_QUEUED, message="")
+
+
+def cancel(
+    plan: RunPlan, params: Json, tasks: tuple[TaskStatus, ...], reason: str, now: datetime
 ) -> Decision:
-    """Apply one attempt's report; ValueError if it names a task the workflow lacks."""
-    step = _Step(plan, params, now, {t.task_id: t for t in tasks})
+    """Cancel a run that is QUEUED or RUNNING (see the module docstring)."""
+    step = _Step(plan, params, now, {t.task_id: t for t in tasks}, cancel_reason=reason)
+    to_stop = []
+    for tid in plan.order:
+        task = step.tasks[tid]
+        if task.state in ACTIVE:
+            to_stop.append(task)
+        elif task.state not in TERMINAL:
+            step.move(task, TASK_STATE_CANCELLED, message=reason, due_at=None, finished_at=now)
+    return replace(step.settle(), to_stop=tuple(to_stop))
+
+
+def report(
+    plan: RunPlan,
+    params: Json,
+    tasks: tuple[TaskStatus, ...],
+    event: Report,
+    now: datetime,
+    *,
+    cancel_reason: str | None = None,
+) -> Decision:
+    """Apply one attempt's report; ValueError if it names a task the workflow lacks.
+
+    ``cancel_reason`` is set when the run is CANCELLING.
+    """
+    step = _Step(plan, params, now, {t.task_id: t for t in tasks}, cancel_reason=cancel_reason)
     current = step.tasks.get(event.task_id)
     if current is None:
         raise ValueError(f"task {event.task_id!r} is not a task of workflow {plan.workflow.name!r}")
@@ -193,8 +238,14 @@ def release_due(
     return _Step(plan, params, now, {t.task_id: t for t in tasks}).settle()
 
 
-def run_state(tasks: Mapping[str, TaskStatus]) -> tuple[RunState.ValueType, str]:
-    """The run's state from its tasks, with the reason when it FAILED."""
+def run_state(
+    tasks: Mapping[str, TaskStatus], cancel_reason: str | None = None
+) -> tuple[RunState.ValueType, str]:
+    """The run's state from its tasks, with the reason when it FAILED or is cancelled."""
+    if cancel_reason is not None:
+        if any(t.state not in TERMINAL for t in tasks.values()):
+            return RUN_STATE_CANCELLING, cancel_reason
+        return RUN_STATE_CANCELLED, cancel_reason
     if any(t.state not in TERMINAL for t in tasks.values()):
         return RUN_STATE_RUNNING, ""
     failed = [t for t in tasks.values() if t.state == TASK_STATE_FAILED]
@@ -208,8 +259,15 @@ class _Step:
     """The working state of one decision: tasks by id and the changes so far."""
 
     def __init__(
-        self, plan: RunPlan, params: Json, now: datetime, tasks: dict[str, TaskStatus]
+        self,
+        plan: RunPlan,
+        params: Json,
+        now: datetime,
+        tasks: dict[str, TaskStatus],
+        *,
+        cancel_reason: str | None = None,
     ) -> None:
+        self.cancel_reason = cancel_reason
         self.plan = plan
         self.params = params
         self.now = now
@@ -228,6 +286,9 @@ class _Step:
         return moved
 
     def fail(self, task: TaskStatus, message: str, *, retryable: bool) -> None:
+        if self.cancel_reason is not None:
+            self.move(task, TASK_STATE_CANCELLED, message=message, finished_at=self.now)
+            return
         retry = self.plan.tasks[task.task_id].retry
         if retryable and task.attempt < retry.max_attempts:
             due = self.now + retry.backoff(task.attempt)
@@ -237,14 +298,14 @@ class _Step:
 
     def settle(self, *, stale: bool = False) -> Decision:
         """Release due retries and settle pending tasks, in DAG order, in one pass."""
-        for tid in self.plan.order:
+        for tid in self.plan.order if self.cancel_reason is None else ():
             task = self.tasks[tid]
             if task.state == TASK_STATE_RETRY_WAIT and task.due_at is not None:
                 if task.due_at <= self.now:
                     self._request(task)
             elif task.state == TASK_STATE_PENDING:
                 self._settle_pending(self.plan.tasks[tid], task)
-        state, message = run_state(self.tasks)
+        state, message = run_state(self.tasks, self.cancel_reason)
         return Decision(
             tasks=tuple(self.tasks[tid] for tid in self.plan.order),
             changes=tuple(self.changes),

@@ -410,7 +410,9 @@ Global___Trigger: _TypeAlias = Trigger  # noqa: Y015
 
 @_typing.final
 class CronTrigger(_message.Message):
-    """CronTrigger starts a run at each tick of a cron schedule."""
+    """CronTrigger starts a run at each tick of a cron schedule. The run gets the tick as
+    the parameter `tick` (ISO 8601, UTC), so a task knows which period it is for.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1131,6 +1133,82 @@ class CancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class BackfillWorkflowRequest(_message.Message):
+    """Request of BackfillWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_NAME_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    TO_TIME_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    workflow_name: _builtins.str
+    """Workflow to run (its current version); it must have a cron trigger."""
+    max_concurrent: _builtins.int
+    """Most runs of this backfill active at once; 0: the workflow's max_active_runs
+    (itself 0 for no limit).
+    """
+    dataset: _builtins.str
+    """Backfill the partitions of this dataset (by when they arrived) instead of cron
+    ticks; the workflow must have a data-arrival trigger for it.
+    """
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """First moment of the range; a tick at this moment is included."""
+
+    @_builtins.property
+    def to_time(self) -> _timestamp_pb2.Timestamp:
+        """Last moment of the range; a tick at this moment is included."""
+
+    def __init__(
+        self,
+        *,
+        workflow_name: _builtins.str = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        to_time: _timestamp_pb2.Timestamp | None = ...,
+        max_concurrent: _builtins.int = ...,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_time", b"from_time", "to_time", b"to_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "from_time", b"from_time", "max_concurrent", b"max_concurrent", "to_time", b"to_time", "workflow_name", b"workflow_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillWorkflowRequest: _TypeAlias = BackfillWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class BackfillWorkflowResponse(_message.Message):
+    """Response of BackfillWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.int
+    """How many of the runs this request created."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """One run per tick or partition of the range, oldest first: the new ones and
+        those that existed. Their tasks are left empty; GetRun returns them.
+        """
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        created: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillWorkflowResponse: _TypeAlias = BackfillWorkflowResponse  # noqa: Y015
 
 @_typing.final
 class RunStateChanged(_message.Message):

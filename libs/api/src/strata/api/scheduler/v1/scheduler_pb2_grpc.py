@@ -76,6 +76,11 @@ class SchedulerServiceStub:
                 request_serializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.BackfillWorkflow = channel.unary_unary(
+                '/strata.scheduler.v1.SchedulerService/BackfillWorkflow',
+                request_serializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowRequest.SerializeToString,
+                response_deserializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -143,6 +148,20 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BackfillWorkflow(self, request, context):
+        """Runs a workflow for the past: one run per tick of its cron triggers from
+        from_time to to_time (both included), or, when the request names a dataset, one
+        run per partition of it that arrived in that range and that the workflow's
+        data-arrival trigger matches. A tick or partition content that already has a
+        run (from its trigger or an earlier backfill) gets none. At most max_concurrent
+        of the backfill's runs are active at once; the others wait QUEUED and start in
+        order. INVALID_ARGUMENT when the workflow has no such trigger, or the range
+        holds no tick or partition, or more than 1000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +204,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.FromString,
                     response_serializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'BackfillWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillWorkflow,
+                    request_deserializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowRequest.FromString,
+                    response_serializer=strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +429,33 @@ class SchedulerService:
             '/strata.scheduler.v1.SchedulerService/CancelRun',
             strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunRequest.SerializeToString,
             strata_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.scheduler.v1.SchedulerService/BackfillWorkflow',
+            strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowRequest.SerializeToString,
+            strata_dot_scheduler_dot_v1_dot_scheduler__pb2.BackfillWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

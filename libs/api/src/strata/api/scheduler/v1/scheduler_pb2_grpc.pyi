@@ -58,6 +58,16 @@ class SchedulerServiceStub:
     """Asks a run to stop: pending tasks are cancelled, running attempts are told to
     stop. The run becomes CANCELLED when no attempt is running any more.
     """
+    BackfillWorkflow: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.BackfillWorkflowRequest, _scheduler_pb2.BackfillWorkflowResponse]
+    """Runs a workflow for the past: one run per tick of its cron triggers from
+    from_time to to_time (both included), or, when the request names a dataset, one
+    run per partition of it that arrived in that range and that the workflow's
+    data-arrival trigger matches. A tick or partition content that already has a
+    run (from its trigger or an earlier backfill) gets none. At most max_concurrent
+    of the backfill's runs are active at once; the others wait QUEUED and start in
+    order. INVALID_ARGUMENT when the workflow has no such trigger, or the range
+    holds no tick or partition, or more than 1000.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -88,6 +98,16 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     CancelRun: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelRunRequest, _scheduler_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Asks a run to stop: pending tasks are cancelled, running attempts are told to
     stop. The run becomes CANCELLED when no attempt is running any more.
+    """
+    BackfillWorkflow: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.BackfillWorkflowRequest, _scheduler_pb2.BackfillWorkflowResponse]  # type: ignore[assignment]
+    """Runs a workflow for the past: one run per tick of its cron triggers from
+    from_time to to_time (both included), or, when the request names a dataset, one
+    run per partition of it that arrived in that range and that the workflow's
+    data-arrival trigger matches. A tick or partition content that already has a
+    run (from its trigger or an earlier backfill) gets none. At most max_concurrent
+    of the backfill's runs are active at once; the others wait QUEUED and start in
+    order. INVALID_ARGUMENT when the workflow has no such trigger, or the range
+    holds no tick or partition, or more than 1000.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +184,22 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.CancelRunResponse, _abc.Awaitable[_scheduler_pb2.CancelRunResponse]]:
         """Asks a run to stop: pending tasks are cancelled, running attempts are told to
         stop. The run becomes CANCELLED when no attempt is running any more.
+        """
+
+    @_abc_1.abstractmethod
+    def BackfillWorkflow(
+        self,
+        request: _scheduler_pb2.BackfillWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.BackfillWorkflowResponse, _abc.Awaitable[_scheduler_pb2.BackfillWorkflowResponse]]:
+        """Runs a workflow for the past: one run per tick of its cron triggers from
+        from_time to to_time (both included), or, when the request names a dataset, one
+        run per partition of it that arrived in that range and that the workflow's
+        data-arrival trigger matches. A tick or partition content that already has a
+        run (from its trigger or an earlier backfill) gets none. At most max_concurrent
+        of the backfill's runs are active at once; the others wait QUEUED and start in
+        order. INVALID_ARGUMENT when the workflow has no such trigger, or the range
+        holds no tick or partition, or more than 1000.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
