@@ -28,7 +28,13 @@ from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
 from strata.core.rpc.client import channel
 from strata.core.settings import AuthSettings, load
-from strata.sdk.models import ArtifactFile, OutputMismatchError, Tolerance, log_model
+from strata.sdk.models import (
+    ArtifactFile,
+    OutputMismatchError,
+    Tolerance,
+    log_model,
+    log_model_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +190,33 @@ async def test_the_default_registry_is_the_one_the_settings_name(
     name = _name()
 
     logged = await log_model(model, name=name, sample=features[:20])
+
+    got = await registry.GetVersion(pb.GetVersionRequest(model_name=name, version=logged.version))
+    assert got.model_version.artifacts[0].sha256 == logged.artifacts[0].sha256
+
+
+def test_log_model_sync_registers_a_version_from_code_that_does_not_await(
+    registry_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRATA_SERVICE_REGISTRY_PORT", str(registry_port))
+    model, features = _trained()
+    name = _name()
+
+    first = log_model_sync(model, name=name, sample=features[:20])
+    second = log_model_sync(model, name=name, sample=features[:20])
+
+    assert (first.version, second.version) == (1, 2)
+    assert isinstance(first, pb.ModelVersion)
+
+
+async def test_log_model_sync_works_where_an_event_loop_is_running_as_in_a_notebook(
+    registry: ModelRegistryServiceStub, registry_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRATA_SERVICE_REGISTRY_PORT", str(registry_port))
+    model, features = _trained()
+    name = _name()
+
+    logged = log_model_sync(model, name=name, sample=features[:20])
 
     got = await registry.GetVersion(pb.GetVersionRequest(model_name=name, version=logged.version))
     assert got.model_version.artifacts[0].sha256 == logged.artifacts[0].sha256

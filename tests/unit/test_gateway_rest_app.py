@@ -11,16 +11,22 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.rpc.auth import Gatekeeper, Principal, TokenBook
 from strata.gateway.models import Served
 from strata.gateway.rest import POLICY, rest_app
+
+
+async def _no_predict(request: gpb.PredictRequest, received: float) -> gpb.PredictResponse:
+    raise AssertionError("these tests do not predict")
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     served = Served({"eta": ["champion"]})  # configured, but no version loaded yet
     book = TokenBook({"t-app": Principal("app", frozenset({"predictor"}))})
-    async with TestClient(TestServer(rest_app(served, Gatekeeper(book, POLICY)))) as test_client:
+    app = rest_app(served, _no_predict, Gatekeeper(book, POLICY))
+    async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
 

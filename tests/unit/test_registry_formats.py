@@ -11,6 +11,7 @@ import io
 import pickle
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from strata.registry.domain.formats import (
+    OnnxModel,
     Tensor,
     UnsafeFileError,
     read_onnx_model,
@@ -52,6 +54,13 @@ def tiny_onnx(*, external: str | None = None) -> bytes:
     return model.SerializeToString()
 
 
+def _read_onnx(folder: Path, data: bytes, name: str) -> OnnxModel:
+    """read_onnx_model on ``data`` saved as a file, as an upload is before it is read."""
+    path = folder / "artifact"
+    path.write_bytes(data)
+    return read_onnx_model(path, name)
+
+
 def torch_like_zip() -> bytes:
     """The layout torch.save has used since 1.6: a zip with archive/data.pkl inside."""
     buffer = io.BytesIO()
@@ -71,10 +80,12 @@ def zip_with_hidden_pickle() -> bytes:
 
 
 @pytest.mark.parametrize("protocol", range(6))
-def test_a_pickle_of_any_protocol_is_refused_whatever_its_name(protocol: int) -> None:
+def test_a_pickle_of_any_protocol_is_refused_whatever_its_name(
+    protocol: int, tmp_path: Path
+) -> None:
     data = pickle.dumps(PAYLOAD, protocol=protocol)
     with pytest.raises(UnsafeFileError, match=r"'model\.onnx' is a Python pickle") as caught:
-        read_onnx_model(io.BytesIO(data), "model.onnx")
+        _read_onnx(tmp_path, data, "model.onnx")
     assert caught.value.field == "chunk"
 
 
@@ -88,15 +99,17 @@ def test_a_pickle_of_any_protocol_is_refused_whatever_its_name(protocol: int) ->
     ],
     ids=["gzip-pickle", "joblib-zlib", "torch-zip", "zip-hidden-pickle"],
 )
-def test_formats_wrapping_a_pickle_are_refused_with_the_reason(data: bytes, reason: str) -> None:
+def test_formats_wrapping_a_pickle_are_refused_with_the_reason(
+    data: bytes, reason: str, tmp_path: Path
+) -> None:
     with pytest.raises(UnsafeFileError, match=reason):
-        read_onnx_model(io.BytesIO(data), "model.onnx")
+        _read_onnx(tmp_path, data, "model.onnx")
     with pytest.raises(UnsafeFileError, match=reason):
         refuse_code_formats(io.BytesIO(data), "report.csv")
 
 
-def test_a_tiny_onnx_model_is_accepted_with_its_signature() -> None:
-    model = read_onnx_model(io.BytesIO(tiny_onnx()), "model.onnx")
+def test_a_tiny_onnx_model_is_accepted_with_its_signature(tmp_path: Path) -> None:
+    model = _read_onnx(tmp_path, tiny_onnx(), "model.onnx")
     assert model.inputs == (Tensor("x", "FP32", (-1, 2)),)
     assert model.outputs == (Tensor("y", "FP32", (-1, 1)),)
     assert model.opsets == {"": 17}
@@ -113,15 +126,19 @@ def test_a_tiny_onnx_model_is_accepted_with_its_signature() -> None:
         ("C:\\Windows\\win.ini", "is an absolute path"),
     ],
 )
-def test_onnx_with_external_data_outside_its_folder_is_refused(location: str, reason: str) -> None:
+def test_onnx_with_external_data_outside_its_folder_is_refused(
+    location: str, reason: str, tmp_path: Path
+) -> None:
     with pytest.raises(UnsafeFileError, match=reason) as caught:
-        read_onnx_model(io.BytesIO(tiny_onnx(external=location)), "model.onnx")
+        _read_onnx(tmp_path, tiny_onnx(external=location), "model.onnx")
     assert repr(location) in str(caught.value)
 
 
-def test_onnx_with_external_data_in_its_folder_is_refused_as_not_single_file() -> None:
+def test_onnx_with_external_data_in_its_folder_is_refused_as_not_single_file(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(UnsafeFileError, match="single-file models only"):
-        read_onnx_model(io.BytesIO(tiny_onnx(external="weights.bin")), "model.onnx")
+        _read_onnx(tmp_path, tiny_onnx(external="weights.bin"), "model.onnx")
 
 
 @pytest.mark.parametrize(
@@ -129,9 +146,9 @@ def test_onnx_with_external_data_in_its_folder_is_refused_as_not_single_file() -
     [b"", b"not a model at all", b"a.", b"accuracy,0.93\n"],
     ids=["empty", "text", "two-opcodes", "csv"],
 )
-def test_a_file_that_is_not_onnx_is_refused_as_such(data: bytes) -> None:
+def test_a_file_that_is_not_onnx_is_refused_as_such(data: bytes, tmp_path: Path) -> None:
     with pytest.raises(UnsafeFileError, match=r"is not (an|a valid) ONNX model"):
-        read_onnx_model(io.BytesIO(data), "model.onnx")
+        _read_onnx(tmp_path, data, "model.onnx")
 
 
 @pytest.mark.parametrize(
@@ -143,8 +160,8 @@ def test_reports_and_data_that_hold_no_pickle_pass(data: bytes) -> None:
     refuse_code_formats(io.BytesIO(data), "report")
 
 
-def test_the_onnx_file_was_never_handed_to_anything_that_unpickles() -> None:
+def test_the_onnx_file_was_never_handed_to_anything_that_unpickles(tmp_path: Path) -> None:
     """onnx parses protobuf; a pickle inside an ONNX string field stays inert data."""
     model = onnx.load_model_from_string(tiny_onnx())
     model.doc_string = pickle.dumps(PAYLOAD).hex()
-    assert read_onnx_model(io.BytesIO(model.SerializeToString()), "m.onnx").outputs
+    assert _read_onnx(tmp_path, model.SerializeToString(), "m.onnx").outputs

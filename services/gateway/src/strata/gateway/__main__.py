@@ -58,7 +58,7 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
         metrics.attach(context.metrics.registry)
         return InferenceApi(served)
 
-    rest = Loop("serve-rest", serve_rest(served, settings))
+    rest = Loop("serve-rest", serve_rest(served, predictor, settings))
     follow = (Loop("follow-aliases", follow_aliases(served, settings)),) if settings.models else ()
     return ServiceSpec(
         name="gateway",

@@ -1,12 +1,18 @@
-"""The Open Inference Protocol v2 over REST (``/v2/...``), KServe's JSON and binary tensors.
+"""The Open Inference Protocol v2 over REST (``/v2/...``), KServe's JSON and binary
+tensors, and Strata's Predict (``POST /v1/models/{name}/predict``).
 
-A thin edge like the gRPC servicer: it converts the body (:mod:`rest_codec`), calls
-the same data plane functions (:func:`api.infer`, :func:`api.model_metadata`) and
-converts back. Errors become an HTTP status and ``{"error": "..."}`` in one place,
-:func:`_answer_errors`. Bearer tokens are checked by the runtime's own
-:class:`Gatekeeper` with the roles the gRPC service lists, each route standing for
-its gRPC method, so a token works (or not) the same way on both. The health routes
-are open, like gRPC health: probes carry no token.
+A thin edge like the gRPC servicers: it converts the body (:mod:`rest_codec`), calls
+the same data plane functions (:func:`api.infer`, :func:`api.model_metadata`, the
+:class:`Predictor`'s ``predict``) and converts back. Errors become an HTTP status
+and ``{"error": "..."}`` in one place, :func:`_answer_errors`. Bearer tokens are
+checked by the runtime's own :class:`Gatekeeper` with the roles the gRPC services
+list, each route standing for its gRPC method, so a token works (or not) the same
+way on both. The health routes are open, like gRPC health: probes carry no token.
+
+Predict's path is not KServe's v1 ``/v1/models/{name}:predict``: that protocol's body
+is ``{"instances": [...]}`` of tensors, which a v1 client would send here in vain;
+Predict takes entity keys and request values, so it has a path of its own under
+``/v1/models/{name}``, the alias or version in the body as in ``PredictRequest``.
 
 aiohttp's server runs inside the service's event loop as a supervised loop: a
 failure to listen shows in the service's health, and it is restarted.
@@ -16,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.core.errors import (
     AlreadyExistsError,
@@ -38,12 +46,21 @@ from strata.core.runtime.context import ServiceContext
 from strata.core.settings import AuthSettings, TlsSettings
 from strata.gateway.api import ROLES, SERVER_NAME, SERVER_VERSION, infer, model_metadata
 from strata.gateway.models import Served
-from strata.gateway.rest_codec import JSON, decode_infer, encode_infer
+from strata.gateway.predict import Predictor
+from strata.gateway.rest_codec import (
+    JSON,
+    decode_infer,
+    decode_predict,
+    encode_infer,
+    encode_predict,
+)
 from strata.gateway.settings import GatewaySettings
 
 log = structlog.stdlib.get_logger(__name__)
 
 SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+PREDICTION_SERVICE = gpb.DESCRIPTOR.services_by_name["PredictionService"].full_name
+PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BODY = 64 * 1024 * 1024
 """Largest request body accepted, in bytes (aiohttp's default, 1 MiB, is small for tensors)."""
@@ -59,19 +76,29 @@ _STATUS: tuple[tuple[type[StrataError], int], ...] = (
 )
 """strata.core.errors -> HTTP status, as strata.core.rpc.status maps them to gRPC codes."""
 
-POLICY = AccessPolicy({f"/{SERVICE}/{method}": roles for method, roles in ROLES.items()})
-"""Who may call each route: the roles of the gRPC method it stands for."""
+POLICY = AccessPolicy(
+    {
+        f"/{service}/{method}": roles
+        for service in (SERVICE, PREDICTION_SERVICE)
+        for method, roles in ROLES.items()
+    }
+)
+"""Who may call each route: the roles of the gRPC method it stands for (both gRPC
+services are registered with ``ROLES``)."""
 
 _OPEN = ""
 """The method name of routes served without a token (health)."""
-_UNLISTED = "-"
+_UNLISTED = "/-/-"
 """The method of a route missing from the method list: admin only, so it fails closed."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Predict = Callable[[gpb.PredictRequest, float], Awaitable[gpb.PredictResponse]]
+""":meth:`Predictor.predict`: a request and the ``time.perf_counter()`` of its arrival."""
 
 
-def rest_app(served: Served, gatekeeper: Gatekeeper) -> web.Application:
-    """The ``/v2`` routes on ``served``; every route but health passes ``gatekeeper``."""
+def rest_app(served: Served, predict: Predict, gatekeeper: Gatekeeper) -> web.Application:
+    """The ``/v2`` routes on ``served`` and Predict's on ``predict``; every route but
+    health passes ``gatekeeper``."""
 
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -115,14 +142,21 @@ def rest_app(served: Served, gatekeeper: Gatekeeper) -> web.Application:
             headers={HEADER_LENGTH: str(header_length)},
         )
 
+    async def model_predict(request: web.Request) -> web.Response:
+        received = time.perf_counter()
+        message = decode_predict(request.match_info["name"], await request.read())
+        body = encode_predict(await predict(message, received))
+        return web.Response(body=body, content_type="application/json")
+
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     routes = [
         ("GET", "/v2/health/live", live, _OPEN),
         ("GET", "/v2/health/ready", ready, _OPEN),
-        ("GET", "/v2", server_metadata, "ServerMetadata"),
-        *(("GET", path, metadata, "ModelMetadata") for path in model_paths),
-        *(("GET", f"{path}/ready", model_ready, "ModelReady") for path in model_paths),
-        *(("POST", f"{path}/infer", model_infer, "ModelInfer") for path in model_paths),
+        ("GET", "/v2", server_metadata, _oip("ServerMetadata")),
+        *(("GET", path, metadata, _oip("ModelMetadata")) for path in model_paths),
+        *(("GET", f"{path}/ready", model_ready, _oip("ModelReady")) for path in model_paths),
+        *(("POST", f"{path}/infer", model_infer, _oip("ModelInfer")) for path in model_paths),
+        ("POST", "/v1/models/{name}/predict", model_predict, PREDICT),
     ]
     methods: dict[Handler, str] = {handler: method for _, _, handler, method in routes}
     app = web.Application(
@@ -140,13 +174,13 @@ def gatekeeper_of(auth: AuthSettings) -> Gatekeeper:
 
 
 def serve_rest(
-    served: Served, settings: GatewaySettings
+    served: Served, predictor: Callable[[ServiceContext], Predictor], settings: GatewaySettings
 ) -> Callable[[ServiceContext], Awaitable[None]]:
-    """The background task: serve ``/v2`` on ``settings.http_port`` until cancelled."""
+    """The background task: serve ``/v2`` and Predict on ``settings.http_port`` until cancelled."""
 
     async def run(context: ServiceContext) -> None:
         runtime = context.settings
-        app = rest_app(served, gatekeeper_of(runtime.auth))
+        app = rest_app(served, predictor(context).predict, gatekeeper_of(runtime.auth))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -203,10 +237,15 @@ def _admit(gatekeeper: Gatekeeper, methods: Mapping[Handler, str]) -> Middleware
         if method != _OPEN:
             header = request.headers.get("Authorization")
             metadata = [] if header is None else [("authorization", header)]
-            act_as(gatekeeper.admit(f"/{SERVICE}/{method}", metadata))
+            act_as(gatekeeper.admit(method, metadata))
         return await handler(request)
 
     return admit
+
+
+def _oip(method: str) -> str:
+    """The full gRPC name of the inference service's ``method``, as the policy knows it."""
+    return f"/{SERVICE}/{method}"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None) -> web.Response:

@@ -1,4 +1,5 @@
-"""The Open Inference Protocol's REST bodies to its gRPC messages and back.
+"""The REST bodies of the Open Inference Protocol and of Strata's Predict, to their gRPC
+messages and back.
 
 Pure: no I/O. The REST edge turns a JSON (or binary-extension) body into the same
 ``ModelInferRequest`` the gRPC edge receives, so both run one data plane and one
@@ -11,6 +12,12 @@ The binary tensor extension (KServe, Triton): the body is a JSON header of
 order of the inputs that say ``"parameters": {"binary_data_size": n}``. Outputs go
 back in binary when the request asks for it per output (``binary_data``) or for all
 (``binary_data_output``).
+
+Predict's body mirrors ``PredictRequest`` with protobuf's field names (``rows`` of
+``entity_keys`` and ``features``, ``alias`` or ``version``, ``request_id``); a value
+is a plain JSON scalar (an integer is ``int64_value``, a fraction ``double_value``),
+or, for the kinds JSON has no scalar for (timestamps, lists, bytes), a ``Value``
+object in protobuf's JSON form, e.g. ``{"timestamp_value": "2026-01-02T03:04:05Z"}``.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
+from strata.api.features.v1 import features_pb2 as fpb
+from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.core.errors import InvalidArgumentError
 from strata.gateway.tensors import DTYPES, Array
@@ -134,6 +144,103 @@ def encode_infer(response: oip.ModelInferResponse, reply: Reply) -> tuple[bytes,
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def decode_predict(model: str, body: bytes) -> gpb.PredictRequest:
+    """The PredictRequest for ``model`` that a REST predict body asks for."""
+    document = _object(_json(body), "body")
+    _known(document, ("alias", "version", "rows", "request_id"), "")
+    request = gpb.PredictRequest(
+        model_name=model, request_id=_text(document, "request_id", "request_id", default="")
+    )
+    if "alias" in document and "version" in document:
+        raise InvalidArgumentError("version", "give an alias or a version, not both")
+    if "alias" in document:
+        request.alias = _text(document, "alias", "alias")
+    if "version" in document:
+        version = document["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidArgumentError("version", f"want a version number >= 1, got {version!r}")
+        request.version = version
+    entries = document.get("rows")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidArgumentError("rows", "want a non-empty list of rows to predict")
+    for index, entry in enumerate(entries):
+        field = f"rows[{index}]"
+        row = _object(entry, field)
+        _known(row, ("entity_keys", "features"), f"{field}.")
+        message = request.rows.add()
+        for part, values in (("entity_keys", message.entity_keys), ("features", message.features)):
+            for column, value in _object(row.get(part, {}), f"{field}.{part}").items():
+                values[column].CopyFrom(_value(value, f"{field}.{part}[{column}]"))
+    return request
+
+
+def encode_predict(response: gpb.PredictResponse) -> bytes:
+    """The REST body of a PredictResponse: its fields by their protobuf names, values plain."""
+    document: JSON = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "alias": response.alias,
+        "predictions": [
+            {
+                "prediction_id": prediction.prediction_id,
+                "outputs": {name: _plain(v) for name, v in prediction.outputs.items()},
+            }
+            for prediction in response.predictions
+        ],
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _known(document: JSON, keys: tuple[str, ...], prefix: str) -> None:
+    """Refuse a key outside ``keys``: a misspelt ``alais`` must not quietly mean champion."""
+    unknown = sorted(set(document) - set(keys))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{prefix}{unknown[0]}", f"unknown key; the keys here are {', '.join(keys)}"
+        )
+
+
+_SCALARS = ("int64_value", "double_value", "string_value", "bool_value")
+
+
+def _value(value: object, field: str) -> fpb.Value:
+    """The ``Value`` of a JSON value: a scalar by its JSON type, an object in protobuf's form."""
+    if value is None:
+        return fpb.Value()
+    if isinstance(value, bool):
+        return fpb.Value(bool_value=value)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidArgumentError(field, f"want a 64-bit integer, got {value}")
+        return fpb.Value(int64_value=value)
+    if isinstance(value, float):
+        return fpb.Value(double_value=value)
+    if isinstance(value, str):
+        return fpb.Value(string_value=value)
+    if isinstance(value, dict):
+        try:
+            return json_format.ParseDict(value, fpb.Value())
+        except json_format.ParseError as exc:
+            raise InvalidArgumentError(field, f"is not a Value object: {exc}") from None
+    raise InvalidArgumentError(
+        field,
+        "want a JSON scalar, or a Value object such as "
+        f'{{"double_list_value": {{"values": [1.5, 2.0]}}}}; got {type(value).__name__}',
+    )
+
+
+def _plain(value: fpb.Value) -> object:
+    """A ``Value`` as JSON: scalars and lists plain, other kinds in protobuf's JSON form."""
+    kind = value.WhichOneof("kind")
+    if kind in (None, "null_value"):
+        return None
+    if kind in _SCALARS:
+        return getattr(value, kind)
+    if kind.endswith("_list_value"):
+        return list(getattr(value, kind).values)
+    return json_format.MessageToDict(value, preserving_proto_field_name=True)
 
 
 def _reply(document: JSON) -> Reply:

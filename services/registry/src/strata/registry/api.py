@@ -27,6 +27,7 @@ from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
 from strata.registry import uploads
 from strata.registry.domain import requests as check
+from strata.registry.domain.limits import SizeLimits
 from strata.registry.domain.versions import new_version
 from strata.registry.store import Conn, RegistryStore, StoredArtifact, Tx
 
@@ -52,9 +53,11 @@ aliases that decide what the gateway serves (``admin`` may do everything)."""
 
 
 class RegistryApi(ModelRegistryServiceServicer):
-    """ModelRegistryService over the registry's schema and the blob store."""
+    """ModelRegistryService over the registry's schema and the blob store; artifacts
+    within ``limits``."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, limits: SizeLimits) -> None:
+        self._limits = limits
         self._pool = context.pool
         self._blobs = context.blobs
         self._outbox = context.outbox
@@ -110,6 +113,7 @@ class RegistryApi(ModelRegistryServiceServicer):
                 "header", "the first message of an upload must be its header"
             )
         header = check.check_header(first.header)
+        self._limits.check(header)
         await self._model(self._pool, header.model_name)
         stored = await self._store.artifact(self._pool, header.model_name, header.sha256)
         if stored is not None:

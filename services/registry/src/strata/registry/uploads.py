@@ -2,9 +2,12 @@
 
 Each part is written to the blob store before the upload's stored byte count
 moves past it, so after an interruption the count (GetUpload) says exactly where
-the client resumes. When the last byte is in, the parts are joined into a
-temporary file, checked against the header's size and SHA-256 and the safe-format
-rules, and only then stored under the artifact's content address.
+the client resumes. When the last byte is in, the parts are streamed into a
+temporary file while hashed, checked against the header's size and SHA-256 and the
+safe-format rules (an ONNX model parsed from that file), and only then stored under
+the artifact's content address. No step holds the whole file in memory but the ONNX
+parse, which protobuf needs; the size limits per kind
+(:class:`~strata.registry.domain.limits.SizeLimits`) bound it.
 """
 
 from __future__ import annotations
@@ -126,8 +129,8 @@ async def expire_uploads(context: ServiceContext) -> None:
 
 def inspect(path: Path, header: pb.ArtifactHeader) -> OnnxModel | None:
     """Refuse unsafe content (runs on a worker thread); an ONNX model's summary, else None."""
+    if header.kind == pb.ARTIFACT_KIND_ONNX_MODEL:
+        return read_onnx_model(path, header.name)
     with path.open("rb") as file:
-        if header.kind == pb.ARTIFACT_KIND_ONNX_MODEL:
-            return read_onnx_model(file, header.name)
         refuse_code_formats(file, header.name)
-        return None
+    return None

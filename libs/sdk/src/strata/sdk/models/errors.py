@@ -27,3 +27,11 @@ class OutputMismatchError(InvalidArgumentError):
 
 class RegistryError(StrataError):
     """The registry refused or could not take a call; the message names the call and why."""
+
+
+class MissingExtraError(ImportError):
+    """``log_model`` was called without the ``strata-sdk[models]`` extra installed.
+
+    An ImportError, as Python reports any missing module; the message names the
+    extra to install and the modules missing.
+    """

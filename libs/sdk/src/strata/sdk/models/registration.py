@@ -2,13 +2,24 @@
 
 The check runs before anything is uploaded: a file whose outputs differ from
 the model the user evaluated never becomes a version, so never reaches the gateway.
+The converters come from the ``strata-sdk[models]`` extra and are imported when
+``log_model`` runs (:mod:`frameworks`), so this module imports without them.
+
+``log_model_sync`` is the same call for scripts and notebooks that do not await:
+MLflow users call ``mlflow.sklearn.log_model(...)`` and get the version back. A flag
+(``log_model(..., wait=True)``) cannot do that: an ``async def`` always returns a
+coroutine, so the flag would change the return type by value. A second name keeps
+both typed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
@@ -19,13 +30,13 @@ from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
 from strata.core.rpc.tls import channel_credentials
 from strata.core.settings import AuthSettings, ModeSettings, ServiceSettings, TlsSettings, load
-from strata.sdk.models import environment
-from strata.sdk.models.conversion import sample_matrix, to_onnx_bytes
+from strata.sdk.models import frameworks
 from strata.sdk.models.errors import RegistryError
+from strata.sdk.models.tolerance import Tolerance
 from strata.sdk.models.upload import ONNX_MEDIA_TYPE, ArtifactFile, upload
-from strata.sdk.models.verification import Tolerance, verify
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 ONNX_FILE = "model.onnx"
 DEFAULT_TOLERANCE = Tolerance()
@@ -62,8 +73,15 @@ async def log_model(
     rest are the caller's kinds. The model is created if it does not exist.
     ``registry`` defaults to the registry the settings name
     (``STRATA_SERVICE_HOST`` / ``STRATA_SERVICE_REGISTRY_PORT``); ``request_id``
-    makes a retry return the same version instead of a second one.
+    makes a retry return the same version instead of a second one. Without the
+    ``strata-sdk[models]`` extra it raises
+    :class:`~strata.sdk.models.errors.MissingExtraError` naming it.
     """
+    frameworks.require()
+    from strata.sdk.models import environment
+    from strata.sdk.models.conversion import sample_matrix, to_onnx_bytes
+    from strata.sdk.models.verification import verify
+
     rows = sample_matrix(sample)
     onnx = to_onnx_bytes(model, rows)
     verify(onnx, model, rows, tolerance)
@@ -96,6 +114,34 @@ async def log_model(
             stub.RegisterVersion(request), f"registering a version of {name!r}"
         )
     return reply.model_version
+
+
+def _blocking(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """``function`` as a plain call that returns its result.
+
+    Run on a fresh event loop; where one is already running (a notebook cell), on a
+    fresh loop in a thread of its own, since a running loop cannot be blocked on.
+    """
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(function(*args, **kwargs))
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            return thread.submit(asyncio.run, function(*args, **kwargs)).result()
+
+    return run
+
+
+log_model_sync = _blocking(log_model)
+log_model_sync.__doc__ = """``log_model`` for code that does not ``await``: returns the version.
+
+Same arguments as :func:`log_model`. A ``registry`` stub belongs to the event loop
+its channel was opened on, so callers of this function leave ``registry`` unset
+and the settings name the registry.
+"""
 
 
 async def _ensure_model(

@@ -7,7 +7,6 @@ across a split threshold), so outputs are compared within a tolerance:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,21 +15,10 @@ from numpy.typing import NDArray
 from sklearn.base import is_classifier  # type: ignore[import-untyped]
 
 from strata.sdk.models.errors import OutputMismatchError
+from strata.sdk.models.tolerance import Tolerance
 
 _ERRORS_ONLY = 3
 """onnxmltools declares a LightGBM classifier's labels as shape [1]; ONNX Runtime warns per run."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How far an ONNX output may be from the framework's, per element."""
-
-    absolute: float = 1e-4
-    relative: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if self.absolute < 0 or self.relative < 0:
-            raise ValueError(f"tolerances must not be negative, got {self}")
 
 
 def verify(onnx: bytes, model: Any, sample: NDArray[np.float32], tolerance: Tolerance) -> None:
