@@ -8,6 +8,14 @@ registers once one does; a task runs in a worker process of its own with its
 args and upstream outputs, and is reported started, then finished with its
 outputs and measured usage; a task that raises is reported failed with its type,
 message and traceback; a task that kills its worker takes down only that worker.
+A SIGKILLed agent's node is lost with its attempt (NodeLost, TaskLost), its worker
+goes with it, and the attempt requested again runs on another agent; an agent back
+from a pause has its lost attempt cancelled and its late report ignored and
+counted; a cancelled attempt's worker gets SIGTERM and the attempt is reported
+cancelled (a queued one leaves the queue); a task past its memory limit or its
+timeout is stopped and reported so; a running attempt reports its usage; what a
+task prints is in the blob store and shown by ``strata workflow logs``, live with
+``--follow``.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
 import textwrap
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,10 +48,10 @@ from strata.api.common.v1.refs_pb2 import BundleRef, TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
-from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
+from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
 from strata.core.bus import Bus
 from strata.core.settings import KafkaSettings, load
-from strata.core.topics import TASKS_EVENTS
+from strata.core.topics import NODES_EVENTS, TASKS_EVENTS
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +69,10 @@ M = TypeVar("M", bound=Message)
 
 TASKS = """
 import os
+import pathlib
+import signal
+import sys
+import time
 
 
 def extract(rows):
@@ -75,6 +89,47 @@ def broken():
 
 def crash():
     os._exit(3)
+
+
+def hog(step_mib, most_mib):
+    step_mib, most_mib = int(step_mib), int(most_mib)
+    held = []
+    while len(held) * step_mib < most_mib:
+        held.append(b"x" * (step_mib * 1024 * 1024))
+        time.sleep(0.05)
+    return {"held_mib": len(held) * step_mib}
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def chatty(lines, marker=None):
+    for number in range(int(lines)):
+        print(f"line {number} to stdout")
+    print("a word to stderr", file=sys.stderr)
+    while marker is not None and not pathlib.Path(marker).exists():
+        time.sleep(0.05)
+    print("released")
+    return {}
+
+
+def hold(marker):
+    # Note the agent's pid and the worker's beside the marker, then wait until it exists;
+    # on SIGTERM, note that too and exit.
+    path = pathlib.Path(marker)
+
+    def terminated(signum, frame):
+        path.with_suffix(".term").touch()
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
+    path.with_suffix(".pids").write_text(f"{os.getppid()} {os.getpid()}")
+    deadline = time.monotonic() + 300
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"released": path.exists()}
 """
 
 
@@ -110,14 +165,15 @@ async def _until_serving(port: int, process: asyncio.subprocess.Process, log: Pa
 
 @contextlib.asynccontextmanager
 async def _process(
-    name: str, log: Path, port: int, env: dict[str, str]
+    name: str, log: Path, port: int, env: dict[str, str], metrics_port: int | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m strata.<name>`` serving health on ``port``; SIGTERM on the way out."""
+    """``python -m strata.<name>`` serving health on ``port``; SIGTERM on the way out, unless
+    the test killed it already."""
     upper = name.upper()
     environment = {
         **os.environ,
         f"STRATA_SERVICE_{upper}_PORT": str(port),
-        f"STRATA_SERVICE_{upper}_METRICS_PORT": str(_free_port()),
+        f"STRATA_SERVICE_{upper}_METRICS_PORT": str(metrics_port or _free_port()),
         "STRATA_AUTH_TOKENS": json.dumps(TOKENS),
         **env,
     }
@@ -129,12 +185,19 @@ async def _process(
         await _until_serving(port, process, log)
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), BOUND)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:
+            await _stop(process)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM (after SIGCONT, should the test have paused it), SIGKILL if it overstays."""
+    process.send_signal(signal.SIGCONT)
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), BOUND)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 @dataclass(frozen=True)
@@ -159,6 +222,7 @@ def _agent_env(
         "STRATA_AGENT_LABELS": json.dumps({"zone": "test"}),
         "STRATA_AGENT_CODE_PATH": json.dumps([str(folder / "code")]),
         "STRATA_AGENT_RECONNECT_MAX": "1",
+        "STRATA_BLOB_BACKEND": "s3",
         "STRATA_AUTH_CLIENT_TOKEN": "agent-token",
     }
 
@@ -203,8 +267,10 @@ async def events() -> AsyncIterator[tuple[Bus, asyncio.Queue[Message]]]:
     async def on_event(event: Message, envelope: Envelope) -> None:
         heard.put_nowait(event)
 
-    for kind in (pb.TaskStarted, pb.TaskFinished, pb.TaskFailed):
+    for kind in (pb.TaskStarted, pb.TaskFinished, pb.TaskFailed, pb.TaskLost, pb.TaskUsage):
         consumer.handle(kind, on_event)
+    nodes = bus.consumer(NODES_EVENTS, group=f"agent-test-{uuid.uuid4().hex[:8]}")
+    nodes.handle(pb.NodeLost, on_event)
     async with bus:
         yield bus, heard
 
@@ -348,3 +414,325 @@ async def test_the_agent_reconnects_when_its_provisioner_restarts_and_runs_new_w
     assert isinstance(finished, pb.TaskFinished), finished
     assert finished.node_id == node_id
     assert _outputs(finished)["rows"] == 7
+
+
+async def _pids(marker: Path) -> tuple[int, int]:
+    """The agent's pid and the worker's, as the ``hold`` task noted them."""
+    pids = marker.with_suffix(".pids")
+    async with asyncio.timeout(BOUND):
+        while True:
+            noted = pids.read_text().split() if pids.exists() else []
+            if len(noted) == 2:
+                return int(noted[0]), int(noted[1])
+            await asyncio.sleep(0.05)
+
+
+async def _gone(pid: int) -> None:
+    async with asyncio.timeout(BOUND):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            await asyncio.sleep(0.05)
+
+
+def _hold(marker: Path, run_id: str, attempt: int, cpu_millis: int) -> TaskRequested:
+    request = _request("hold", {"marker": str(marker)}, cpu_millis=cpu_millis)
+    request.attempt.run_id = run_id
+    request.attempt.attempt = attempt
+    return request
+
+
+async def test_a_killed_agent_is_lost_with_its_attempt_which_runs_again_on_another_agent(
+    tmp_path: Path, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    # Larger than every other test's agent, and asked for: only these agents take the task.
+    first, second = f"agent-{uuid.uuid4().hex[:8]}", f"agent-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=4 * HUGE)
+    async with _process("provisioner", tmp_path / "provisioner.log", port, {}):
+        env = _agent_env(tmp_path, first, port, cpu_millis=5 * HUGE)
+        async with _process("agent", tmp_path / "first.log", _free_port(), env) as agent:
+            await _registered(address, first)
+            await bus.publish(request)
+            await _heard(heard, pb.TaskStarted, request.attempt)
+            agent_pid, worker_pid = await _pids(marker)
+            assert agent_pid == agent.pid
+            agent.kill()
+            await agent.wait()
+        try:
+            await _gone(worker_pid)  # a worker does not outlive its agent
+            lost, node_lost = await _lost(heard, first, request.attempt)
+        finally:
+            marker.touch()
+        assert lost.node_id == first
+        assert "lease expired" in lost.reason
+        assert list(node_lost.lost_attempts) == [request.attempt]
+
+        again = _hold(marker, request.attempt.run_id, attempt=2, cpu_millis=4 * HUGE)
+        env = _agent_env(tmp_path, second, port, cpu_millis=5 * HUGE)
+        async with _process("agent", tmp_path / "second.log", _free_port(), env):
+            await _registered(address, second)
+            await bus.publish(again)
+            finished = await _ended(heard, again.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert finished.node_id == second
+
+
+async def test_an_agent_back_from_a_pause_has_its_lost_attempt_cancelled_and_its_report_ignored(
+    tmp_path: Path, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    port, metrics_port = _free_port(), _free_port()
+    node_id = f"agent-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=6 * HUGE)
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    stale = "strata_provisioner_stale_reports_total"
+    log = tmp_path / "provisioner.log"
+    async with _process("provisioner", log, port, {}, metrics_port=metrics_port):
+        env = _agent_env(tmp_path, node_id, port, cpu_millis=7 * HUGE)
+        async with _process("agent", tmp_path / "agent.log", _free_port(), env) as agent:
+            await _registered(f"127.0.0.1:{port}", node_id)
+            await bus.publish(request)
+            await _heard(heard, pb.TaskStarted, request.attempt)
+            _, worker_pid = await _pids(marker)
+            before = _sample(metrics, stale, report="task_failed")
+            agent.send_signal(signal.SIGSTOP)
+            try:
+                lost = await _heard(heard, pb.TaskLost, request.attempt)
+            finally:
+                agent.send_signal(signal.SIGCONT)
+            assert lost.node_id == node_id
+            # Back, the agent is told to stop the attempt the provisioner gave up on; its
+            # report of the cancelled attempt is fenced out, and counted.
+            await _gone(worker_pid)
+            await _counted(metrics, stale, before, report="task_failed")
+    assert not marker.exists()
+
+
+async def _lost(
+    heard: asyncio.Queue[Message], node_id: str, attempt: TaskAttemptRef
+) -> tuple[pb.TaskLost, pb.NodeLost]:
+    """The TaskLost of ``attempt`` and the NodeLost of ``node_id``, in whichever order
+    their topics deliver them."""
+    task_lost: pb.TaskLost | None = None
+    node_lost: pb.NodeLost | None = None
+    async with asyncio.timeout(BOUND):
+        while task_lost is None or node_lost is None:
+            event = await heard.get()
+            if isinstance(event, pb.TaskLost) and event.attempt == attempt:
+                task_lost = event
+            elif isinstance(event, pb.NodeLost) and event.node_id == node_id:
+                node_lost = event
+    return task_lost, node_lost
+
+
+async def _counted(url: str, name: str, before: float, **labels: str) -> None:
+    """Wait until the counter ``name`` of the service at ``url`` is past ``before``."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            if _sample(url, name, **labels) > before:
+                return
+            await asyncio.sleep(0.1)
+
+
+def _sample(url: str, name: str, **labels: str) -> float:
+    """One sample of a service's ``/metrics``; 0 when it is not there yet."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match is None or match[1] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match[3])
+    return 0.0
+
+
+async def test_cancelling_a_running_attempt_terminates_its_worker_and_reports_it_cancelled(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]], tmp_path: Path
+) -> None:
+    bus, heard = events
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=HUGE - 1)
+    await bus.publish(request)
+    await _heard(heard, pb.TaskStarted, request.attempt)
+    _, worker_pid = await _pids(marker)
+
+    reason = "run cancelled by bob"
+    await bus.publish(TaskCancelRequested(attempt=request.attempt, reason=reason))
+    failed = await _ended(heard, request.attempt)
+    assert isinstance(failed, pb.TaskFailed), failed
+    assert failed.kind == pb.FAILURE_KIND_CANCELLED
+    assert failed.message == reason
+    assert failed.node_id == cluster.node_id
+    await _gone(worker_pid)
+    assert marker.with_suffix(".term").exists(), "the worker got SIGTERM before any SIGKILL"
+    assert not marker.exists()
+
+
+async def test_cancelling_a_queued_attempt_takes_it_out_of_the_queue_and_reports_it_cancelled(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    request = _request("extract", {"rows": 1}, cpu_millis=HUGE * 1000)
+    await bus.publish(request)
+    async with grpc.aio.insecure_channel(cluster.provisioner) as channel:
+        stub = ProvisionerServiceStub(channel)
+        queue = pb.GetQueueRequest(name=request.queue)
+        async with asyncio.timeout(BOUND):
+            while True:
+                if (await stub.GetQueue(queue, metadata=VIEWER)).queue.pending:
+                    break
+                await asyncio.sleep(0.1)
+
+        await bus.publish(TaskCancelRequested(attempt=request.attempt, reason="not needed"))
+        failed = await _ended(heard, request.attempt)
+        assert isinstance(failed, pb.TaskFailed), failed
+        assert failed.kind == pb.FAILURE_KIND_CANCELLED
+        assert failed.message == "not needed"
+        assert failed.node_id == ""
+        assert not (await stub.GetQueue(queue, metadata=VIEWER)).queue.pending
+
+
+async def test_a_task_over_its_memory_limit_is_stopped_and_reported_out_of_memory(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    limit = 256 * 1024**2
+    request = _request("hog", {"step_mib": 16, "most_mib": 1024})
+    request.resources.memory_bytes = limit
+    await bus.publish(request)
+    failed = await _ended(heard, request.attempt)
+    assert isinstance(failed, pb.TaskFailed), failed
+    assert failed.kind == pb.FAILURE_KIND_OUT_OF_MEMORY
+    assert failed.node_id == cluster.node_id
+    assert "out of memory" in failed.message
+    assert failed.peak_usage.memory_bytes > limit
+
+
+async def test_a_task_past_its_timeout_is_stopped_and_reported_timed_out(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    request = _request("nap", {"seconds": 2 * BOUND})
+    request.timeout.FromSeconds(1)
+    await bus.publish(request)
+    failed = await _ended(heard, request.attempt)
+    assert isinstance(failed, pb.TaskFailed), failed
+    assert failed.kind == pb.FAILURE_KIND_TIMEOUT
+    assert "past its timeout of 1s" in failed.message
+
+
+STRATA = Path(sys.executable).with_name("strata")
+"""The ``strata`` CLI of the venv that runs the tests."""
+
+
+async def _logs(*args: str) -> tuple[int, str, str]:
+    """``strata workflow logs ARGS`` reading the stack's S3 server, as a user would."""
+    process = await asyncio.create_subprocess_exec(
+        STRATA,
+        "workflow",
+        "logs",
+        *args,
+        env={**os.environ, "STRATA_BLOB_BACKEND": "s3"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_what_a_task_prints_is_kept_in_the_blob_store_and_shown_by_workflow_logs(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    chatty = _request("chatty", {"lines": 3})
+    broken = _request("broken")
+    broken.attempt.run_id = chatty.attempt.run_id
+    await bus.publish(chatty)
+    await bus.publish(broken)
+    assert isinstance(await _ended(heard, chatty.attempt), pb.TaskFinished)
+    assert isinstance(await _ended(heard, broken.attempt), pb.TaskFailed)
+
+    code, out, err = await _logs(chatty.attempt.run_id)
+    assert code == 0, err
+    lines = "".join(f"line {n} to stdout\n" for n in range(3))
+    stdout = f"==> chatty attempt 1 stdout <==\n{lines}"
+    assert stdout in out
+    assert "==> chatty attempt 1 stderr <==\na word to stderr\n" in out
+    assert out.index("==> broken attempt 1 stderr <==") < out.index(stdout)
+    assert "raise ValueError(\"column 'eta' missing\")" in out
+
+    code, out, _ = await _logs(chatty.attempt.run_id, "chatty")
+    assert code == 0
+    assert "line 2 to stdout" in out
+    assert "broken" not in out
+
+    code, out, err = await _logs(str(uuid.uuid4()))
+    assert code == 1
+    assert "no output of run" in err
+
+
+async def _printed(stream: asyncio.StreamReader, line: str) -> None:
+    """Read ``stream`` up to ``line``; fail if it ends first."""
+    while True:
+        read = await stream.readline()
+        assert read, f"the command ended before printing {line!r}"
+        if read.decode().strip() == line:
+            return
+
+
+async def test_workflow_logs_follow_shows_output_while_the_task_runs(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]], tmp_path: Path
+) -> None:
+    bus, heard = events
+    marker = tmp_path / "release"
+    request = _request("chatty", {"lines": 1, "marker": str(marker)})
+    await bus.publish(request)
+    await _heard(heard, pb.TaskStarted, request.attempt)
+    follow = await asyncio.create_subprocess_exec(
+        STRATA,
+        "workflow",
+        "logs",
+        request.attempt.run_id,
+        "--follow",
+        env={**os.environ, "STRATA_BLOB_BACKEND": "s3"},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert follow.stdout is not None
+    try:
+        async with asyncio.timeout(BOUND):
+            await _printed(follow.stdout, "line 0 to stdout")
+            assert not marker.exists(), "shown while the task still runs"
+            marker.touch()
+            await _printed(follow.stdout, "released")
+    finally:
+        marker.touch()
+        follow.terminate()
+        await follow.wait()
+    assert isinstance(await _ended(heard, request.attempt), pb.TaskFinished)
+
+
+async def test_a_running_attempt_reports_its_usage_every_interval(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]], tmp_path: Path
+) -> None:
+    bus, heard = events
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=HUGE - 1)
+    await bus.publish(request)
+    try:
+        usage = await _heard(heard, pb.TaskUsage, request.attempt)
+    finally:
+        marker.touch()
+    assert usage.node_id == cluster.node_id
+    assert usage.usage.memory_bytes > 0
+    assert isinstance(await _ended(heard, request.attempt), pb.TaskFinished)

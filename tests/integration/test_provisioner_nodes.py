@@ -433,18 +433,24 @@ async def test_the_queue_and_placements_survive_a_restart_and_a_bigger_agent_get
         waiting = await _waiting(stub, queue)
         assert [p.attempt for p in waiting] == [big.attempt]
 
-    async with _running(log) as second, grpc.aio.insecure_channel(second.address) as channel:
-        stub = ProvisionerServiceStub(channel)
-        waiting = await _waiting(stub, queue)
-        assert [p.attempt for p in waiting] == [big.attempt]
-        agent = await _connect(stub, Resources(cpu_millis=HUGE * 4, memory_bytes=64 * GIB))
-        await _assigned(agent, big)
-        await agent.close()
+    # The third process starts before the agent leaves the second: a start slower than
+    # the node's lease would rightly get the silent node declared lost meanwhile.
+    async with _running(log) as third, grpc.aio.insecure_channel(third.address) as channel3:
+        async with (
+            _running(log) as second,
+            grpc.aio.insecure_channel(second.address) as channel,
+        ):
+            stub = ProvisionerServiceStub(channel)
+            waiting = await _waiting(stub, queue)
+            assert [p.attempt for p in waiting] == [big.attempt]
+            agent = await _connect(stub, Resources(cpu_millis=HUGE * 4, memory_bytes=64 * GIB))
+            await _assigned(agent, big)
+            await agent.close()
 
-    # The placement is durable: the agent, registering again with a restarted
-    # provisioner and not listing the attempt as running, is sent it again.
-    async with _running(log) as third, grpc.aio.insecure_channel(third.address) as channel:
-        stub = ProvisionerServiceStub(channel)
+        # The placement is durable: with the provisioner that placed it stopped, the
+        # agent registering with another process, not listing the attempt as running,
+        # is sent it again.
+        stub = ProvisionerServiceStub(channel3)
         again = Agent(stub.Connect(metadata=AGENT), agent.node_id)
         await again.send(
             _registration(agent.node_id, Resources(cpu_millis=HUGE * 4, memory_bytes=64 * GIB))

@@ -1,5 +1,5 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
-``strata workflow apply|list|run|status|cancel|backfill``,
+``strata workflow apply|list|run|status|logs|cancel|backfill``,
 ``strata features apply|list|get|online|training-set``,
 ``strata models list|show|promote|audit``, ``strata nodes list``.
 
@@ -155,6 +155,20 @@ def workflow_status(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> N
     from strata.sdk.workflows import commands
 
     _run_workflow(commands.status(run_id, _out()))
+
+
+@workflow.command("logs")
+def workflow_logs(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    task: Annotated[str | None, typer.Argument(help="Only this task's attempts.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep printing new output until interrupted.")
+    ] = False,
+) -> None:
+    """What each attempt of a run printed (stdout, then stderr), from the blob store."""
+    from strata.sdk.workflows import logs
+
+    _run_workflow(logs.show(run_id, task, follow=follow, out=_out()))
 
 
 @workflow.command("cancel")

@@ -3,14 +3,20 @@
 Reports wait in :class:`Outgoing` until a session writes them, so an attempt
 that ends while the stream is down is reported on the next one. Each attempt is
 an asyncio task awaiting its worker (:func:`strata.agent.worker.run_in_worker`);
-cancelling it kills the worker.
+a cancellation from the provisioner asks its :class:`~strata.agent.stopping.Stop`
+(SIGTERM, SIGKILL after the grace) and the attempt is reported cancelled;
+cancelling the task (the agent is stopping) kills the worker at once. Its stdout
+and stderr are kept in the blob store (:mod:`strata.agent.output`) before its end
+is reported; while it runs, its usage is reported every ``usage_interval``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from google.protobuf import json_format
@@ -18,15 +24,67 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from strata.agent.domain.outcome import Failed, Finished, Outcome, Usage
+from strata.agent.domain.limits import Limits
+from strata.agent.domain.outcome import Failed, Finished, Outcome, StopKind, Stopped, Usage
+from strata.agent.domain.usage import Sample, cpu_millis, due
+from strata.agent.output import AttemptOutput
+from strata.agent.stopping import Stop
 from strata.agent.worker import run_in_worker
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
+from strata.core.blobs import BlobStore
 
 log = structlog.stdlib.get_logger(__name__)
 
 AttemptKey = tuple[str, str, int]
+
+
+DEFAULT_GRACE = 10.0
+"""Seconds a cancelled attempt may take to exit after SIGTERM when the provisioner names none."""
+_STOP_KINDS = {
+    StopKind.CANCELLED: pb.FAILURE_KIND_CANCELLED,
+    StopKind.OUT_OF_MEMORY: pb.FAILURE_KIND_OUT_OF_MEMORY,
+    StopKind.TIMEOUT: pb.FAILURE_KIND_TIMEOUT,
+}
+
+
+@dataclass(frozen=True)
+class Running:
+    """One attempt running here: its ref, the task awaiting its worker, and its stop."""
+
+    ref: TaskAttemptRef
+    task: asyncio.Task[None]
+    stop: Stop
+
+
+DEFAULT_USAGE_INTERVAL = 5.0
+
+
+class UsageReports:
+    """Turns one attempt's usage samples into a ``TaskUsage`` report every interval."""
+
+    def __init__(
+        self, ref: TaskAttemptRef, node_id: str, outgoing: Outgoing, interval: float
+    ) -> None:
+        self._ref = ref
+        self._node_id = node_id
+        self._outgoing = outgoing
+        self._interval = interval
+        self._last = Sample(time.monotonic(), 0, 0.0)
+
+    def sampled(self, sample: Sample) -> None:
+        if not due(self._last, sample, self._interval):
+            return
+        usage = ResourceUsage(
+            cpu_millis=cpu_millis(self._last, sample), memory_bytes=sample.rss_bytes
+        )
+        self._outgoing.put(
+            pb.ConnectRequest(
+                task_usage=pb.TaskUsage(attempt=self._ref, node_id=self._node_id, usage=usage)
+            )
+        )
+        self._last = sample
 
 
 class Outgoing:
@@ -55,15 +113,20 @@ class Outgoing:
 class Attempts:
     """Runs assigned attempts in workers and queues their reports."""
 
-    def __init__(self, node_id: str, code_path: Sequence[str], outgoing: Outgoing) -> None:
+    def __init__(
+        self, node_id: str, code_path: Sequence[str], outgoing: Outgoing, blobs: BlobStore
+    ) -> None:
         self._node_id = node_id
+        self._blobs = blobs
         self._code_path = tuple(code_path)
         self._outgoing = outgoing
-        self._running: dict[AttemptKey, tuple[TaskAttemptRef, asyncio.Task[None]]] = {}
+        self._running: dict[AttemptKey, Running] = {}
+        self.usage_interval = DEFAULT_USAGE_INTERVAL
+        """Seconds between TaskUsage reports of a running attempt, as the provisioner says."""
 
     @property
     def running(self) -> list[TaskAttemptRef]:
-        return [ref for ref, _ in self._running.values()]
+        return [entry.ref for entry in self._running.values()]
 
     def start(self, assignment: pb.TaskAssignment) -> None:
         """Run ``assignment`` unless this very attempt already runs (a re-sent assignment)."""
@@ -72,23 +135,31 @@ class Attempts:
             return
         ref = TaskAttemptRef()
         ref.CopyFrom(assignment.attempt)
-        task = asyncio.create_task(self._run(ref, assignment), name=f"attempt {key}")
-        self._running[key] = (ref, task)
+        stop = Stop()
+        task = asyncio.create_task(self._run(ref, assignment, stop), name=f"attempt {key}")
+        self._running[key] = Running(ref, task, stop)
 
     def cancel(self, cancellation: pb.TaskCancellation) -> None:
-        """Stop the attempt named; an attempt not running here is none of this node's business."""
+        """Stop the attempt named (SIGTERM, SIGKILL after the grace), to be reported
+        cancelled; an attempt not running here is none of this node's business."""
         entry = self._running.get(_key(cancellation.attempt))
-        if entry is not None:
-            entry[1].cancel(cancellation.reason or "cancelled by the provisioner")
+        if entry is None:
+            return
+        grace = cancellation.grace_period.ToTimedelta().total_seconds()
+        if not cancellation.HasField("grace_period"):
+            grace = DEFAULT_GRACE
+        reason = cancellation.reason or "cancelled by the provisioner"
+        entry.stop.ask(StopKind.CANCELLED, reason, grace)
+        log.info("attempt cancelled", attempt=list(_key(entry.ref)), reason=reason, grace=grace)
 
     async def stop(self) -> None:
         """Kill every worker (the agent is stopping)."""
-        tasks = [task for _, task in self._running.values()]
+        tasks = [entry.task for entry in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, ref: TaskAttemptRef, assignment: pb.TaskAssignment) -> None:
+    async def _run(self, ref: TaskAttemptRef, assignment: pb.TaskAssignment, stop: Stop) -> None:
         args = json_format.MessageToDict(assignment.args)
         upstream = {
             task_id: json_format.MessageToDict(outputs)
@@ -98,8 +169,20 @@ class Attempts:
             pb.ConnectRequest(task_started=pb.TaskStarted(attempt=ref, node_id=self._node_id))
         )
         log.info("attempt started", attempt=list(_key(ref)), entrypoint=assignment.entrypoint)
+        output = AttemptOutput(self._blobs, ref)
+        uploading = asyncio.create_task(output.upload_while_running())
+        usage = UsageReports(ref, self._node_id, self._outgoing, self.usage_interval)
         try:
-            outcome = await run_in_worker(assignment.entrypoint, args, upstream, self._code_path)
+            outcome = await run_in_worker(
+                assignment.entrypoint,
+                args,
+                upstream,
+                self._code_path,
+                stop,
+                _limits(assignment),
+                output.folder,
+                usage.sampled,
+            )
         except asyncio.CancelledError as cancelled:
             reason = str(cancelled.args[0]) if cancelled.args else "the agent is stopping"
             self._outgoing.put(
@@ -115,6 +198,9 @@ class Attempts:
             raise
         finally:
             self._running.pop(_key(ref), None)
+            uploading.cancel()
+            await asyncio.gather(uploading, return_exceptions=True)
+            await output.close()
         self._outgoing.put(report(ref, self._node_id, outcome))
         log.info("attempt ended", attempt=list(_key(ref)), outcome=type(outcome).__name__)
 
@@ -133,6 +219,16 @@ def report(ref: TaskAttemptRef, node_id: str, outcome: Outcome) -> pb.ConnectReq
                 duration=_duration(outcome.usage.wall_seconds),
             )
         )
+    if isinstance(outcome, Stopped):
+        return pb.ConnectRequest(
+            task_failed=pb.TaskFailed(
+                attempt=ref,
+                node_id=node_id,
+                kind=_STOP_KINDS[outcome.kind],
+                message=outcome.message,
+                peak_usage=_peak(outcome.usage),
+            )
+        )
     return pb.ConnectRequest(task_failed=_failed(ref, node_id, outcome))
 
 
@@ -145,6 +241,15 @@ def _failed(ref: TaskAttemptRef, node_id: str, outcome: Failed) -> pb.TaskFailed
         exit_code=outcome.exit_code,
         peak_usage=_peak(outcome.usage),
         traceback=outcome.traceback,
+    )
+
+
+def _limits(assignment: pb.TaskAssignment) -> Limits:
+    """The attempt's memory limit (what the task asked for) and its timeout, if any."""
+    timeout = assignment.timeout.ToTimedelta().total_seconds()
+    return Limits(
+        memory_bytes=assignment.limits.memory_bytes,
+        timeout_seconds=timeout if assignment.HasField("timeout") and timeout > 0 else None,
     )
 
 

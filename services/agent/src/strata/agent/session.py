@@ -40,7 +40,7 @@ def provisioner_session(settings: AgentSettings) -> Callable[[ServiceContext], A
 async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings) -> None:
     """Stay connected to the provisioner and run what it assigns, until cancelled."""
     outgoing = Outgoing()
-    attempts = Attempts(settings.node_id, settings.code_path, outgoing)
+    attempts = Attempts(settings.node_id, settings.code_path, outgoing, context.blobs)
     runtime = context.settings
     credentials = channel_credentials(runtime.tls)
     failures = 0
@@ -102,6 +102,8 @@ class Session:
                 session_id=accepted.session_id,
             )
             interval = accepted.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
+            usage_every = accepted.usage_interval.ToTimedelta().total_seconds()
+            self._attempts.usage_interval = usage_every or self._attempts.usage_interval
             helpers = (
                 asyncio.create_task(self._write(call)),
                 asyncio.create_task(self._heartbeat(interval)),

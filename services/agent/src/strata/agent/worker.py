@@ -3,9 +3,11 @@
 The worker is started with the ``spawn`` context: a fresh interpreter that shares
 nothing with the agent (no inherited event loop, sockets or threads), so a task
 that crashes, exits or corrupts its interpreter takes down only its worker; the
-agent sees the pipe close and reports the exit code. Usage is measured inside
-the worker by ``getrusage`` just before it answers (peak RSS, user + system CPU),
-wall time by the agent around the whole process.
+agent sees the pipe close and reports the exit code. A worker whose agent dies
+exits too. Usage is measured inside the worker by ``getrusage`` just before it
+answers (peak RSS, user + system CPU), wall time by the agent around the whole
+process; while it runs, the agent samples it with psutil (:class:`Watch`) to
+enforce its limits and report its usage.
 
 This increment imports code from the folders of ``STRATA_AGENT_CODE_PATH``;
 fetching content-addressed bundles (sha256 checked) and warm workers come next.
@@ -14,22 +16,40 @@ fetching content-addressed bundles (sha256 checked) and warm workers come next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import io
 import json
 import multiprocessing
+import os
 import resource
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
+import psutil
+
 from strata.agent.domain.entrypoint import Entrypoint, call_arguments
-from strata.agent.domain.outcome import Failed, Finished, Outcome, Usage
+from strata.agent.domain.limits import Limits, breach
+from strata.agent.domain.outcome import Failed, Finished, Outcome, Stopped, Usage
+from strata.agent.domain.usage import Sample
+from strata.agent.stopping import Stop
 
 _SPAWN = multiprocessing.get_context("spawn")
+ORPHAN_CHECK = 0.5
+"""Seconds between a worker's looks at whether its agent is still there."""
+EXIT_ORPHANED = 70
+"""Exit code of a worker whose agent went away."""
+WATCH_INTERVAL = 0.1
+"""Seconds between samples of a worker's memory: a task allocating fast can pass its
+limit by what it allocates in that time before it is stopped."""
 
 
 async def run_in_worker(
@@ -37,28 +57,57 @@ async def run_in_worker(
     args: Mapping[str, Any],
     upstream_outputs: Mapping[str, Mapping[str, Any]],
     code_path: Sequence[str],
+    stop: Stop,
+    limits: Limits,
+    output: Path,
+    sampled: Callable[[Sample], None],
 ) -> Outcome:
     """Run ``entrypoint`` in a new worker process and wait for its outcome.
 
-    Cancelling the waiting task kills the worker.
+    While it runs, its memory and time are watched against ``limits``; going past
+    one asks ``stop``. When ``stop`` is asked first, the worker gets SIGTERM,
+    SIGKILL once the stop's grace has passed, and the outcome is :class:`Stopped`.
+    Cancelling the waiting task (the agent is stopping) kills the worker at once.
+    The worker's stdout and stderr go to files of those names in ``output``; each
+    sample of its usage is handed to ``sampled``.
     """
     receiving, sending = _SPAWN.Pipe(duplex=False)
     process = _SPAWN.Process(
         target=serve_attempt,
-        args=(sending, list(code_path), entrypoint, dict(args), dict(upstream_outputs)),
+        args=(
+            sending,
+            list(code_path),
+            entrypoint,
+            dict(args),
+            dict(upstream_outputs),
+            str(output),
+        ),
         name=f"strata-worker {entrypoint}",
     )
     started = time.monotonic()
     process.start()
     sending.close()
+    answering = asyncio.ensure_future(asyncio.to_thread(_receive, receiving))
+    stopping = asyncio.ensure_future(stop.wait())
+    watch = Watch(process.pid, limits, stop, started, sampled)
+    watching = asyncio.ensure_future(watch.run())
     try:
-        answer = await asyncio.to_thread(_receive, receiving)
+        await asyncio.wait({answering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not answering.done():
+            await asyncio.to_thread(_terminate, process, stop.grace)
+            await answering
+            usage = Usage(watch.peak_rss_bytes, 0.0, time.monotonic() - started)
+            return Stopped(stop.kind, stop.message, usage)
+        answer = answering.result()
         await asyncio.to_thread(process.join)
     except asyncio.CancelledError:
         process.kill()
         await asyncio.shield(asyncio.to_thread(process.join))
+        await asyncio.shield(answering)
         raise
     finally:
+        stopping.cancel()
+        watching.cancel()
         receiving.close()
     wall = time.monotonic() - started
     if answer is None:
@@ -71,6 +120,69 @@ async def run_in_worker(
             exit_code=code,
         )
     return _outcome(answer, wall)
+
+
+class Watch:
+    """Samples a worker's memory (its resident set and its children's) every
+    :data:`WATCH_INTERVAL`, keeps the peak, and asks the stop once a limit is passed."""
+
+    def __init__(
+        self,
+        pid: int | None,
+        limits: Limits,
+        stop: Stop,
+        started: float,
+        sampled: Callable[[Sample], None],
+    ) -> None:
+        self._pid = pid
+        self._limits = limits
+        self._stop = stop
+        self._started = started
+        self._sampled = sampled
+        self.peak_rss_bytes = 0
+
+    async def run(self) -> None:
+        """Until the worker is gone or stopped (or the task is cancelled)."""
+        if self._pid is None:
+            return
+        try:
+            worker = psutil.Process(self._pid)
+            while not self._stop.asked:
+                sample = _sample(worker)
+                rss = sample.rss_bytes
+                self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+                self._sampled(sample)
+                over = breach(self._limits, rss, sample.at - self._started)
+                if over is not None:
+                    self._stop.ask(over.kind, over.message, over.grace)
+                    return
+                await asyncio.sleep(WATCH_INTERVAL)
+        except psutil.NoSuchProcess:
+            return
+
+
+def _sample(worker: psutil.Process) -> Sample:
+    """Resident memory and CPU time of the worker and every process it started (those
+    already gone count as nothing)."""
+    at = time.monotonic()
+    rss = worker.memory_info().rss
+    cpu = worker.cpu_times()
+    cpu_seconds = cpu.user + cpu.system + cpu.children_user + cpu.children_system
+    for child in worker.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rss += child.memory_info().rss
+            times = child.cpu_times()
+            cpu_seconds += times.user + times.system
+    return Sample(at, int(rss), cpu_seconds)
+
+
+def _terminate(process: BaseProcess, grace: float) -> None:
+    """SIGTERM, then SIGKILL if the worker is still there after ``grace`` seconds."""
+    process.terminate()
+    process.join(grace)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
@@ -94,8 +206,11 @@ def serve_attempt(
     entrypoint: str,
     args: dict[str, Any],
     upstream_outputs: dict[str, dict[str, Any]],
+    output: str,
 ) -> None:
     """The worker's body (top level, so ``spawn`` can import it): run, answer once, exit."""
+    _exit_with_the_agent()
+    _capture(Path(output))
     sys.path[:0] = code_path
     try:
         outputs = _call(Entrypoint.parse(entrypoint), args, upstream_outputs)
@@ -107,11 +222,38 @@ def serve_attempt(
             "message": str(exc),
             "traceback": traceback.format_exc(),
         }
+        sys.stderr.write(answer["traceback"])
     used = resource.getrusage(resource.RUSAGE_SELF)
     answer["peak_rss_bytes"] = used.ru_maxrss * 1024
     answer["cpu_seconds"] = used.ru_utime + used.ru_stime
     connection.send(answer)
     connection.close()
+
+
+def _exit_with_the_agent() -> None:
+    """Exit once the agent is gone (killed, crashed): the provisioner declares its attempts
+    lost and places them again, so a worker left running would race its replacement and
+    hold room on the node that nobody accounts for."""
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(ORPHAN_CHECK)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="strata-agent-watch", daemon=True).start()
+
+
+def _capture(folder: Path) -> None:
+    """Send this process's stdout and stderr (the descriptors, so C code and child
+    processes are captured too) to files in ``folder``, a line at a time."""
+    for descriptor, stream in ((1, "stdout"), (2, "stderr")):
+        file = os.open(folder / stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(file, descriptor)
+        os.close(file)
+    for text in (sys.stdout, sys.stderr):
+        if isinstance(text, io.TextIOWrapper):
+            text.reconfigure(line_buffering=True)
 
 
 def _call(

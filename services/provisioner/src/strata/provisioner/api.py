@@ -6,8 +6,14 @@ the field named) and stored; the answer is ``AgentAccepted``. From then on the
 session reads the agent's messages (each renews the node's lease) and sends down
 the assignments of the attempts placed on the node, from the stored placements,
 each once per session (so a reconnecting agent gets again what it does not list
-as running). Reports on attempts go through :mod:`strata.provisioner.reports`.
-When the stream closes the node is marked LOST.
+as running). Attempts the agent lists as running (registering, then in each
+heartbeat) that are not placed on its node are cancelled on it, once per session
+(:mod:`strata.provisioner.domain.reconcile`), and so are placed attempts asked to
+stop (``TaskCancelRequested``); one asked to stop before its assignment reached
+the agent is reported cancelled here instead. Reports on attempts go through
+:mod:`strata.provisioner.reports`. When the stream closes the node is marked
+LOST; once its lease expires :mod:`strata.provisioner.node_loss` declares it
+lost, and a message on the old session then ends it (the agent registers anew).
 
 Methods not written yet (DrainNode, ListPlacements) are inherited from the
 generated base class and answer UNIMPLEMENTED.
@@ -26,6 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
+from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
@@ -33,6 +40,7 @@ from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceSer
 from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.lease import HEARTBEAT_INTERVAL, LEASE, USAGE_INTERVAL
+from strata.provisioner.domain.reconcile import CANCEL_GRACE, NOT_CURRENT, AttemptKey, to_cancel
 from strata.provisioner.domain.registration import Registration, check
 from strata.provisioner.domain.reports import REPORTS
 from strata.provisioner.domain.resources import Resources
@@ -79,17 +87,32 @@ class ProvisionerApi(ProvisionerServiceServicer):
                 usage_interval=_duration(USAGE_INTERVAL),
             )
         )
-        reader = asyncio.create_task(self._read(request_iterator, node_id, session_id))
-        # What the agent runs already is not sent again.
-        sent = {(a.run_id, a.task_id, a.attempt) for a in first.registration.running}
+        # What the agent runs, as it said last; what it runs already is not sent again.
+        running = [_key(a) for a in first.registration.running]
+        reader = asyncio.create_task(self._read(request_iterator, node_id, session_id, running))
+        sent = set(running)
+        cancelled: set[AttemptKey] = set()
         try:
             while not reader.done():
-                for placement in await self._queue.on_node(node_id):
-                    a = placement.request.attempt
-                    if placement.running or (a.run_id, a.task_id, a.attempt) in sent:
-                        continue
-                    yield pb.ConnectResponse(assignment=_assignment(placement))
-                    sent.add((a.run_id, a.task_id, a.attempt))
+                placements = await self._queue.on_node(node_id)
+                for placement in placements:
+                    key = _key(placement.request.attempt)
+                    reason = placement.cancel_reason
+                    if reason is not None and key not in sent and not placement.running:
+                        await self._reports.cancel_unassigned(
+                            node_id, placement.request.attempt, reason
+                        )
+                    elif reason is not None and key not in cancelled:
+                        yield pb.ConnectResponse(cancellation=_cancellation(key, reason))
+                        cancelled.add(key)
+                    elif reason is None and not placement.running and key not in sent:
+                        yield pb.ConnectResponse(assignment=_assignment(placement))
+                        sent.add(key)
+                placed = {_key(p.request.attempt) for p in placements}
+                for key in to_cancel(running, placed, cancelled):
+                    log.info("attempt not current cancelled", node_id=node_id, attempt=list(key))
+                    yield pb.ConnectResponse(cancellation=_cancellation(key, NOT_CURRENT))
+                    cancelled.add(key)
                 await asyncio.wait({reader}, timeout=DELIVERY_POLL)
             reader.result()
         finally:
@@ -99,10 +122,15 @@ class ProvisionerApi(ProvisionerServiceServicer):
             log.info("node disconnected", node_id=node_id)
 
     async def _read(
-        self, requests: AsyncIterator[pb.ConnectRequest], node_id: str, session_id: str
+        self,
+        requests: AsyncIterator[pb.ConnectRequest],
+        node_id: str,
+        session_id: str,
+        running: list[AttemptKey],
     ) -> None:
         """Renew the lease on every message of the agent and apply its reports, until its
-        stream ends."""
+        stream ends or its session is over; keep ``running`` as the agent's last heartbeat
+        says."""
         async for message in requests:
             kind = message.WhichOneof("message")
             if kind == "registration":
@@ -118,8 +146,12 @@ class ProvisionerApi(ProvisionerServiceServicer):
                 warm_bundles=list(heartbeat.warm_bundles) if heartbeat else None,
             )
             if not current:
-                log.info("message from a replaced session ignored", node_id=node_id)
+                log.info("session replaced or node lost: message ignored", node_id=node_id)
+                if kind in REPORTS:
+                    self._reports.ignore(node_id, message)
                 return
+            if heartbeat is not None:
+                running[:] = [_key(a) for a in heartbeat.running]
             if kind in REPORTS:
                 await self._reports.apply(node_id, message)
 
@@ -246,6 +278,19 @@ def _assignment(stored: StoredPlacement) -> pb.TaskAssignment:
         reserved=_resources(stored.reserved),
         timeout=request.timeout if request.HasField("timeout") else None,
     )
+
+
+def _cancellation(key: AttemptKey, reason: str) -> pb.TaskCancellation:
+    run_id, task_id, attempt = key
+    return pb.TaskCancellation(
+        attempt=TaskAttemptRef(run_id=run_id, task_id=task_id, attempt=attempt),
+        reason=reason,
+        grace_period=_duration(CANCEL_GRACE),
+    )
+
+
+def _key(attempt: TaskAttemptRef) -> AttemptKey:
+    return (attempt.run_id, attempt.task_id, attempt.attempt)
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:

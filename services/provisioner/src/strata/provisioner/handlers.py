@@ -3,7 +3,11 @@
 
 Each ``TaskRequested`` is queued in the transaction that claims its event id in
 the inbox, so a redelivered request queues nothing twice; the placement loop
-(:mod:`strata.provisioner.placing`) takes it from there.
+(:mod:`strata.provisioner.placing`) takes it from there. A ``TaskCancelRequested``
+(same topic and key, so it never overtakes its request) takes a queued attempt
+out of the queue and reports it cancelled (``TaskFailed``, FAILURE_KIND_CANCELLED,
+through the outbox), or marks a placed one for its agent's Connect session to
+stop (:mod:`strata.provisioner.domain.cancellation` decides).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import structlog
 
 from strata.api.common.v1.envelope_pb2 import Envelope
-from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
+from strata.api.provisioner.v1.provisioner_pb2 import FAILURE_KIND_CANCELLED, TaskFailed
+from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
 from strata.core.errors import InvalidArgumentError
 from strata.core.inbox import claim
 from strata.core.runtime import ServiceContext
 from strata.core.topics import TASKS_REQUESTED
+from strata.provisioner.domain.cancellation import Step, reason_or_default, step
 from strata.provisioner.store import QueueStore
 
 log = structlog.stdlib.get_logger(__name__)
@@ -26,7 +32,8 @@ INBOX_CONSUMER = "task-requests"
 
 
 def register_task_requests(context: ServiceContext) -> None:
-    """Queue the attempts requested on ``strata.tasks.requested``."""
+    """Queue the attempts requested on ``strata.tasks.requested``, and stop those whose
+    cancellation is requested there."""
     queue = QueueStore(context.pool, context.schema)
     requests = context.bus.consumer(TASKS_REQUESTED, group=GROUP)
 
@@ -43,6 +50,27 @@ def register_task_requests(context: ServiceContext) -> None:
                     task_id=event.attempt.task_id,
                     attempt=event.attempt.attempt,
                 )
+
+    @requests.on(TaskCancelRequested)
+    async def on_cancel_requested(event: TaskCancelRequested, envelope: Envelope) -> None:
+        a = event.attempt
+        if not a.run_id or not a.task_id or a.attempt < 1:
+            raise InvalidArgumentError("attempt", "must name the run, the task and the attempt")
+        key = (a.run_id, a.task_id, a.attempt)
+        reason = reason_or_default(event.reason)
+        async with context.pool.acquire() as conn, conn.transaction():
+            if not await claim(conn, context.schema, envelope.event_id, consumer=INBOX_CONSUMER):
+                return
+            where = await queue.locate(conn, *key)
+            taken = step(where)
+            if taken is Step.REPORT_CANCELLED:
+                await queue.dequeue(conn, *key)
+                await context.outbox.publish(
+                    conn, TaskFailed(attempt=a, kind=FAILURE_KIND_CANCELLED, message=reason)
+                )
+            elif taken is Step.TELL_THE_AGENT:
+                await queue.ask_to_stop(conn, *key, reason)
+        log.info("cancellation requested", attempt=list(key), where=where.value, step=taken.value)
 
 
 def _check(event: TaskRequested) -> None:

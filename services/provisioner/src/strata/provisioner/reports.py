@@ -13,6 +13,7 @@ from __future__ import annotations
 import structlog
 from prometheus_client import Counter
 
+from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.reports import Effect, effect
@@ -34,6 +35,37 @@ class Reports:
             "Agent reports about attempts not placed on the reporting node, by report.",
             ["report"],
             registry=context.metrics.registry,
+        )
+
+    async def cancel_unassigned(self, node_id: str, attempt: TaskAttemptRef, reason: str) -> None:
+        """Report cancelled an attempt placed on ``node_id`` whose agent never got it: no
+        agent will report on it, so the provisioner does."""
+        key = (attempt.run_id, attempt.task_id, attempt.attempt)
+        async with self._context.pool.acquire() as conn, conn.transaction():
+            if await self._queue.lock_placement(conn, *key) != node_id:
+                return
+            await self._queue.ended(conn, *key)
+            await self._context.outbox.publish(
+                conn,
+                pb.TaskFailed(
+                    attempt=attempt,
+                    node_id=node_id,
+                    kind=pb.FAILURE_KIND_CANCELLED,
+                    message=reason,
+                ),
+            )
+
+    def ignore(self, node_id: str, message: pb.ConnectRequest) -> None:
+        """Count ``message`` (a report) from a session that is over (its node was lost)."""
+        kind = message.WhichOneof("message")
+        assert kind is not None, "the caller passes reports only"
+        attempt = getattr(message, kind).attempt
+        self._stale.labels(report=kind).inc()
+        log.info(
+            "report from a lost session ignored",
+            node_id=node_id,
+            report=kind,
+            attempt=[attempt.run_id, attempt.task_id, attempt.attempt],
         )
 
     async def apply(self, node_id: str, message: pb.ConnectRequest) -> None:

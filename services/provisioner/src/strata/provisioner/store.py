@@ -15,9 +15,11 @@ from datetime import datetime
 
 import asyncpg
 
+from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1.provisioner_pb2 import NODE_STATE_LOST, NODE_STATE_READY, NodeState
 from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
 from strata.core.migrations import DbConnection, quote_schema
+from strata.provisioner.domain.cancellation import Where
 from strata.provisioner.domain.placement import Attempt, Node, Placed
 from strata.provisioner.domain.registration import Registration
 from strata.provisioner.domain.resources import Resources
@@ -59,11 +61,14 @@ class Queued:
 
 @dataclass(frozen=True)
 class StoredPlacement:
+    """One attempt placed on a node; ``cancel_reason`` is set once it was asked to stop."""
+
     request: TaskRequested
     node_id: str
     reserved: Resources
     running: bool
     placed_at: datetime
+    cancel_reason: str | None = None
 
 
 def attempt_of(
@@ -107,7 +112,7 @@ class NodeStore:
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) "
             "ON CONFLICT (node_id) DO UPDATE SET hostname = $2, state = $3, cpu_millis = $4, "
             "memory_bytes = $5, gpus = $6, labels = $7, agent_version = $8, warm_bundles = $9, "
-            "session_id = $10, joined_at = $11, last_seen_at = $11",
+            "session_id = $10, joined_at = $11, last_seen_at = $11, lost_at = NULL",
             registration.node_id,
             registration.hostname,
             NODE_STATE_READY,
@@ -134,12 +139,13 @@ class NodeStore:
     ) -> bool:
         """Renew the node's lease from a message of session ``session_id``.
 
-        False when a newer session replaced it: the message is from the past.
+        False when a newer session replaced it, or the node was declared lost since:
+        the message is from the past, and the session is over.
         """
         status = await self._pool.execute(
             f"UPDATE {self._s}.nodes SET last_seen_at = $3, usage = coalesce($4, usage), "
             "warm_bundles = coalesce($5, warm_bundles) "
-            "WHERE node_id = $1 AND session_id = $2",
+            "WHERE node_id = $1 AND session_id = $2 AND lost_at IS NULL",
             node_id,
             session_id,
             now,
@@ -155,6 +161,26 @@ class NodeStore:
             node_id,
             session_id,
             NODE_STATE_LOST,
+        )
+
+    async def lapsed(self, conn: DbConnection, before: datetime) -> list[tuple[str, datetime]]:
+        """Nodes not declared lost and last heard from before ``before``, as (node id, last
+        heard), their rows locked; a node another provisioner is declaring is skipped."""
+        rows = await conn.fetch(
+            f"SELECT node_id, last_seen_at FROM {self._s}.nodes "
+            "WHERE lost_at IS NULL AND last_seen_at < $1 ORDER BY node_id "
+            "FOR UPDATE SKIP LOCKED",
+            before,
+        )
+        return [(r["node_id"], r["last_seen_at"]) for r in rows]
+
+    async def lost(self, conn: DbConnection, node_id: str, now: datetime) -> None:
+        """Record that ``node_id`` was declared lost at ``now``."""
+        await conn.execute(
+            f"UPDATE {self._s}.nodes SET state = $2, lost_at = $3 WHERE node_id = $1",
+            node_id,
+            NODE_STATE_LOST,
+            now,
         )
 
     async def get(self, node_id: str) -> StoredNode | None:
@@ -304,6 +330,55 @@ class QueueStore:
             attempt,
         )
 
+    async def locate(self, conn: DbConnection, run_id: str, task_id: str, attempt: int) -> Where:
+        """Where the attempt stands, its row locked until the transaction ends."""
+        for table, where in (("pending", Where.QUEUED), ("placements", Where.PLACED)):
+            found = await conn.fetchval(
+                f"SELECT 1 FROM {self._s}.{table} WHERE run_id = $1 AND task_id = $2 "
+                "AND attempt = $3 FOR UPDATE",
+                run_id,
+                task_id,
+                attempt,
+            )
+            if found:
+                return where
+        return Where.GONE
+
+    async def dequeue(self, conn: DbConnection, run_id: str, task_id: str, attempt: int) -> None:
+        """Take a waiting attempt out of the queue."""
+        await conn.execute(
+            f"DELETE FROM {self._s}.pending WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+            run_id,
+            task_id,
+            attempt,
+        )
+
+    async def ask_to_stop(
+        self, conn: DbConnection, run_id: str, task_id: str, attempt: int, reason: str
+    ) -> None:
+        """Mark a placed attempt to be stopped by its agent (the first reason stays)."""
+        await conn.execute(
+            f"UPDATE {self._s}.placements SET cancel_reason = coalesce(cancel_reason, $4) "
+            "WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+            run_id,
+            task_id,
+            attempt,
+            reason,
+        )
+
+    async def free_node(self, conn: DbConnection, node_id: str) -> list[TaskAttemptRef]:
+        """Drop every placement on ``node_id`` (its node is lost); the attempts, oldest first."""
+        rows = await conn.fetch(
+            f"DELETE FROM {self._s}.placements WHERE node_id = $1 "
+            "RETURNING run_id, task_id, attempt, placed_at",
+            node_id,
+        )
+        ordered = sorted(rows, key=lambda r: (r["placed_at"], r["run_id"], r["task_id"]))
+        return [
+            TaskAttemptRef(run_id=r["run_id"], task_id=r["task_id"], attempt=r["attempt"])
+            for r in ordered
+        ]
+
     async def on_node(self, node_id: str) -> list[StoredPlacement]:
         """The placements on ``node_id``, oldest first."""
         rows = await self._pool.fetch(
@@ -318,6 +393,7 @@ class QueueStore:
                 reserved=Resources(r["cpu_millis"], r["memory_bytes"], r["gpus"]),
                 running=r["running"],
                 placed_at=r["placed_at"],
+                cancel_reason=r["cancel_reason"],
             )
             for r in rows
         ]

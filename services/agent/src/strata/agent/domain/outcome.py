@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 
@@ -51,4 +52,22 @@ class Failed:
         return f"{self.error_type}: {first}" if first else self.error_type
 
 
-Outcome = Finished | Failed
+class StopKind(Enum):
+    """Why the agent stopped a worker before its entrypoint returned."""
+
+    CANCELLED = "cancelled"
+    OUT_OF_MEMORY = "out of memory"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The agent stopped the worker (SIGTERM, then SIGKILL after a grace): ``message``
+    says why, for people."""
+
+    kind: StopKind
+    message: str
+    usage: Usage
+
+
+Outcome = Finished | Failed | Stopped

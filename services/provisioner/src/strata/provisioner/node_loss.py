@@ -1,0 +1,79 @@
+"""Where nodes are declared lost: ``NodeLost`` on ``strata.nodes.events``, one ``TaskLost``
+per attempt on ``strata.tasks.events``.
+
+A supervised loop looks, every second, for nodes past their lease
+(:mod:`strata.provisioner.domain.lease` decides). In one transaction per round
+each such node is marked LOST, its placements are dropped (their reservations
+freed) and the events are written to the outbox, so the scheduler hears of every
+lost attempt exactly when its placement is gone. From then on a report from
+that attempt finds no placement and is ignored and counted
+(:mod:`strata.provisioner.reports`); the node's old session, if it speaks again,
+is ended, and the agent registers anew and is reconciled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from strata.api.provisioner.v1.provisioner_pb2 import NodeLost, TaskLost
+from strata.core.runtime import ServiceContext
+from strata.provisioner.domain.lease import declare, lost_before
+from strata.provisioner.store import NodeStore, QueueStore
+
+log = structlog.stdlib.get_logger(__name__)
+
+EVERY = 1.0
+"""Seconds between looks: small next to the lease, so a loss is declared soon after it."""
+
+
+class NodeLoss:
+    """Rounds declaring the lapsed nodes of one provisioner schema lost."""
+
+    def __init__(self, context: ServiceContext, watching_since: datetime) -> None:
+        self._context = context
+        self._watching_since = watching_since
+        self._nodes = NodeStore(context.pool, context.schema)
+        self._queue = QueueStore(context.pool, context.schema)
+
+    async def round(self, now: datetime) -> int:
+        """Declare lost every node past its lease at ``now``; return how many were."""
+        before = lost_before(now, self._watching_since)
+        if before is None:
+            return 0
+        async with self._context.pool.acquire() as conn, conn.transaction():
+            lapsed = await self._nodes.lapsed(conn, before)
+            for node_id, last_seen_at in lapsed:
+                loss = declare(node_id, last_seen_at, now)
+                attempts = await self._queue.free_node(conn, node_id)
+                await self._nodes.lost(conn, node_id, now)
+                seen = Timestamp()
+                seen.FromDatetime(last_seen_at)
+                await self._context.outbox.publish(
+                    conn,
+                    *(TaskLost(attempt=a, node_id=node_id, reason=loss.reason) for a in attempts),
+                    NodeLost(
+                        node_id=node_id,
+                        reason=loss.reason,
+                        last_seen_at=seen,
+                        lost_attempts=attempts,
+                    ),
+                )
+                log.warning(
+                    "node lost",
+                    node_id=node_id,
+                    reason=loss.reason,
+                    lost_attempts=[[a.run_id, a.task_id, a.attempt] for a in attempts],
+                )
+        return len(lapsed)
+
+
+async def watch_leases(context: ServiceContext) -> None:
+    """The node-loss loop, until cancelled; leases count from when it started watching."""
+    loss = NodeLoss(context, watching_since=datetime.now(UTC))
+    while True:
+        await loss.round(datetime.now(UTC))
+        await asyncio.sleep(EVERY)

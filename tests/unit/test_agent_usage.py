@@ -1,0 +1,17 @@
+"""A running attempt's usage reports: one per interval, with the CPU used since the last."""
+
+from __future__ import annotations
+
+from strata.agent.domain.usage import Sample, cpu_millis, due
+
+
+def test_a_sample_is_reported_once_a_whole_interval_passed_since_the_last() -> None:
+    last = Sample(at=10.0, rss_bytes=0, cpu_seconds=0.0)
+    assert not due(last, Sample(14.9, 100, 1.0), interval=5)
+    assert due(last, Sample(15.0, 100, 1.0), interval=5)
+
+
+def test_cpu_is_the_average_since_the_last_report_in_millicores() -> None:
+    last = Sample(at=10.0, rss_bytes=0, cpu_seconds=2.0)
+    assert cpu_millis(last, Sample(15.0, 0, 4.5)) == 500
+    assert cpu_millis(last, Sample(10.0, 0, 9.0)) == 0
