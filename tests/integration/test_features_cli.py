@@ -36,8 +36,7 @@ from strata.core.settings import RedisSettings, load
 from strata.core.topics import dead_letter_topic
 from strata.sdk.features.loading import load_feature_views
 from strata.transforms.online import online_key, write_online
-from strata.transforms.streaming import FeatureRow
-from strata.transforms.types import FeatureStatus
+from strata.transforms.streaming import StreamingExecutor
 
 pytestmark = pytest.mark.integration
 
@@ -178,10 +177,14 @@ async def test_online_prints_the_stored_values_and_defaults(
     assert (await _strata(streamer, "features", "apply", str(path)))[0] == 0
     view = load_feature_views(path)[0].definition
     seen = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    row = FeatureRow(
-        {"deliveries": 3, "hours_sum_1h": 0.75, "minutes": 20.0}, seen, FeatureStatus.PRESENT
+    executor = StreamingExecutor(view)
+    executor.ingest(
+        [
+            {"courier_id": 42, "event_time": seen - timedelta(minutes=m), "minutes": minutes}
+            for m, minutes in ((2, 15.0), (1, 10.0), (0, 20.0))
+        ]
     )
-    await write_online(online, view, {(42,): row})
+    await write_online(online, view, {(42,): executor.online_row((42,))})
     try:
         stored = await _strata(streamer, "features", "online", name, "--entity", "courier_id=42")
         missing = await _strata(streamer, "features", "online", name, "--entity", "courier_id=7")

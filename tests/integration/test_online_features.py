@@ -2,8 +2,10 @@
 
 Values computed by the streaming executor are written as the streamer will write
 them (one pipelined batch) and read back as the gateway will read them: the same
-values, NOT_FOUND with the default for an entity never written, EXPIRED with the
-default once the TTL has passed, NOT_FOUND naming an unknown feature.
+values, windows slid to the read time (a count over 1 h read long after the last
+event is 0, as the batch path says), NOT_FOUND with the default for an entity
+never written or written in the first key layout, EXPIRED with the default once
+the TTL has passed, NOT_FOUND naming an unknown feature.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 from redis.asyncio import Redis
 
 from strata.core import redis
 from strata.core.errors import NotFoundError
 from strata.core.settings import RedisSettings, load
+from strata.transforms.batch import feature_values
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -90,7 +94,7 @@ async def test_values_written_by_the_stream_read_back_with_their_status(
         ]
     )
     now = T0 + timedelta(minutes=10)
-    rows = {entity: executor.read(entity, now) for entity in touched}
+    rows = {entity: executor.online_row(entity) for entity in touched}
     try:
         await write_online(client, view, rows)
         features = ["minutes", "deliveries_1h", "late", "minutes_mean_1h"]
@@ -110,17 +114,49 @@ async def test_values_written_by_the_stream_read_back_with_their_status(
         assert read[0][0].event_time == T0 + timedelta(minutes=10)
         assert read[2][0].event_time is None
 
-        stale = FeatureRow({"minutes": None, "deliveries_1h": 3}, now, FeatureStatus.PRESENT)
+        stale = FeatureRow({"minutes": None}, now, FeatureStatus.PRESENT)
         await write_online(client, view, {(4, "oslo"): stale})
         rows[(4, "oslo")] = stale
         (fourth,) = await read_online(client, view, [(4, "oslo")], ["minutes", "late"], now)
         assert [v.value for v in fourth] == [-1.0, False]  # stored nulls read as the defaults
+
+        slid = await read_online(client, view, entities[:2], features, T0 + timedelta(minutes=65))
+        assert [[v.value for v in row] for row in slid] == [
+            [41.5, 1, True, 41.5],  # the 08:00 delivery has left the hour
+            [-1.0, 0, False, None],
+        ]
+        batch = feature_values(
+            view,
+            pa.Table.from_pylist(
+                [
+                    {"courier_id": 1, "city": "oslo", "event_time": T0, "minutes": 20.0},
+                    {"courier_id": 1, "city": "oslo", "event_time": now, "minutes": 41.5},
+                ]
+            ),
+            pa.table({"courier_id": [1], "city": ["oslo"], "at": [T0 + timedelta(minutes=65)]}),
+        )
+        assert [v.value for v in slid[0]] == [batch.values.column(f)[0].as_py() for f in features]
 
         later = await read_online(client, view, entities[:1], ["minutes"], now + timedelta(hours=2))
         assert (later[0][0].status, later[0][0].value) == (FeatureStatus.EXPIRED, -1.0)
         assert later[0][0].event_time == T0 + timedelta(minutes=10)
     finally:
         await client.delete(*(online_key(view, entity) for entity in rows))
+
+
+async def test_a_hash_of_the_first_layout_reads_as_not_found(client: Redis) -> None:
+    view = courier_view()
+    first_layout = f'strata:features:{view.name}:[1,"oslo"]'
+    await client.hset(
+        first_layout,
+        mapping={"__event_time": str(int(T0.timestamp() * 1_000_000)), "deliveries_1h": "3"},
+    )
+    try:
+        (row,) = await read_online(client, view, [(1, "oslo")], ["deliveries_1h"], T0)
+    finally:
+        await client.delete(first_layout)
+    assert (row[0].status, row[0].value) == (FeatureStatus.NOT_FOUND, None)
+    assert online_key(view, (1, "oslo")).startswith(f"strata:features:2:{view.name}:")
 
 
 async def test_an_unknown_feature_is_not_found_by_name(client: Redis) -> None:

@@ -35,7 +35,7 @@ from strata.transforms.definition import (
 )
 from strata.transforms.online import online_key, write_online
 from strata.transforms.spec import view_to_spec
-from strata.transforms.streaming import EntityKey, FeatureRow
+from strata.transforms.streaming import EntityKey, FeatureRow, WindowRow
 from strata.transforms.types import ColumnType, FeatureStatus
 
 pytestmark = pytest.mark.integration
@@ -207,10 +207,16 @@ async def test_online_features_read_what_the_writer_stored(
     await client.ApplyFeatureView(pb.ApplyFeatureViewRequest(spec=view_to_spec(view)), metadata=DEV)
     now = datetime.now(UTC).replace(microsecond=0)
     fresh, stale = now - timedelta(minutes=10), now - timedelta(hours=3)
+
+    def row(minutes: float | None, time: datetime, deliveries: int) -> FeatureRow:
+        """A row as the streamer writes it: ``deliveries`` events at ``time`` in the window."""
+        events = (WindowRow(int(time.timestamp() * 1_000_000), ()),) * deliveries
+        return FeatureRow({"minutes": minutes}, time, FeatureStatus.PRESENT, events)
+
     rows: dict[EntityKey, FeatureRow] = {
-        (1,): FeatureRow({"deliveries": 4, "minutes": 12.5}, fresh, FeatureStatus.PRESENT),
-        (2,): FeatureRow({"deliveries": 1, "minutes": None}, fresh, FeatureStatus.PRESENT),
-        (3,): FeatureRow({"deliveries": 9, "minutes": 30.0}, stale, FeatureStatus.PRESENT),
+        (1,): row(12.5, fresh, 4),
+        (2,): row(None, fresh, 1),
+        (3,): row(30.0, stale, 9),
     }
     await write_online(online, view, rows)
     try:

@@ -3,10 +3,13 @@
 What a team relies on: once a view on a topic is applied, events produced to the
 topic (out of order within the allowed lateness, duplicated, behind it) become
 online features equal to what the batch path computes over the same events at
-each entity's latest event time; a raw event that does not fit the view's columns
+the time of the read (windows slide: an event older than the window no longer
+counts, however long ago the last event was); a raw event that does not fit the view's columns
 is dead-lettered with the reason and the stream goes on; a streamer killed with
 SIGKILL mid-stream resumes from its checkpoint, losing no event and counting none
-twice. Each test runs its own streamer, so no other process follows its view.
+twice. The streamer counts what it consumed, dead-lettered, dropped (late,
+duplicate) and landed per view on ``/metrics``. Each test runs its own streamer,
+so no other process follows its view.
 """
 
 from __future__ import annotations
@@ -14,21 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pyarrow as pa
 import pytest
 from aiokafka.admin import NewTopic
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from service_processes import running
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.features.v1 import features_pb2 as pb
@@ -56,55 +57,8 @@ BOUND = 60.0
 TOKENS = {"dev-token": {"principal": "alice", "roles": ["developer"]}}
 DEV = (("authorization", "Bearer dev-token"),)
 KAFKA = load(KafkaSettings)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def _streamer(log: Path) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """A streamer process and its address, once it is SERVING; stopped with SIGTERM after."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "STRATA_SERVICE_STREAMER_PORT": str(port),
-        "STRATA_SERVICE_STREAMER_METRICS_PORT": str(_free_port()),
-        "STRATA_AUTH_TOKENS": json.dumps(TOKENS),
-    }
-    with log.open("ab") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "strata.streamer", env=env, stderr=sink
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(BOUND):
-            while not await _serving(address):
-                assert process.returncode is None, f"the streamer exited, see {log}"
-                await asyncio.sleep(0.2)
-        yield address, process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), BOUND)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=2.0
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+START = timedelta(minutes=75)
+"""How long before the test the event log starts: its first event has left the 1 h window."""
 
 
 @pytest.fixture
@@ -156,7 +110,8 @@ def courier_view(topic: str) -> FeatureView:
 
 
 def _events(start: datetime) -> list[dict[str, Any]]:
-    """A log with a late event (dropped), an out-of-order one within the lateness, a duplicate."""
+    """A log with late events (dropped), an out-of-order one within the lateness, a replay of
+    a late event (late again) and of a latest one (a duplicate)."""
     at = [start + timedelta(minutes=m) for m in (0, 20, 50, 45, 5, 70, 30)]
     minutes = [12.0, 41.5, None, 18.0, 22.0, 9.5, 33.0]
     couriers = [1, 1, 1, 1, 1, 2, 2]
@@ -164,18 +119,18 @@ def _events(start: datetime) -> list[dict[str, Any]]:
         {"courier_id": c, "event_time": t.isoformat(), "minutes": m}
         for c, t, m in zip(couriers, at, minutes, strict=True)
     ]
-    return [*events, events[1]]
+    return [*events, events[1], events[5]]
 
 
 async def test_events_become_the_online_values_the_batch_path_computes(
     tmp_path: Path, topic: str
 ) -> None:
     view = courier_view(topic)
-    events = _events(datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2))
+    events = _events(datetime.now(UTC).replace(microsecond=0) - START)
     broken = [b'{"courier_id": 1, "event_time": "2026-06-01T08:00:00Z", "minutes": "ten"}', b"{"]
     async with (
-        _streamer(tmp_path / "streamer.log") as (address, _),
-        grpc.aio.insecure_channel(address) as channel,
+        running("streamer", tmp_path, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as streamer,
+        grpc.aio.insecure_channel(streamer.address) as channel,
     ):
         client = FeatureServiceStub(channel)
         await client.ApplyFeatureView(
@@ -192,8 +147,20 @@ async def test_events_become_the_online_values_the_batch_path_computes(
             await producer.stop()
         await _produce(topic, events[4:])
 
-        expected = _batch_answer(view, events, [1, 2])
-        assert await _online_when_equal(client, view, [1, 2], expected) == expected
+        online, expected = await _online_when_equal(client, view, events, [1, 2])
+        assert online == expected
+        assert [row[0][0] for row in expected] == [3, 1], "deliveries in the hour before the read"
+        # 9 events and 2 broken ones read; 3 behind the allowed lateness, 1 replayed.
+        wanted: dict[str, float] = {
+            "consumed": 11,
+            "dead_lettered": 2,
+            "late": 3,
+            "duplicate": 1,
+            "invalid": 0,
+        }
+        counted = await _counts_when(streamer.metrics_port, view.name, wanted)
+        assert {name: counted.get(name) for name in wanted} == wanted
+        assert counted["partitions_landed"] >= 1
 
     letters = await _dead_letters(topic, count=2)
     assert [letter.value for letter in letters] == broken
@@ -206,36 +173,67 @@ async def test_a_streamer_killed_mid_stream_resumes_without_losing_or_double_cou
     tmp_path: Path, topic: str
 ) -> None:
     view = courier_view(topic)
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    start = datetime.now(UTC).replace(microsecond=0) - START
     events = _events(start)
     more = [
         {"courier_id": 1, "event_time": (start + timedelta(minutes=m)).isoformat(), "minutes": 5.0}
         for m in (55, 58, 52)
     ]
-    log = tmp_path / "streamer.log"
     async with (
-        _streamer(log) as (address, process),
-        grpc.aio.insecure_channel(address) as channel,
+        running("streamer", tmp_path, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as streamer,
+        grpc.aio.insecure_channel(streamer.address) as channel,
     ):
         client = FeatureServiceStub(channel)
         await client.ApplyFeatureView(
             pb.ApplyFeatureViewRequest(spec=view_to_spec(view)), metadata=DEV
         )
         await _produce(topic, events)
-        expected = _batch_answer(view, events, [1, 2])
-        assert await _online_when_equal(client, view, [1, 2], expected) == expected
+        online, expected = await _online_when_equal(client, view, events, [1, 2])
+        assert online == expected
         await _produce(topic, more[:1])
-        process.kill()
-        await process.wait()
+        streamer.process.kill()
+        await streamer.process.wait()
     await _produce(topic, more[1:])
     async with (
-        _streamer(log) as (address, _),
-        grpc.aio.insecure_channel(address) as channel,
+        running("streamer", tmp_path, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as streamer,
+        grpc.aio.insecure_channel(streamer.address) as channel,
     ):
         client = FeatureServiceStub(channel)
-        expected = _batch_answer(view, [*events, *more], [1])
-        assert expected[0][0][0] == 7, "the log counts 7 deliveries in the hour"
-        assert await _online_when_equal(client, view, [1], expected) == expected
+        online, expected = await _online_when_equal(client, view, [*events, *more], [1])
+        assert expected[0][0][0] == 6, "the log counts 6 deliveries in the hour before the read"
+        assert online == expected
+
+
+async def _counts_when(port: int, view: str, wanted: dict[str, float]) -> dict[str, float]:
+    """The streamer's counts for ``view`` on ``/metrics`` once they include ``wanted`` and a
+    landed partition (or the last ones after the bound): its bookkeeping may trail the reads."""
+    counted: dict[str, float] = {}
+    url = f"http://127.0.0.1:{port}/metrics"
+    with contextlib.suppress(TimeoutError):
+        async with aiohttp.ClientSession() as session, asyncio.timeout(BOUND):
+            while any(counted.get(k) != v for k, v in wanted.items()) or not counted.get(
+                "partitions_landed"
+            ):
+                await asyncio.sleep(0.2)
+                async with session.get(url) as reply:
+                    text = await reply.text()
+                counted = _view_counts(text, view)
+    return counted
+
+
+def _view_counts(text: str, view: str) -> dict[str, float]:
+    """``strata_streamer_*`` counters of ``view``, by what they count (the reason for drops)."""
+    counted: dict[str, float] = {}
+    prefix = "strata_streamer_"
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(prefix) or not sample.name.endswith("_total"):
+                continue
+            if sample.labels.get("view") != view:
+                continue
+            what = sample.labels.get("reason") or family.name.removeprefix(prefix)
+            counted[what.removeprefix("events_")] = sample.value
+    return counted
 
 
 async def _produce(topic: str, events: list[dict[str, Any]]) -> None:
@@ -252,20 +250,28 @@ async def _produce(topic: str, events: list[dict[str, Any]]) -> None:
 async def _online_when_equal(
     client: FeatureServiceStub,
     view: FeatureView,
+    events: list[dict[str, Any]],
     couriers: list[int],
-    expected: list[list[tuple[Any, ...]]],
-) -> list[list[tuple[Any, ...]]]:
-    """The online answer once it equals ``expected``, or the last one after the bound."""
+) -> tuple[list[list[tuple[Any, ...]]], list[list[tuple[Any, ...]]]]:
+    """The online answer and the batch answer at the time of the read, once they are equal
+    (or the last ones after the bound).
+
+    The server reads at its own clock, some time between ``before`` and ``after``;
+    an answer counts only when the batch path gives the same at both ends.
+    """
     request = pb.GetOnlineFeaturesRequest(
         features=[f"{view.name}:{f.name}" for f in view.resolved_features],
         entities=[pb.EntityRow(keys={"courier_id": pb.Value(int64_value=c)}) for c in couriers],
     )
     answer: list[list[tuple[Any, ...]]] = []
+    expected: list[list[tuple[Any, ...]]] = [[("no answer yet",)]]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(BOUND):
             while answer != expected:
                 await asyncio.sleep(0.2)
+                before = datetime.now(UTC)
                 reply = await client.GetOnlineFeatures(request, metadata=DEV)
+                after = datetime.now(UTC)
                 answer = [
                     [
                         (_scalar(v.value), v.status, v.event_time.ToDatetime(tzinfo=UTC))
@@ -273,13 +279,16 @@ async def _online_when_equal(
                     ]
                     for row in reply.rows
                 ]
-    return answer
+                expected = _batch_answer(view, events, couriers, after)
+                if expected != _batch_answer(view, events, couriers, before):
+                    expected = [[("a window edge passed during the read",)]]
+    return answer, expected
 
 
 def _batch_answer(
-    view: FeatureView, events: list[dict[str, Any]], couriers: list[int]
+    view: FeatureView, events: list[dict[str, Any]], couriers: list[int], at: datetime
 ) -> list[list[tuple[Any, ...]]]:
-    """What the batch path says each courier's features are at its latest accepted event."""
+    """What the batch path says each courier's features are at ``at``."""
     rows = pa.table(
         {
             "courier_id": pa.array([e["courier_id"] for e in events], pa.int64()),
@@ -290,14 +299,10 @@ def _batch_answer(
             "minutes": pa.array([e["minutes"] for e in events], pa.float64()),
         }
     )
-    accepted = [e for e in events if e["courier_id"] in couriers]
-    latest = {c: max(e["event_time"] for e in accepted if e["courier_id"] == c) for c in couriers}
     spine = pa.table(
         {
-            "courier_id": pa.array(list(latest), pa.int64()),
-            "at": pa.array(
-                [datetime.fromisoformat(t) for t in latest.values()], ColumnType.TIMESTAMP.arrow
-            ),
+            "courier_id": pa.array(couriers, pa.int64()),
+            "at": pa.array([at] * len(couriers), ColumnType.TIMESTAMP.arrow),
         }
     )
     batch = feature_values(view, rows, spine)

@@ -4,7 +4,9 @@ Hypothesis generates event logs (several entities, out-of-order arrival within
 and beyond the allowed lateness, exact duplicates, gaps longer than the TTL),
 replays each through the streaming executor (in batches of random size, with a
 snapshot/restore in the middle) and asks the batch executor the same questions at
-several checkpoints, for allowed latenesses of 0, 30 minutes and 4 hours: every
+several checkpoints (and the online store's layout: each entity's hash as the
+streamer writes it, read later than its last event, windows sliding to the read
+time), for allowed latenesses of 0, 30 minutes and 4 hours: every
 feature, entity and read time must agree, and the request-time path must give the
 batch's row-level features for the latest row. A mismatch prints the smallest
 failing log (hypothesis shrinks it).
@@ -30,6 +32,7 @@ from strata.transforms.definition import (
     TopicSource,
     Transform,
 )
+from strata.transforms.online import decode_row, encode_row
 from strata.transforms.request import request_features
 from strata.transforms.streaming import StreamingExecutor
 from strata.transforms.types import ColumnType, Scalar
@@ -132,6 +135,20 @@ def compare(
         for name, expected in values[index].items():
             assert same(online.values[name], expected), (
                 f"{where}: {name} streaming={online.values[name]!r} batch={expected!r}"
+            )
+        stored = (
+            encode_row(view, streaming.online_row((entity,)))
+            if streaming.watermark((entity,)) is not None
+            else {}
+        )
+        names = [f.name for f in view.resolved_features]
+        hashed = decode_row(view, names, stored, at)
+        assert hashed[0].status.value == batch.statuses[index].as_py(), f"{where}: online store"
+        for value, name in zip(hashed, names, strict=True):
+            expected = values[index][name]
+            assert value.event_time == batch.event_times[index].as_py(), where
+            assert same(value.value, expected), (
+                f"{where}: {name} online store={value.value!r} batch={expected!r}"
             )
         if online.event_time is not None:
             # The latest row: of the distinct records at that time, the last to arrive.

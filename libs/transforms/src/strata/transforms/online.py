@@ -1,35 +1,65 @@
 """The online store layout in Redis, and the reads and writes over it.
 
-One hash per view and entity, ``strata:features:<view>:<entity>`` where
-``<entity>`` is the JSON list of key values (``[42]``, ``["ann",7]``), with one
-field per feature (its value as JSON; timestamps as epoch microseconds) and
-``__event_time`` (epoch microseconds of the row the values come from). The
-streamer writes it (``write_online``: one pipelined round trip per batch); the
-streamer's ``GetOnlineFeatures`` and the gateway read it in-process
-(``read_online``: one pipelined round trip for all entities and features;
-``read_online_views``: the same for several views at once), so both apply the
-same statuses:
+One hash per view and entity, ``strata:features:2:<view>:<entity>`` where
+``<entity>`` is the JSON list of key values (``[42]``, ``["ann",7]``), with
+
+- ``__event_time``: epoch microseconds of the entity's latest event;
+- one field per plain feature (its value in that latest row, as JSON;
+  timestamps as epoch microseconds);
+- ``__window`` (views with windowed features): the entity's events with event
+  time in ``(latest - longest window, latest]``, as a JSON list of
+  ``[event time, inputs...]`` in (event time, arrival) order, the inputs being the
+  values of ``window_columns(view)``.
+
+Windowed features are not stored as values but computed at read time from
+``__window``: a ``count over 1h`` read two hours after the last event is 0, as
+the batch path says, not the count at the last event. The read needs nothing
+more than the same HMGET, so it stays one round trip. Why the events and not
+partial aggregates per time bucket: buckets make the value exact only at bucket
+edges, and the online value must equal the batch value at any read time; the
+price is a hash that grows with an entity's events per longest window (as the
+streaming executor's state does), which suits the per-entity event rates
+feature views see (a busy entity with thousands of events per window is where
+buckets would pay off, at the cost of that exactness).
+
+The ``2`` in the key is the layout's version: hashes of the first layout (values
+of windowed features frozen at the last event) live under keys without it and
+read as NOT_FOUND, never as stale windows.
+
+The streamer writes the hashes (``write_online``: one pipelined round trip per
+batch); the streamer's ``GetOnlineFeatures`` and the gateway read them
+in-process (``read_online``: one pipelined round trip for all entities and
+features; ``read_online_views``: the same for several views at once), so both
+apply the same statuses:
 
 - no hash (or no ``__event_time``): NOT_FOUND, the feature's default;
 - ``now - event time >= ttl``: EXPIRED, the default;
-- otherwise PRESENT, the stored value (the default when it is null).
+- otherwise PRESENT, the value (the default when it is null): a plain feature's
+  stored value; a windowed feature's aggregate over the ``__window`` events in
+  ``(now - window, now]``. Reads are exact at or after the latest event time.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
+from typing import Any
 
 import redis.asyncio
 
 from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.transforms.definition import FeatureView, ResolvedFeature
-from strata.transforms.streaming import EntityKey, FeatureRow
+from strata.transforms.streaming import EntityKey, FeatureRow, aggregate, window_columns
 from strata.transforms.types import ColumnType, FeatureStatus, Scalar
 
+_LAYOUT = 2
+"""The version of the key layout (see the module docstring)."""
 _EVENT_TIME = "__event_time"
+_WINDOW = "__window"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -49,24 +79,53 @@ def online_key(view: FeatureView, entity: EntityKey) -> str:
             "entities",
             f"feature view {view.name!r} is keyed by {', '.join(view.entities)}; got {entity!r}",
         )
-    return f"strata:features:{view.name}:{json.dumps(list(entity), separators=(',', ':'))}"
+    return f"{key_prefix(view)}{json.dumps(list(entity), separators=(',', ':'))}"
+
+
+def key_prefix(view: FeatureView) -> str:
+    """What every key of ``view``'s online values starts with (for scans and keyspace events)."""
+    return f"strata:features:{_LAYOUT}:{view.name}:"
 
 
 async def write_online(
     client: redis.asyncio.Redis, view: FeatureView, rows: Mapping[EntityKey, FeatureRow]
 ) -> None:
-    """Store the PRESENT rows (e.g. what a batch of events changed) in one round trip."""
-    features = view.resolved_features
+    """Store the PRESENT rows (e.g. what a batch of events changed) in one round trip.
+
+    Each row is an entity's features at its latest event time, with the events
+    its windows cover (``StreamingExecutor.online_row``).
+    """
     async with client.pipeline(transaction=False) as pipeline:
         for entity, row in rows.items():
             if row.status is not FeatureStatus.PRESENT or row.event_time is None:
                 continue
-            mapping: dict[str | bytes, bytes] = {
-                f.name: _encode(f.type, row.values.get(f.name)) for f in features
-            }
-            mapping[_EVENT_TIME] = str(_micros(row.event_time)).encode()
+            mapping = encode_row(view, row)
             pipeline.hset(online_key(view, entity), mapping=mapping)  # type: ignore[arg-type]
         await pipeline.execute()
+
+
+def encode_row(view: FeatureView, row: FeatureRow) -> dict[str, bytes]:
+    """The hash fields ``write_online`` stores for a PRESENT row (no I/O)."""
+    assert row.event_time is not None, "a PRESENT row has an event time"
+    mapping = {
+        f.name: _encode(f.type, row.values.get(f.name))
+        for f in view.resolved_features
+        if f.function is None
+    }
+    mapping[_EVENT_TIME] = str(_micros(row.event_time)).encode()
+    if view.max_window_us > 0:
+        mapping[_WINDOW] = _encode_window(row)
+    return mapping
+
+
+def decode_row(
+    view: FeatureView, features: Sequence[str], stored: Mapping[str, bytes], now: datetime
+) -> list[OnlineValue]:
+    """``features`` at ``now`` from one entity's hash as ``read_online`` reads it (no I/O)."""
+    wanted = _wanted(view, features)
+    reply = [stored.get(field) for field in _fields(wanted)]
+    (row,) = _rows(view, wanted, [reply], _micros(now))
+    return row
 
 
 async def read_online(
@@ -101,7 +160,7 @@ async def read_online_views(
     wanted = [_wanted(read.view, read.features) for read in reads]
     async with client.pipeline(transaction=False) as pipeline:
         for read, features in zip(reads, wanted, strict=True):
-            fields = [_EVENT_TIME, *(feature.name for feature in features)]
+            fields = _fields(features)
             for entity in read.entities:
                 pipeline.hmget(online_key(read.view, entity), fields)
         replies: list[list[bytes | None]] = await pipeline.execute()
@@ -113,6 +172,14 @@ async def read_online_views(
         answers.append(_rows(read.view, features, replies[start:end], now_us))
         start = end
     return answers
+
+
+def _fields(wanted: Sequence[ResolvedFeature]) -> list[str]:
+    """The hash fields read for ``wanted``: the event time, plain values, then the window."""
+    fields = [_EVENT_TIME, *(f.name for f in wanted if f.function is None)]
+    if any(f.function is not None for f in wanted):
+        fields.append(_WINDOW)
+    return fields
 
 
 def _wanted(view: FeatureView, features: Sequence[str]) -> list[ResolvedFeature]:
@@ -134,6 +201,8 @@ def _rows(
 ) -> list[list[OnlineValue]]:
     """The statuses of the module docstring applied to one view's HMGET replies."""
     ttl = view.ttl_us
+    columns = window_columns(view)
+    kinds = [view.columns[name] for name in columns]
     rows: list[list[OnlineValue]] = []
     for reply in replies:
         stamp = reply[0]
@@ -145,13 +214,64 @@ def _rows(
         if ttl is not None and now_us - event_us >= ttl:
             rows.append([OnlineValue(f.default, event_time, FeatureStatus.EXPIRED) for f in wanted])
             continue
+        window = _Window(kinds, reply[-1], now_us)
+        stored = iter(reply[1:])
         row = []
-        for feature, raw in zip(wanted, reply[1:], strict=True):
-            value = _decode(feature.type, raw)
+        for feature in wanted:
+            if feature.function is None:
+                value = _decode(feature.type, next(stored))
+            else:
+                value = window.value(feature, columns)
             value = feature.default if value is None else value
             row.append(OnlineValue(value, event_time, FeatureStatus.PRESENT))
         rows.append(row)
     return rows
+
+
+class _Window:
+    """An entity's ``__window`` events up to ``now``, decoded on first use."""
+
+    def __init__(self, kinds: Sequence[ColumnType], raw: bytes | None, now_us: int) -> None:
+        self._kinds = kinds
+        self._raw = raw
+        self._now_us = now_us
+        self._times: list[int] | None = None
+        self._inputs: list[list[Scalar]] = []
+
+    def value(self, feature: ResolvedFeature, columns: Sequence[str]) -> Scalar:
+        """``feature``'s aggregate over the events in ``(now - window, now]``."""
+        if self._times is None:
+            self._decode()
+        assert self._times is not None
+        assert feature.window_us is not None
+        start = bisect.bisect_right(self._times, self._now_us - feature.window_us)
+        if feature.column is None:
+            return aggregate(feature, [None] * (len(self._times) - start))
+        values = self._inputs[columns.index(feature.column)]
+        return aggregate(feature, values[start:])
+
+    def _decode(self) -> None:
+        events = json.loads(self._raw) if self._raw is not None else []
+        end = bisect.bisect_right(events, self._now_us, key=itemgetter(0))
+        columns = list(zip(*events[:end], strict=True)) if end else [()] * (1 + len(self._kinds))
+        self._times = list(columns[0])
+        self._inputs = [
+            [_decoded(kind, value) for value in column]
+            if kind is ColumnType.TIMESTAMP
+            else list(column)  # JSON gives these their Python type already
+            for kind, column in zip(self._kinds, columns[1:], strict=True)
+        ]
+
+
+def _encode_window(row: FeatureRow) -> bytes:
+    events = [
+        [
+            event.time_us,
+            *(_encoded(value) for value in event.inputs),
+        ]
+        for event in row.window
+    ]
+    return json.dumps(events, separators=(",", ":")).encode()
 
 
 def _micros(moment: datetime) -> int:
@@ -166,10 +286,19 @@ def _encode(kind: ColumnType, value: Scalar) -> bytes:
     return json.dumps(value).encode()
 
 
+def _encoded(value: Scalar) -> Scalar:
+    """A value as it sits in the ``__window`` JSON (timestamps as epoch microseconds)."""
+    return _micros(value) if isinstance(value, datetime) else value
+
+
 def _decode(kind: ColumnType, raw: bytes | None) -> Scalar:
     if raw is None:
         return None
-    value = json.loads(raw)
+    return _decoded(kind, json.loads(raw))
+
+
+def _decoded(kind: ColumnType, value: Any) -> Scalar:
+    """A JSON-decoded value as the feature's type."""
     if value is None:
         return None
     if kind is ColumnType.TIMESTAMP:

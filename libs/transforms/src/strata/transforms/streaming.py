@@ -17,6 +17,11 @@ lateness, longest window)``: older rows can neither fall in a window read at or
 after the latest event time, nor match a record that is not late. ``snapshot``
 and ``restore`` carry that state (and the counters) as Arrow IPC bytes, so a
 streamer can checkpoint it beside its Kafka offsets.
+
+``online_row`` is what the streamer stores online for an entity: its features at
+its latest event time plus the rows its windows still cover (``WindowRow``), so
+that an online read later than the last event slides the windows itself
+(``strata.transforms.online``) with the same ``aggregate`` as ``read``.
 """
 
 from __future__ import annotations
@@ -40,12 +45,36 @@ EntityKey = tuple[Scalar, ...]
 
 
 @dataclass(frozen=True)
+class WindowRow:
+    """An accepted event an entity's windows may still cover, as the online store keeps it."""
+
+    time_us: int
+    """Event time, microseconds since the epoch."""
+    inputs: tuple[Scalar, ...]
+    """The event's values of ``window_columns(view)``, in that order."""
+
+
+@dataclass(frozen=True)
 class FeatureRow:
-    """One entity's features at a read time."""
+    """One entity's features at a read time.
+
+    ``window`` holds, when the row is meant for the online store, the entity's
+    rows with event time in ``(event_time - longest window, event_time]`` in
+    (event time, arrival) order: everything a windowed feature read at or after
+    ``event_time`` can cover. Without it, the windows read online are empty.
+    """
 
     values: Mapping[str, Scalar]
     event_time: datetime | None
     status: FeatureStatus
+    window: tuple[WindowRow, ...] = ()
+
+
+def window_columns(view: FeatureView) -> tuple[str, ...]:
+    """The input columns of the view's windowed features (COUNT needs none), sorted."""
+    return tuple(
+        sorted({f.column for f in view.resolved_features if f.function is not None and f.column})
+    )
 
 
 @dataclass
@@ -82,6 +111,7 @@ class StreamingExecutor:
         self._source_names = source_schema(view).names
         self._inputs = sorted({f.column for f in view.resolved_features if f.column})
         self._retention_us = max(view.lateness_us, view.max_window_us)
+        self._window_positions = [self._inputs.index(c) for c in window_columns(view)]
 
     def ingest(self, records: pa.Table | Sequence[Mapping[str, Scalar]]) -> set[EntityKey]:
         """Fold records, in arrival order, into the state; return the entities they touched."""
@@ -155,6 +185,21 @@ class StreamingExecutor:
             values[feature.name] = feature.default if value is None else value
         return FeatureRow(values, _time(latest.time_us), FeatureStatus.PRESENT)
 
+    def online_row(self, key: EntityKey) -> FeatureRow:
+        """The entity's features at its latest event time, with the rows its windows cover."""
+        state = self._entities.get(key, [])
+        if not state:
+            return self.read(key, _time(0))
+        latest = state[-1].time_us
+        row = self.read(key, _time(latest))
+        horizon = latest - self.view.max_window_us
+        start = bisect.bisect_right(state, horizon, key=lambda kept: kept.time_us)
+        window = tuple(
+            WindowRow(kept.time_us, tuple(kept.inputs[p] for p in self._window_positions))
+            for kept in state[start:]
+        )
+        return FeatureRow(row.values, row.event_time, row.status, window)
+
     def _value(
         self, feature: ResolvedFeature, state: list[_Row], end: int, at_us: int, latest: _Row
     ) -> Scalar:
@@ -164,10 +209,9 @@ class StreamingExecutor:
         assert feature.window_us is not None
         start = bisect.bisect_right(state, at_us - feature.window_us, key=lambda kept: kept.time_us)
         window = state[start:end]
-        if feature.function is AggregationFunction.COUNT:
-            return len(window)
-        present = [row.inputs[position] for row in window if row.inputs[position] is not None]
-        return _aggregate(feature, present)
+        return aggregate(
+            feature, [row.inputs[position] if feature.column else None for row in window]
+        )
 
     def snapshot(self) -> bytes:
         """The state and counters as Arrow IPC bytes, for ``restore``."""
@@ -228,19 +272,24 @@ def _tuples(table: pa.Table, names: Sequence[str]) -> list[tuple[Scalar, ...]]:
     return list(zip(*(table.column(name).to_pylist() for name in names), strict=True))
 
 
-def _aggregate(feature: ResolvedFeature, present: list[Scalar]) -> Scalar:
+def aggregate(feature: ResolvedFeature, window: Sequence[Scalar]) -> Scalar:
+    """``feature``'s aggregation over its input values in the window, in (event time, arrival)
+    order: COUNT counts the rows, the others ignore nulls (SUM of none is 0)."""
     function = feature.function
+    if function is AggregationFunction.COUNT:
+        return len(window)
+    present = [value for value in window if value is not None]
     if function is AggregationFunction.SUM:
-        total = sum(present, 0.0 if feature.type is ColumnType.DOUBLE else 0)  # type: ignore[arg-type]
+        total = sum(present, 0.0 if feature.type is ColumnType.DOUBLE else 0)
         return total
     if not present:
         return None
     if function is AggregationFunction.MEAN:
         return sum(present) / len(present)  # type: ignore[arg-type]
     if function is AggregationFunction.MIN:
-        return min(present)  # type: ignore[type-var]
+        return min(present)
     if function is AggregationFunction.MAX:
-        return max(present)  # type: ignore[type-var]
+        return max(present)
     return present[-1]
 
 

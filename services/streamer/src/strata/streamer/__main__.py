@@ -25,6 +25,7 @@ from strata.core.runtime import (
     run_service,
 )
 from strata.streamer.api import FeatureApi
+from strata.streamer.metrics import StreamerMetrics
 from strata.streamer.streams import follow_views
 from strata.streamer.training import build_training_sets
 
@@ -41,17 +42,21 @@ ROLES = {
     "GetTrainingSet": READERS,
 }
 
-SPEC = ServiceSpec(
-    name="streamer",
-    requires=(KAFKA, REDIS, POSTGRES, BLOBS),
-    migrations="strata.streamer.migrations",
-    outbox=True,
-    endpoints=(Endpoint(add_FeatureServiceServicer_to_server, FeatureApi, ROLES),),
-    loops=(
-        Loop("follow-views", follow_views),
-        Loop("training-sets", build_training_sets, every=TRAINING_POLL),
-    ),
-)
+
+def spec() -> ServiceSpec:
+    """The streamer, counting its streams into its own metrics (``strata.streamer.metrics``)."""
+    return ServiceSpec(
+        name="streamer",
+        requires=(KAFKA, REDIS, POSTGRES, BLOBS),
+        migrations="strata.streamer.migrations",
+        outbox=True,
+        endpoints=(Endpoint(add_FeatureServiceServicer_to_server, FeatureApi, ROLES),),
+        loops=(
+            Loop("follow-views", follow_views(StreamerMetrics())),
+            Loop("training-sets", build_training_sets, every=TRAINING_POLL),
+        ),
+    )
+
 
 if __name__ == "__main__":
-    run_service(SPEC)
+    run_service(spec())

@@ -15,8 +15,9 @@ subscribed, so one process owns the view. Each batch from ``getmany``:
    (whoever creates a raw topic creates its ``.dlq`` too, as for every Strata
    topic: the broker does not create topics on demand);
 2. folds the rows into the ``StreamingExecutor`` and writes every touched
-   entity's features (as of its latest event time) to Redis in one pipeline,
-   and keeps the rows for the offline store.
+   entity's online row (its plain features at its latest event time and the
+   events its windows cover, which reads slide to their own time) to Redis in
+   one pipeline, and keeps the rows for the offline store.
 
 Once the kept rows reach ``FLUSH_ROWS``, or the oldest is ``FLUSH_SECONDS`` old,
 the stream lands them (``strata.streamer.offline``: Parquet partitions in the
@@ -38,8 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import structlog
 from aiokafka import TopicPartition
@@ -51,6 +52,7 @@ from strata.core.bus.dead_letters import Record
 from strata.core.errors import InvalidArgumentError
 from strata.core.runtime import ServiceContext
 from strata.streamer.domain.raw_events import RawEventError, decode
+from strata.streamer.metrics import StreamerMetrics
 from strata.streamer.offline import ARRIVAL, KAFKA_PARTITION, events_table, land
 from strata.streamer.store import Checkpoint, CheckpointStore, StoredView, ViewStore
 from strata.transforms.online import write_online
@@ -74,7 +76,17 @@ FLUSH_SECONDS = 2.0
 """Longest a consumed event waits before it is landed offline and checkpointed."""
 
 
-async def follow_views(context: ServiceContext) -> None:
+def follow_views(metrics: StreamerMetrics) -> Callable[[ServiceContext], Awaitable[None]]:
+    """The loop running every view's stream, counting into ``metrics``."""
+
+    async def follow(context: ServiceContext) -> None:
+        metrics.attach(context.metrics.registry)
+        await _follow_views(context, metrics)
+
+    return follow
+
+
+async def _follow_views(context: ServiceContext, metrics: StreamerMetrics) -> None:
     """Run a stream for the current version of every topic-sourced view, until cancelled.
 
     One view's trouble stays its own: a stored spec that no longer compiles is
@@ -96,7 +108,7 @@ async def follow_views(context: ServiceContext) -> None:
                 if current is not None:
                     _end(name, current[1])
                 try:
-                    stream = ViewStream(context, stored)
+                    stream = ViewStream(context, stored, metrics)
                 except InvalidArgumentError as error:
                     log.error(
                         "view cannot be streamed", view=name, version=version, error=str(error)
@@ -139,8 +151,11 @@ class _Unlanded:
 class ViewStream:
     """One view version following its topic, from its checkpoint on."""
 
-    def __init__(self, context: ServiceContext, stored: StoredView) -> None:
+    def __init__(
+        self, context: ServiceContext, stored: StoredView, metrics: StreamerMetrics
+    ) -> None:
         self._context = context
+        self._metrics = metrics
         self._checkpoints = CheckpointStore(context.pool, context.schema, context.outbox)
         self._view = view_from_spec(stored.spec)
         self._version = stored.version
@@ -207,7 +222,9 @@ class ViewStream:
     ) -> None:
         """Fold a batch into the window state and the online store; keep its rows to land."""
         rows: list[dict[str, Scalar]] = []
+        name = self._view.name
         for partition, records in batches.items():
+            self._metrics.consumed.labels(name).inc(len(records))
             for record in records:
                 try:
                     row = decode(self._view, record.value)
@@ -221,12 +238,10 @@ class ViewStream:
             offsets[partition.partition] = records[-1].offset + 1
         if unlanded.since is None:
             unlanded.since = time.monotonic()
+        before = replace(executor.counts)
         touched = executor.ingest(rows) if rows else set()
-        values = {}
-        for key in touched:
-            latest = executor.watermark(key)
-            assert latest is not None, "an entity just touched has an event time"
-            values[key] = executor.read(key, latest)
+        self._metrics.count_ingest(name, before, executor.counts)
+        values = {key: executor.online_row(key) for key in touched}
         await write_online(self._context.redis, self._view, values)
 
     async def _land(
@@ -245,6 +260,7 @@ class ViewStream:
             )
         checkpoint = Checkpoint(dict(offsets), executor.snapshot())
         await self._checkpoints.save(self._view.name, self._version, checkpoint, landed)
+        self._metrics.partitions_landed.labels(self._view.name).inc(len(landed))
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
         letter = dead_letter(
@@ -256,6 +272,7 @@ class ViewStream:
             consumer=self._context.name,
         )
         await self._context.bus.publisher.publish_dead_letter(letter)
+        self._metrics.dead_lettered.labels(self._view.name).inc()
         log.warning(
             "raw event dead-lettered",
             view=self._view.name,
