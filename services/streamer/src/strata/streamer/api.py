@@ -45,7 +45,7 @@ from strata.streamer.store import (
 )
 from strata.streamer.values import entity_key, value_of
 from strata.transforms.definition import FeatureView
-from strata.transforms.online import OnlineValue, read_online
+from strata.transforms.online import OnlineRead, OnlineValue, read_online_views
 from strata.transforms.spec import view_from_spec
 from strata.transforms.types import FeatureStatus
 
@@ -123,16 +123,19 @@ class FeatureApi(FeatureServiceServicer):
         groups = current_principal().roles
         views = {name: self._readable(name, stored, groups) for name in names}
         _check_features(refs, views)
-        now = datetime.now(UTC)
+        reads = [
+            OnlineRead(
+                view,
+                [entity_key(view, row, f"entities[{i}]") for i, row in enumerate(request.entities)],
+                [ref.feature for ref in refs if ref.view == name],
+            )
+            for name, view in views.items()
+        ]
+        answers = await read_online_views(self._redis, reads, datetime.now(UTC))
         columns: dict[tuple[str, str], list[OnlineValue]] = {}
-        for name, view in views.items():
-            keys = [
-                entity_key(view, row, f"entities[{i}]") for i, row in enumerate(request.entities)
-            ]
-            features = [ref.feature for ref in refs if ref.view == name]
-            values = await read_online(self._redis, view, keys, features, now)
-            for position, feature in enumerate(features):
-                columns[(name, feature)] = [row[position] for row in values]
+        for read, values in zip(reads, answers, strict=True):
+            for position, feature in enumerate(read.features):
+                columns[(read.view.name, feature)] = [row[position] for row in values]
         response = pb.GetOnlineFeaturesResponse(
             feature_views=[FeatureViewRef(name=n, version=stored[n].version) for n in names]
         )
