@@ -1,13 +1,15 @@
-"""The scheduler's injectable clock: a file's time in tests, refused in production."""
+"""The scheduler's injectable clock: a file's time in tests, refused in production; and
+its other setting, how long WatchRun's changes of a finished run are kept."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from strata.core.errors import ConfigError
+from strata.core.settings import load
 from strata.scheduler.clock import SchedulerSettings, clock_of
 
 
@@ -44,3 +46,22 @@ def test_a_clock_file_that_is_not_an_aware_time_is_refused_naming_it(
 def test_a_clock_file_is_refused_in_production(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="STRATA_SCHEDULER_CLOCK_FILE is for tests"):
         clock_of(SchedulerSettings(clock_file=tmp_path / "now"), mode="production")
+
+
+def test_changes_retention_is_a_day_unless_set_as_an_iso_8601_duration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STRATA_SCHEDULER_CHANGES_RETENTION", raising=False)
+    assert load(SchedulerSettings).changes_retention == timedelta(days=1)
+    monkeypatch.setenv("STRATA_SCHEDULER_CHANGES_RETENTION", "PT30S")
+    assert load(SchedulerSettings).changes_retention == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("PT0S", "greater than 0"), ("soon", "timedelta")])
+def test_a_changes_retention_that_is_not_a_positive_duration_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("STRATA_SCHEDULER_CHANGES_RETENTION", value)
+    with pytest.raises(ConfigError, match=expected) as refused:
+        load(SchedulerSettings)
+    assert "STRATA_SCHEDULER_CHANGES_RETENTION" in str(refused.value)

@@ -9,7 +9,7 @@ ticks by rewriting one line instead of waiting. Production leaves it unset.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import Field
@@ -28,6 +28,12 @@ class SchedulerSettings(BaseSettings):
 
     clock_file: Path | None = Field(
         None, description="File holding the time the scheduler takes as now (tests only)."
+    )
+    changes_retention: timedelta = Field(
+        timedelta(days=1),
+        gt=timedelta(0),
+        description="How long WatchRun's changes of a finished run are kept, as an ISO 8601 "
+        "duration (P1D, PT30S); the run and its tasks stay.",
     )
 
 

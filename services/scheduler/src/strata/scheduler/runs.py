@@ -1,5 +1,5 @@
-"""Where runs move: create one (started, or QUEUED while its lane is full), apply an
-attempt's report, release retries whose backoff ended, cancel one. Each is one
+"""Where runs move: create one (started, or QUEUED while its lane is full), apply a
+batch of attempts' reports, release retries whose backoff ended, cancel one. Each is one
 transaction holding the run's row lock, the new task and run states, the events
 announcing them (through the outbox) and the changes WatchRun streams, so a crash
 leaves either all of it or none. When an active run ends, the oldest QUEUED run of
@@ -12,9 +12,9 @@ The decisions come from :mod:`strata.scheduler.domain.runs`; the SQL from
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import replace
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter
 
+from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.scheduler.v1.scheduler_pb2 import (
     RUN_STATE_CANCELLING,
     RUN_STATE_QUEUED,
@@ -34,7 +35,7 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
     WorkflowSpec,
 )
 from strata.core.errors import InvalidArgumentError, NotFoundError
-from strata.core.inbox import claim
+from strata.core.inbox import claim_events
 from strata.core.migrations import DbConnection
 from strata.core.runtime import ServiceContext
 from strata.scheduler.clock import Clock
@@ -172,40 +173,72 @@ class Runs:
         log.info("run cancelled", run_id=run_id, state=updated.state, reason=reason)
         return updated
 
-    async def report(self, run_id: str, event: Report, event_id: str, event_type: str) -> None:
-        """Apply one attempt's report to its run, once per event id."""
-        try:
-            uuid.UUID(run_id)
-        except ValueError:
-            raise InvalidArgumentError("attempt.run_id", f"{run_id!r} is not a UUID") from None
+    async def reports(self, batch: Sequence[tuple[Delivered, Envelope]]) -> None:
+        """Apply a batch of attempts' reports in one transaction, once per event id.
+
+        Each run is locked once, in run id order, and its reports applied in batch
+        order (the events of one run share a key, so the batch keeps their order);
+        then its state, the events announcing every step and its WatchRun changes
+        are written at once. A report naming a run that is not a UUID, or a task its
+        workflow lacks, fails the whole batch with InvalidArgumentError: the Bus then
+        hands the events over one by one and dead-letters that one alone.
+
+        Runs are locked in a stable order, but a run that ends locks its workflow's
+        lanes and may start a QUEUED run another batch holds; Postgres breaks such a
+        rare cycle by aborting one transaction, which the Bus retries.
+        """
+        for delivered, _ in batch:
+            _check_run_id(delivered.run_id)
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await claim(conn, self._context.schema, event_id, consumer=INBOX_CONSUMER):
-                return
-            run = await self.store.lock(conn, run_id)
-            if run is None:
-                log.warning("task event for an unknown run", run_id=run_id, event_type=event_type)
-                return
-            plan = await self._plan_of(run)
-            cancel_reason = run.message if run.state == RUN_STATE_CANCELLING else None
+            fresh = await claim_events(conn, self._context.schema, INBOX_CONSUMER, batch)
+            by_run: dict[str, list[Delivered]] = {}
+            for delivered, _ in fresh:
+                by_run.setdefault(delivered.run_id, []).append(delivered)
+            for run_id in sorted(by_run):
+                await self._apply(conn, run_id, by_run[run_id])
+
+    async def _apply(self, conn: DbConnection, run_id: str, reports: list[Delivered]) -> None:
+        """Apply ``reports`` of one run, in order, and save the run once."""
+        run = await self.store.lock(conn, run_id)
+        if run is None:
+            for delivered in reports:
+                log.warning(
+                    "task event for an unknown run", run_id=run_id, event_type=delivered.event_type
+                )
+            return
+        plan = await self._plan_of(run)
+        decisions: list[Decision] = []
+        current = run
+        for delivered in reports:
+            event = delivered.report
+            cancel_reason = current.message if current.state == RUN_STATE_CANCELLING else None
             try:
                 decision = transitions.report(
-                    plan, run.params, run.tasks, event, self._clock(), cancel_reason=cancel_reason
+                    plan,
+                    current.params,
+                    current.tasks,
+                    event,
+                    self._clock(),
+                    cancel_reason=cancel_reason,
                 )
             except ValueError as error:
                 raise InvalidArgumentError("attempt.task_id", str(error)) from None
-            if decision.stale or run.state == RUN_STATE_QUEUED:
+            if decision.stale or current.state == RUN_STATE_QUEUED:
                 if self._stale is not None:
-                    self._stale.labels(event=event_type).inc()
+                    self._stale.labels(event=delivered.event_type).inc()
                 log.info(
                     "stale task report ignored",
                     run_id=run_id,
                     task_id=event.task_id,
                     attempt=event.attempt,
-                    event_type=event_type,
+                    event_type=delivered.event_type,
                 )
-                return
+                continue
             if decision.changes:
-                await self._save(conn, plan, run, decision)
+                decisions.append(decision)
+                current = self._advanced(current, decision)
+        if decisions:
+            await self._save(conn, plan, run, *decisions)
 
     async def release_due(self, limit: int = 100) -> int:
         """Request the next attempt of tasks whose backoff ended; return how many runs moved."""
@@ -222,14 +255,44 @@ class Runs:
                     moved += 1
         return moved
 
+    async def prune_changes(self, retention: timedelta) -> int:
+        """Forget what WatchRun would stream of runs finished more than ``retention``
+        ago; return how many changes went.
+
+        A watcher of a finished run only needs its snapshot (it ends there), so the
+        changes are kept for watchers that were behind when the run ended.
+        """
+        pruned = await self.store.prune_changes(self._clock() - retention)
+        if pruned:
+            log.info("run changes pruned", changes=pruned, retention=str(retention))
+        return pruned
+
     async def _save(
-        self, conn: DbConnection, plan: RunPlan, run: StoredRun, decision: Decision
+        self, conn: DbConnection, plan: RunPlan, run: StoredRun, *decisions: Decision
     ) -> StoredRun:
-        """Store and announce ``decision``; start the next QUEUED run of the lane when
-        this one stopped being active."""
+        """Store and announce ``decisions``, taken one after the other from ``run``;
+        start the next QUEUED run of the lane when this one stopped being active."""
+        current = run
+        changed_ids: set[str] = set()
+        events: list[Message] = []
+        watched: list[TaskStateChanged | RunStateChanged] = []
+        for decision in decisions:
+            updated = self._advanced(current, decision)
+            changed_ids.update(c.task_id for c in decision.changes)
+            step_events, step_watched = _announcement(plan, updated, current.state, decision)
+            events += step_events
+            watched += step_watched
+            current = updated
+        await self.store.save(conn, current, [t for t in current.tasks if t.task_id in changed_ids])
+        await self._publish(conn, current, run.state, events, watched)
+        if run.state in RUN_ACTIVE and current.state in RUN_TERMINAL:
+            await self._start_queued(conn, run.workflow_name, run.lane)
+        return current
+
+    def _advanced(self, run: StoredRun, decision: Decision) -> StoredRun:
+        """``run`` after ``decision``: its state, message, times and tasks."""
         now = self._clock()
-        changed_ids = {c.task_id for c in decision.changes}
-        updated = replace(
+        return replace(
             run,
             state=decision.run_state,
             message=decision.message,
@@ -237,13 +300,6 @@ class Runs:
             finished_at=run.finished_at or (now if decision.run_state in RUN_TERMINAL else None),
             tasks=decision.tasks,
         )
-        await self.store.save(
-            conn, updated, [t for t in decision.tasks if t.task_id in changed_ids]
-        )
-        await self._announce(conn, plan, updated, run.state, decision)
-        if run.state in RUN_ACTIVE and updated.state in RUN_TERMINAL:
-            await self._start_queued(conn, run.workflow_name, run.lane)
-        return updated
 
     async def _start_queued(self, conn: DbConnection, workflow_name: str, lane: str) -> None:
         """Start the lane's QUEUED runs, oldest first, while the lane has room."""
@@ -268,22 +324,22 @@ class Runs:
         previous: RunState.ValueType,
         decision: Decision,
     ) -> None:
-        """Publish the task changes, the attempts to run and the run's change, in that order."""
-        changes: list[TaskStateChanged | RunStateChanged] = [
-            task_state_changed(run.run_id, c) for c in decision.changes
-        ]
-        if run.state != previous:
-            changes.append(run_state_changed(run, previous))
-        events: list[Message] = [*changes[: len(decision.changes)]]
-        events += [task_requested(plan, run, task) for task in decision.requested]
-        events += [
-            task_cancel_requested(run.run_id, task, run.message) for task in decision.to_stop
-        ]
-        events += changes[len(decision.changes) :]
+        """Publish and record what one step of ``run`` changed."""
+        events, watched = _announcement(plan, run, previous, decision)
+        await self._publish(conn, run, previous, events, watched)
+
+    async def _publish(
+        self,
+        conn: DbConnection,
+        run: StoredRun,
+        previous: RunState.ValueType,
+        events: Sequence[Message],
+        watched: Sequence[TaskStateChanged | RunStateChanged],
+    ) -> None:
+        """Put ``events`` in the outbox and ``watched`` in the run's WatchRun changes."""
         await self._context.outbox.publish(conn, *events)
-        await self.store.record_changes(
-            conn, run.run_id, [_watched(c, self._clock()) for c in changes]
-        )
+        now = self._clock()
+        await self.store.record_changes(conn, run.run_id, [_watched(c, now) for c in watched])
         if run.state != previous and run.state in RUN_TERMINAL:
             log.info("run finished", run_id=run.run_id, state=run.state, message=run.message)
 
@@ -301,6 +357,40 @@ class Runs:
         if key not in self._plans:
             self._plans[key] = RunPlan.of(spec)
         return self._plans[key]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One report off ``strata.tasks.events``: its run, what it says, its event type."""
+
+    run_id: str
+    report: Report
+    event_type: str
+
+
+def _check_run_id(run_id: str) -> None:
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        raise InvalidArgumentError("attempt.run_id", f"{run_id!r} is not a UUID") from None
+
+
+def _announcement(
+    plan: RunPlan, run: StoredRun, previous: RunState.ValueType, decision: Decision
+) -> tuple[list[Message], list[TaskStateChanged | RunStateChanged]]:
+    """The events announcing one step that left ``run`` as it is (the task changes,
+    the attempts to run, the attempts to stop and the run's change, in that order)
+    and the changes WatchRun streams."""
+    changes: list[TaskStateChanged | RunStateChanged] = [
+        task_state_changed(run.run_id, c) for c in decision.changes
+    ]
+    if run.state != previous:
+        changes.append(run_state_changed(run, previous))
+    events: list[Message] = [*changes[: len(decision.changes)]]
+    events += [task_requested(plan, run, task) for task in decision.requested]
+    events += [task_cancel_requested(run.run_id, task, run.message) for task in decision.to_stop]
+    events += changes[len(decision.changes) :]
+    return events, changes
 
 
 def _watched(change: TaskStateChanged | RunStateChanged, now: datetime) -> bytes:

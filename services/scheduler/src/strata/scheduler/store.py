@@ -289,6 +289,15 @@ class RunStore:
             [(uuid.UUID(run_id), change) for change in changes],
         )
 
+    async def prune_changes(self, finished_before: datetime) -> int:
+        """Delete the changes of runs finished before ``finished_before``; how many."""
+        status = await self._pool.execute(
+            f"DELETE FROM {self._schema}.run_changes c USING {self._schema}.runs r "
+            "WHERE c.run_id = r.run_id AND r.finished_at < $1",
+            finished_before,
+        )
+        return int(status.split()[-1])
+
     async def snapshot(self, run_id: str) -> tuple[StoredRun, int] | None:
         """The run and the position of its last change, read at one instant."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
