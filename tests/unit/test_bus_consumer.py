@@ -18,7 +18,7 @@ import pytest
 from aiokafka import ConsumerRecord
 from google.protobuf.any_pb2 import Any as AnyPayload
 from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import BoolValue, Int64Value, StringValue
+from google.protobuf.wrappers_pb2 import BoolValue, Int32Value, Int64Value, StringValue
 from opentelemetry import trace
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
@@ -462,6 +462,27 @@ async def test_events_nobody_here_handles_ride_along_in_a_batch(
 
     assert batches.calls == [[1, 2]]
     assert harness.seen.settled == [2]
+
+
+async def test_events_of_several_types_with_one_batch_handler_go_together_in_order(
+    harness: Harness, batches: Batches
+) -> None:
+    """A task's placed, started and finished reports interleave; one handler takes all."""
+    harness.consumer.on_batch(Int32Value)(batches)  # type: ignore[arg-type]
+    other = Batches()
+    harness.consumer.on_batch(BoolValue)(other)  # type: ignore[arg-type]
+
+    await harness.process(
+        *_numbers(1),
+        _sealed(Int32Value(value=2)),
+        *_numbers(3),
+        _sealed(BoolValue(value=True)),
+        _sealed(Int32Value(value=5)),
+    )
+
+    assert batches.calls == [[1, 2, 3], [5]]
+    assert other.calls == [[True]]
+    assert harness.seen.settled == [2, 3, 4]
 
 
 async def test_an_event_for_another_handler_ends_the_batch_in_order(

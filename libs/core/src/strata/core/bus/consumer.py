@@ -13,8 +13,8 @@ What happens to the records of one partition, in offset order:
 3. An event whose type has a handler (:meth:`Consumer.on`) runs it in the
    producer's trace (record headers first, the envelope's trace context second),
    inside a CONSUMER span when spans are recorded (:mod:`strata.core.bus.spans`).
-4. Consecutive events whose type has a batch handler (:meth:`Consumer.on_batch`)
-   go to it together; see *Batches* below.
+4. Consecutive events whose types have the same batch handler
+   (:meth:`Consumer.on_batch`) go to it together; see *Batches* below.
 5. A handler's failure is treated by its kind (:mod:`strata.core.bus.failures`):
    a :class:`~strata.core.errors.PermanentError` is dead-lettered at once; a
    dependency that is down (an *outage*) raises :class:`Outage` out of
@@ -37,8 +37,10 @@ nothing is lost and the order of each key holds. Every outcome is counted in
 
 Batches
 -------
-A batch handler gets ``[(payload, envelope), ...]``: consecutive events of its type
-from one partition, in offset order, at most ``BusSettings.max_batch`` of them.
+A batch handler gets ``[(payload, envelope), ...]``: consecutive events of the types
+it is registered for (one handler may take several: a task's placed, started and
+finished reports), from one partition, in offset order, at most
+``BusSettings.max_batch`` of them.
 Records of types nobody here handles ride along unseen; any other record (an
 event for another handler, a malformed record) ends the batch, so events are
 still handled in partition order. Write the handler as one transaction (claim
@@ -91,7 +93,7 @@ Handler = Callable[[P, Envelope], Awaitable[None]]
 """An event handler: the decoded payload and its envelope (event id, time, producer)."""
 
 BatchHandler = Callable[[Sequence[tuple[P, Envelope]]], Awaitable[None]]
-"""A batch handler: consecutive events of one type from one partition, in order."""
+"""A batch handler: consecutive events of its types from one partition, in order."""
 
 Settled = Callable[[Record], None]
 """Told the last record of a stretch whose fate, and every earlier one's, is settled."""
@@ -109,14 +111,17 @@ class _Batch:
     """Events waiting for one batch handler, and the last record the batch covers
     (records of types nobody here handles ride along: they settle with the batch)."""
 
-    def __init__(self, record: Record, event: Event, limit: int) -> None:
-        self.type = event.type
+    def __init__(
+        self, record: Record, event: Event, handler: BatchHandler[Message], limit: int
+    ) -> None:
+        self.handler = handler
         self.events = [(record, event)]
         self.last = record
         self.limit = limit
 
-    def takes(self, event: Event) -> bool:
-        return event.type == self.type and len(self.events) < self.limit
+    def takes(self, handler: BatchHandler[Message] | None) -> bool:
+        """Whether an event for ``handler`` (None: no batch handler) joins this batch."""
+        return handler is self.handler and len(self.events) < self.limit
 
     def add(self, record: Record, event: Event) -> None:
         self.events.append((record, event))
@@ -227,15 +232,16 @@ class Consumer:
                 else:
                     batch.last = record
                 continue
-            if batch is not None and isinstance(opened, Event) and batch.takes(opened):
+            handler = self._batch_handlers.get(opened.type) if isinstance(opened, Event) else None
+            if batch is not None and isinstance(opened, Event) and batch.takes(handler):
                 batch.add(record, opened)
                 continue
             if batch is not None:
                 if not await self._finish(batch, settled, halted):
                     return
                 batch = None
-            if isinstance(opened, Event) and opened.type in self._batch_handlers:
-                batch = _Batch(record, opened, self._settings.max_batch)
+            if isinstance(opened, Event) and handler is not None:
+                batch = _Batch(record, opened, handler, self._settings.max_batch)
                 continue
             await self._receive(record, opened)
             settled(record)
@@ -271,7 +277,7 @@ class Consumer:
 
         False when halted during the one-by-one fallback: the rest is left unsettled.
         """
-        handler = self._batch_handlers[batch.type]
+        handler = batch.handler
         events = batch.events
         try:
             with processing_batch(events, self.group):
