@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf import json_format
 
-from strata.sdk.workflows.commands import CommandError, _params, _timestamp
+from strata.sdk.client import CommandError
+from strata.sdk.workflows.commands import _params, _timestamp
 
 
 def test_run_parameters_are_typed_when_they_are_json_and_strings_otherwise() -> None:

@@ -121,7 +121,7 @@ def workflow_apply(
     """
     from strata.sdk.workflows import commands
 
-    _run_workflow(commands.apply(file, paused=paused, validate_only=validate_only, out=_out()))
+    _run(commands.apply(file, paused=paused, validate_only=validate_only, out=_out()))
 
 
 @workflow.command("list")
@@ -129,7 +129,7 @@ def workflow_list() -> None:
     """The current version of every workflow, by name."""
     from strata.sdk.workflows import commands
 
-    _run_workflow(commands.list_workflows(_out()))
+    _run(commands.list_workflows(_out()))
 
 
 @workflow.command("run")
@@ -146,7 +146,7 @@ def workflow_run(
     """Start a run of NAME. With --follow, exits 1 unless the run SUCCEEDED."""
     from strata.sdk.workflows import commands
 
-    _run_workflow(commands.run(name, param or [], follow=follow, out=_out()))
+    _run(commands.run(name, param or [], follow=follow, out=_out()))
 
 
 @workflow.command("status")
@@ -154,7 +154,7 @@ def workflow_status(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> N
     """A run and each of its tasks: state, attempt, node, duration and why."""
     from strata.sdk.workflows import commands
 
-    _run_workflow(commands.status(run_id, _out()))
+    _run(commands.status(run_id, _out()))
 
 
 @workflow.command("logs")
@@ -168,7 +168,7 @@ def workflow_logs(
     """What each attempt of a run printed (stdout, then stderr), from the blob store."""
     from strata.sdk.workflows import logs
 
-    _run_workflow(logs.show(run_id, task, follow=follow, out=_out()))
+    _run(logs.show(run_id, task, follow=follow, out=_out()))
 
 
 @workflow.command("cancel")
@@ -179,7 +179,7 @@ def workflow_cancel(
     """Cancel a run: pending tasks are cancelled, running attempts told to stop."""
     from strata.sdk.workflows import commands
 
-    _run_workflow(commands.cancel(run_id, reason, _out()))
+    _run(commands.cancel(run_id, reason, _out()))
 
 
 @workflow.command("backfill")
@@ -198,7 +198,7 @@ def workflow_backfill(
     that arrived then), ticks and partitions already run excepted."""
     from strata.sdk.workflows import commands
 
-    _run_workflow(
+    _run(
         commands.backfill(
             name, start, end, max_concurrent=max_concurrent, dataset=dataset, out=_out()
         )
@@ -217,7 +217,7 @@ def features_apply(
     """
     from strata.sdk.features import commands
 
-    _run_features(commands.apply(file, validate_only=validate_only, out=_out()))
+    _run(commands.apply(file, validate_only=validate_only, out=_out()))
 
 
 @features.command("list")
@@ -225,7 +225,7 @@ def features_list() -> None:
     """The current version of every feature view you may read, by name."""
     from strata.sdk.features import commands
 
-    _run_features(commands.list_views(_out()))
+    _run(commands.list_views(_out()))
 
 
 @features.command("get")
@@ -236,7 +236,7 @@ def features_get(
     """One feature view: source, entities, TTL, transforms and its features."""
     from strata.sdk.features import commands
 
-    _run_features(commands.get(name, version, _out()))
+    _run(commands.get(name, version, _out()))
 
 
 @features.command("online")
@@ -249,7 +249,7 @@ def features_online(
     """The online values of every feature of NAME for one entity, with status and event time."""
     from strata.sdk.features import commands
 
-    _run_features(commands.online(name, entity, _out()))
+    _run(commands.online(name, entity, _out()))
 
 
 @features.command("training-set")
@@ -268,7 +268,7 @@ def features_training_set(
     """A point-in-time training set: each label row with the values VIEWS had at its time."""
     from strata.sdk.features import training
 
-    _run_features(training.training_set(views, labels, out, time_column, _out()))
+    _run(training.training_set(views, labels, out, time_column, _out()))
 
 
 @models.command("list")
@@ -276,7 +276,7 @@ def models_list() -> None:
     """Every model: its latest version, its aliases and who created it."""
     from strata.sdk.models import commands
 
-    _run_models(commands.list_models(_out()))
+    _run(commands.list_models(_out()))
 
 
 @models.command("show")
@@ -288,7 +288,7 @@ def models_show(
     """One version with everything the registry holds for it."""
     from strata.sdk.models import commands
 
-    _run_models(commands.show(reference, _out()))
+    _run(commands.show(reference, _out()))
 
 
 @models.command("promote")
@@ -301,7 +301,7 @@ def models_promote(
     """Point ALIAS of NAME at VERSION; the gateway swaps to it. Exits 1 when refused."""
     from strata.sdk.models import commands
 
-    _run_models(commands.promote(name, version, alias, reason, _out()))
+    _run(commands.promote(name, version, alias, reason, _out()))
 
 
 @models.command("audit")
@@ -312,7 +312,7 @@ def models_audit(
     """Every change made to NAME: versions registered, artifacts uploaded, aliases moved."""
     from strata.sdk.models import commands
 
-    _run_models(commands.audit(name, limit, _out()))
+    _run(commands.audit(name, limit, _out()))
 
 
 @nodes.command("list")
@@ -325,7 +325,7 @@ def nodes_list(
     """Every node but lost ones (unless asked): reserved of capacity, attempts, labels."""
     from strata.sdk import nodes as node_commands
 
-    _run_client(node_commands.list_nodes(state or [], _out()))
+    _run(node_commands.list_nodes(state or [], _out()))
 
 
 def _out() -> Console:
@@ -334,49 +334,7 @@ def _out() -> Console:
     return Console()
 
 
-def _run_workflow(command: Coroutine[None, None, None]) -> None:
-    """Run a workflow command; its failures are one line on stderr and exit 1."""
-    from strata.sdk.workflows.commands import CommandError
-
-    try:
-        asyncio.run(command)
-    except CommandError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _run_features(command: Coroutine[None, None, None]) -> None:
-    """Run a features command; its failures are one line on stderr and exit 1."""
-    from strata.sdk.features.commands import CommandError
-
-    try:
-        asyncio.run(command)
-    except CommandError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _run_models(command: Coroutine[None, None, None]) -> None:
-    """Run a models command; its failures are one line on stderr and exit 1."""
-    from strata.sdk.models.commands import CommandError
-
-    try:
-        asyncio.run(command)
-    except CommandError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _run_client(command: Coroutine[None, None, None]) -> None:
+def _run(command: Coroutine[None, None, None]) -> None:
     """Run a command; its failures are one line on stderr and exit 1 (2: bad settings)."""
     from strata.sdk.client import CommandError
 

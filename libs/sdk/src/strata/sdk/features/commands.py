@@ -19,20 +19,14 @@ from rich.table import Table
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
 from strata.core.errors import StrataError
-from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
-from strata.core.rpc.tls import channel_credentials
-from strata.core.settings import AuthSettings, ModeSettings, ServiceSettings, TlsSettings, load
+from strata.sdk.client import CommandError, service_channel
 from strata.sdk.features.loading import load_feature_views
 from strata.sdk.features.values import entity_row, show_value
 from strata.transforms.durations import format_duration
 
 FEATURES = "strata.features.v1.FeatureService"
 T = TypeVar("T")
-
-
-class CommandError(Exception):
-    """A failure to print as one line; the command exits 1."""
 
 
 async def apply(path: Path, *, validate_only: bool, out: Console) -> None:
@@ -162,23 +156,15 @@ def _window(feature: pb.Feature) -> str:
 
 def connect() -> grpc.aio.Channel:
     """A channel to the streamer the settings name, as the caller the settings authenticate."""
-    services = load(ServiceSettings)
-    target = f"{services.host}:{services.streamer_port}"
-    try:
-        return channel(
-            target,
-            load(AuthSettings),
-            mode=load(ModeSettings).mode,
-            credentials=channel_credentials(load(TlsSettings)),
-            idempotent=(
-                f"{FEATURES}/GetFeatureView",
-                f"{FEATURES}/ListFeatureViews",
-                f"{FEATURES}/GetOnlineFeatures",
-                f"{FEATURES}/GetTrainingSet",
-            ),
-        )
-    except StrataError as error:
-        raise CommandError(str(error)) from None
+    return service_channel(
+        "streamer",
+        idempotent=(
+            f"{FEATURES}/GetFeatureView",
+            f"{FEATURES}/ListFeatureViews",
+            f"{FEATURES}/GetOnlineFeatures",
+            f"{FEATURES}/GetTrainingSet",
+        ),
+    )
 
 
 async def call(pending: Awaitable[T], what: str) -> T:

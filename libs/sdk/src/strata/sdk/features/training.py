@@ -27,7 +27,8 @@ from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
 from strata.core.blobs import open_blob_store
 from strata.core.errors import StrataError
 from strata.core.settings import BlobSettings, load
-from strata.sdk.features.commands import CommandError, call, connect
+from strata.sdk.client import CommandError
+from strata.sdk.features.commands import call, connect
 
 POLL = 0.5
 """Seconds between looks at the job's progress."""

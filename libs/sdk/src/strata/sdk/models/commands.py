@@ -22,20 +22,13 @@ from rich.table import Table
 
 from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
-from strata.core.errors import StrataError
-from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
-from strata.core.rpc.tls import channel_credentials
-from strata.core.settings import AuthSettings, ModeSettings, ServiceSettings, TlsSettings, load
+from strata.sdk.client import CommandError, service_channel
 
 REGISTRY = "strata.registry.v1.ModelRegistryService"
 T = TypeVar("T")
 
 _REFERENCE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?$")
-
-
-class CommandError(Exception):
-    """A failure to print as one line; the command exits 1."""
 
 
 @dataclass(frozen=True)
@@ -249,23 +242,15 @@ def _time(stamp: Timestamp) -> str:
 
 
 def _channel() -> grpc.aio.Channel:
-    services = load(ServiceSettings)
-    target = f"{services.host}:{services.registry_port}"
-    try:
-        return channel(
-            target,
-            load(AuthSettings),
-            mode=load(ModeSettings).mode,
-            credentials=channel_credentials(load(TlsSettings)),
-            idempotent=(
-                f"{REGISTRY}/GetModel",
-                f"{REGISTRY}/ListModels",
-                f"{REGISTRY}/GetVersion",
-                f"{REGISTRY}/GetAuditLog",
-            ),
-        )
-    except StrataError as error:
-        raise CommandError(str(error)) from None
+    return service_channel(
+        "registry",
+        idempotent=(
+            f"{REGISTRY}/GetModel",
+            f"{REGISTRY}/ListModels",
+            f"{REGISTRY}/GetVersion",
+            f"{REGISTRY}/GetAuditLog",
+        ),
+    )
 
 
 async def _call(call: Awaitable[T], what: str) -> T:

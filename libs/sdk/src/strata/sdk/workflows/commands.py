@@ -32,18 +32,12 @@ from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStu
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
 from strata.core.errors import StrataError
-from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
-from strata.core.rpc.tls import channel_credentials
-from strata.core.settings import AuthSettings, ModeSettings, ServiceSettings, TlsSettings, load
+from strata.sdk.client import CommandError, service_channel
 from strata.sdk.workflows.loading import load_workflows
 
 SCHEDULER = "strata.scheduler.v1.SchedulerService"
 T = TypeVar("T")
-
-
-class CommandError(Exception):
-    """A failure to print as one line; the command exits 1."""
 
 
 async def apply(path: Path, *, paused: bool, validate_only: bool, out: Console) -> None:
@@ -417,18 +411,7 @@ _IDEMPOTENT = {
 
 
 def _channel(service: str = "scheduler") -> grpc.aio.Channel:
-    services = load(ServiceSettings)
-    target = f"{services.host}:{services.port_of(service)}"
-    try:
-        return channel(
-            target,
-            load(AuthSettings),
-            mode=load(ModeSettings).mode,
-            credentials=channel_credentials(load(TlsSettings)),
-            idempotent=_IDEMPOTENT[service],
-        )
-    except StrataError as error:
-        raise CommandError(str(error)) from None
+    return service_channel(service, idempotent=_IDEMPOTENT[service])
 
 
 async def _call(

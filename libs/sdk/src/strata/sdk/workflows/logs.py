@@ -20,7 +20,7 @@ from rich.console import Console
 from strata.core.blobs import BlobStore, open_blob_store
 from strata.core.errors import StrataError
 from strata.core.settings import BlobSettings, load
-from strata.sdk.workflows.commands import CommandError
+from strata.sdk.client import CommandError
 
 STREAMS = ("stdout", "stderr")
 FOLLOW_EVERY = 1.0
