@@ -14,36 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
+from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import apply_and_trigger as _apply_and_trigger
+from scheduler_peer import name as _name
+from scheduler_peer import run_until as _run_until
+from scheduler_peer import states as _states
+from scheduler_peer import task as _task
 from service_processes import running
-from test_scheduler_runs import (
-    DEV,
-    TOKENS,
-    Cluster,
-    _apply_and_trigger,
-    _name,
-    _run_until,
-    _states,
-    _task,
-)
 from test_scheduler_triggers import _dead_letter
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
-from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, load
-from strata.core.topics import TASKS_EVENTS, TASKS_REQUESTED, dead_letter_topic
+from strata.core.topics import TASKS_EVENTS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
 
@@ -61,21 +52,13 @@ async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str
 
 @pytest.fixture
 async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield SchedulerServiceStub(channel)
+    async with scheduler_client(address) as stub:
+        yield stub
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    bus = Bus("bursts-test", kafka=load(KafkaSettings))
-    cluster = Cluster(bus)
-    requests = bus.consumer(TASKS_REQUESTED, group=f"bursts-test-{uuid.uuid4().hex[:8]}")
-
-    @requests.on(pb.TaskRequested)
-    async def on_requested(event: pb.TaskRequested, envelope: Envelope) -> None:
-        cluster.heard(event)
-
-    async with bus:
+    async with playing_cluster("bursts-test") as cluster:
         yield cluster
 
 

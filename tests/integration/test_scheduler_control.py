@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -22,36 +21,17 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
 from service_processes import running
-from test_scheduler_runs import DEV, TOKENS, Cluster
 
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
-from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, load
-from strata.core.topics import TASKS_REQUESTED
 
 pytestmark = pytest.mark.integration
 
 BOUND = 60.0
 """Bound on every wait: a guard against hanging, not a timing check."""
-
-
-class Stops(Cluster):
-    """The cluster, also hearing the scheduler ask to stop attempts."""
-
-    def __init__(self, bus: Bus) -> None:
-        super().__init__(bus)
-        self._stops: dict[str, asyncio.Queue[pb.TaskCancelRequested]] = defaultdict(asyncio.Queue)
-
-    def stop_heard(self, request: pb.TaskCancelRequested) -> None:
-        self._stops[request.attempt.run_id].put_nowait(request)
-
-    async def next_stop(self, run_id: str) -> pb.TaskCancelRequested:
-        async with asyncio.timeout(BOUND):
-            return await self._stops[run_id].get()
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +43,13 @@ async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str
 
 @pytest.fixture
 async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield SchedulerServiceStub(channel)
+    async with scheduler_client(address) as stub:
+        yield stub
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Stops]:
-    bus = Bus("control-test", kafka=load(KafkaSettings))
-    cluster = Stops(bus)
-    requests = bus.consumer(TASKS_REQUESTED, group=f"control-test-{uuid.uuid4().hex[:8]}")
-
-    @requests.on(pb.TaskRequested)
-    async def on_requested(event: pb.TaskRequested, envelope: Envelope) -> None:
-        cluster.heard(event)
-
-    @requests.on(pb.TaskCancelRequested)
-    async def on_stop(event: pb.TaskCancelRequested, envelope: Envelope) -> None:
-        cluster.stop_heard(event)
-
-    async with bus:
+async def cluster() -> AsyncIterator[Cluster]:
+    async with playing_cluster("control-test") as cluster:
         yield cluster
 
 
@@ -132,7 +100,7 @@ def _states(run: pb.Run) -> dict[str, str]:
 
 
 async def test_cancel_stops_the_running_attempt_and_ends_the_run_cancelled(
-    client: SchedulerServiceStub, cluster: Stops
+    client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     run = await _start(
         client,
@@ -169,7 +137,7 @@ async def test_cancel_stops_the_running_attempt_and_ends_the_run_cancelled(
 
 
 async def test_cancelling_a_run_with_nothing_running_ends_it_at_once(
-    client: SchedulerServiceStub, cluster: Stops
+    client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     name = _name("queued-cancel")
     spec = pb.WorkflowSpec(name=name, tasks=[_task("train")], max_active_runs=1)
@@ -198,7 +166,7 @@ async def test_cancelling_or_watching_a_run_that_does_not_exist_is_not_found(
 
 
 async def test_watch_run_gives_a_snapshot_then_every_change_in_order_and_ends(
-    client: SchedulerServiceStub, cluster: Stops
+    client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     run = await _start(
         client, pb.WorkflowSpec(name=_name("watched"), tasks=[_task("a"), _task("b", "a")])
@@ -251,7 +219,7 @@ def _task_state(state: pb.TaskState.ValueType) -> str:
 
 
 async def test_a_backfill_over_three_past_ticks_makes_three_runs_one_at_a_time(
-    client: SchedulerServiceStub, cluster: Stops
+    client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     name = _name("yearly")
     spec = pb.WorkflowSpec(

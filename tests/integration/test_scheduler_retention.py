@@ -16,17 +16,16 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import grpc
 import pytest
+from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import name as _name
+from scheduler_peer import run_until as _run_until
+from scheduler_peer import task as _task
 from service_processes import running
-from test_scheduler_runs import DEV, TOKENS, Cluster, _name, _run_until, _task
 
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
-from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, PostgresSettings, load
-from strata.core.topics import TASKS_REQUESTED
+from strata.core.settings import PostgresSettings, load
 
 pytestmark = pytest.mark.integration
 
@@ -48,21 +47,13 @@ async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str
 
 @pytest.fixture
 async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield SchedulerServiceStub(channel)
+    async with scheduler_client(address) as stub:
+        yield stub
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    bus = Bus("retention-test", kafka=load(KafkaSettings))
-    cluster = Cluster(bus)
-    requests = bus.consumer(TASKS_REQUESTED, group=f"retention-test-{uuid.uuid4().hex[:8]}")
-
-    @requests.on(pb.TaskRequested)
-    async def on_requested(event: pb.TaskRequested, envelope: Envelope) -> None:
-        cluster.heard(event)
-
-    async with bus:
+    async with playing_cluster("retention-test") as cluster:
         yield cluster
 
 

@@ -23,17 +23,15 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf import json_format
+from scheduler_peer import DEV, TOKENS, Cluster, Scheduler, playing_cluster, scheduler_client
 from service_processes import running
-from test_scheduler_runs import DEV, TOKENS, Cluster, Scheduler
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
-from strata.core.bus import Bus
 from strata.core.settings import KafkaSettings, load
-from strata.core.topics import DATA_ARRIVED, TASKS_REQUESTED, dead_letter_topic
+from strata.core.topics import DATA_ARRIVED, dead_letter_topic
 
 pytestmark = pytest.mark.integration
 
@@ -72,21 +70,13 @@ async def scheduler(
 
 @pytest.fixture
 async def client(scheduler: Scheduler) -> AsyncIterator[SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(scheduler.address) as channel:
-        yield SchedulerServiceStub(channel)
+    async with scheduler_client(scheduler.address) as stub:
+        yield stub
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    bus = Bus("triggers-test", kafka=load(KafkaSettings))
-    cluster = Cluster(bus)
-    requests = bus.consumer(TASKS_REQUESTED, group=f"triggers-test-{uuid.uuid4().hex[:8]}")
-
-    @requests.on(pb.TaskRequested)
-    async def on_requested(event: pb.TaskRequested, envelope: Envelope) -> None:
-        cluster.heard(event)
-
-    async with bus:
+    async with playing_cluster("triggers-test") as cluster:
         yield cluster
 
 

@@ -22,19 +22,14 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
+from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
 from service_processes import running
-from test_scheduler_control import Stops
-from test_scheduler_runs import DEV, TOKENS
 
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
-from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, load
-from strata.core.topics import TASKS_REQUESTED
 
 pytestmark = pytest.mark.integration
 
@@ -51,25 +46,13 @@ async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str
 
 @pytest.fixture
 async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield SchedulerServiceStub(channel)
+    async with scheduler_client(address) as stub:
+        yield stub
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Stops]:
-    bus = Bus("cli-test", kafka=load(KafkaSettings))
-    cluster = Stops(bus)
-    requests = bus.consumer(TASKS_REQUESTED, group=f"cli-test-{uuid.uuid4().hex[:8]}")
-
-    @requests.on(pb.TaskRequested)
-    async def on_requested(event: pb.TaskRequested, envelope: Envelope) -> None:
-        cluster.heard(event)
-
-    @requests.on(pb.TaskCancelRequested)
-    async def on_stop(event: pb.TaskCancelRequested, envelope: Envelope) -> None:
-        cluster.stop_heard(event)
-
-    async with bus:
+async def cluster() -> AsyncIterator[Cluster]:
+    async with playing_cluster("cli-test") as cluster:
         yield cluster
 
 
@@ -146,7 +129,7 @@ async def _only_run(client: SchedulerServiceStub, workflow: str) -> str:
 
 
 async def test_run_follow_shows_each_task_live_and_exits_0_when_the_run_succeeds(
-    address: str, client: SchedulerServiceStub, cluster: Stops
+    address: str, client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     name = _name("followed")
     await _apply(client, name)
@@ -189,7 +172,7 @@ async def test_run_follow_shows_each_task_live_and_exits_0_when_the_run_succeeds
 
 
 async def test_cancel_stops_a_followed_run_which_then_exits_1_saying_so(
-    address: str, client: SchedulerServiceStub, cluster: Stops
+    address: str, client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     name = _name("cancelled")
     await _apply(client, name)
@@ -290,7 +273,7 @@ async def test_backfill_makes_one_run_per_past_tick(
 
 
 async def test_backfill_of_a_dataset_makes_one_run_per_partition_that_arrived_before(
-    address: str, client: SchedulerServiceStub, cluster: Stops
+    address: str, client: SchedulerServiceStub, cluster: Cluster
 ) -> None:
     dataset = _name("deliveries")
     for partition in ("date=2026-01-01", "date=2026-01-02", "region=eu", "date=2026-01-03"):
