@@ -7,21 +7,18 @@ keeps them unrounded, with every round and the machine facts.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bench.bus.dedup import DedupResult
 from bench.bus.flow import FlowResult
 from bench.bus.overhead import PEER, OverheadResult, VariantResult
 from bench.bus.plan import Plan
 from bench.bus.relay import RelayResult
-from strata.core.settings import REPO_ROOT
+from bench.results import RESULTS, header, write
 
-RESULTS = REPO_ROOT / "bench" / "results"
 RERUN = "make bench  # or: uv run --frozen python -m bench.bus"
 
 RELAY_AIM = 5_000
@@ -44,13 +41,9 @@ class Report:
 
     def markdown(self) -> str:
         """Both tables, with the run's date, machine and command above them."""
-        facts = ", ".join(f"{name} {value}" for name, value in self.machine.items())
         return "\n".join(
             [
-                f"Run {self.started:%Y-%m-%d %H:%M} UTC, {self.seconds:.0f} s: `{self.command}`",
-                "",
-                f"Machine: {facts}.",
-                "",
+                *header(self.started, self.seconds, self.command, self.machine),
                 *aims_table(self),
                 "",
                 *hop_table(self.overhead, self.plan),
@@ -59,12 +52,8 @@ class Report:
 
     def write(self, folder: Path = RESULTS) -> tuple[Path, Path]:
         """Write ``bus-<time>.json`` and ``bus-<time>.md``; return their paths."""
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"bus-{self.started:%Y%m%dT%H%M%SZ}"
-        raw = {"rerun": RERUN, **dataclasses.asdict(self), "table": self.markdown()}
-        stem.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=_plain) + "\n")
-        stem.with_suffix(".md").write_text(self.markdown() + "\n")
-        return stem.with_suffix(".json"), stem.with_suffix(".md")
+        raw = {"rerun": RERUN, **dataclasses.asdict(self)}
+        return write("bus", self.started, raw, self.markdown(), folder)
 
 
 def aims_table(report: Report) -> list[str]:
@@ -179,9 +168,3 @@ def _markdown(rows: Sequence[Sequence[str]]) -> list[str]:
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in body]
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")

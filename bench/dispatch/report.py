@@ -7,20 +7,17 @@ unrounded (every round, every hop and its stages, the machine facts).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bench.bus.stats import Distribution, paired_ratio
 from bench.dispatch.analysis import STAGES, TAIL, Burst, Hop
 from bench.dispatch.plan import Plan
-from strata.core.settings import REPO_ROOT
+from bench.results import RESULTS, header, write
 
-RESULTS = REPO_ROOT / "bench" / "results"
 RERUN = "make bench  # or: uv run --frozen python -m bench.dispatch"
 
 RUN_AIM_S = 0.5
@@ -55,13 +52,9 @@ class Report:
     """First trigger of the burst to its last run's end."""
 
     def markdown(self) -> str:
-        facts = ", ".join(f"{name} {value}" for name, value in self.machine.items())
         return "\n".join(
             [
-                f"Run {self.started:%Y-%m-%d %H:%M} UTC, {self.seconds:.0f} s: `{self.command}`",
-                "",
-                f"Machine: {facts}.",
-                "",
+                *header(self.started, self.seconds, self.command, self.machine),
                 *self.aims_table(),
                 "",
                 *self.stage_table(),
@@ -141,12 +134,8 @@ class Report:
 
     def write(self, folder: Path = RESULTS) -> tuple[Path, Path]:
         """Write ``dispatch-<time>.json`` and ``.md``; return their paths."""
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"dispatch-{self.started:%Y%m%dT%H%M%SZ}"
-        raw = {"rerun": RERUN, **dataclasses.asdict(self), "table": self.markdown()}
-        stem.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=_plain) + "\n")
-        stem.with_suffix(".md").write_text(self.markdown() + "\n")
-        return stem.with_suffix(".json"), stem.with_suffix(".md")
+        raw = {"rerun": RERUN, **dataclasses.asdict(self)}
+        return write("dispatch", self.started, raw, self.markdown(), folder)
 
 
 def _run_row(what: str, rounds: tuple[list[float], list[float]], count: int) -> tuple[str, ...]:
@@ -169,9 +158,3 @@ def _markdown(rows: Sequence[Sequence[str]]) -> list[str]:
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in body]
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")

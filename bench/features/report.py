@@ -7,20 +7,17 @@ keeps them unrounded, with every round and the machine facts.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bench.features.freshness import FreshnessResult, ThroughputResult
 from bench.features.online import OnlineResult, Side
 from bench.features.plan import Plan
 from bench.features.training import TrainingResult
-from strata.core.settings import REPO_ROOT
+from bench.results import RESULTS, header, write
 
-RESULTS = REPO_ROOT / "bench" / "results"
 RERUN = "make bench  # or: uv run --frozen python -m bench.features"
 
 FEAST_SPEEDUP_AIM = 20.0
@@ -45,13 +42,9 @@ class Report:
 
     def markdown(self) -> str:
         """The aims table and the value check, with the run's date, machine and command."""
-        facts = ", ".join(f"{name} {value}" for name, value in self.machine.items())
         return "\n".join(
             [
-                f"Run {self.started:%Y-%m-%d %H:%M} UTC, {self.seconds:.0f} s: `{self.command}`",
-                "",
-                f"Machine: {facts}.",
-                "",
+                *header(self.started, self.seconds, self.command, self.machine),
                 *aims_table(self),
                 "",
                 *value_checks(self),
@@ -60,12 +53,8 @@ class Report:
 
     def write(self, folder: Path = RESULTS) -> tuple[Path, Path]:
         """Write ``features-<time>.json`` and ``features-<time>.md``; return their paths."""
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"features-{self.started:%Y%m%dT%H%M%SZ}"
-        raw = {"rerun": RERUN, **dataclasses.asdict(self), "table": self.markdown()}
-        stem.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=_plain) + "\n")
-        stem.with_suffix(".md").write_text(self.markdown() + "\n")
-        return stem.with_suffix(".json"), stem.with_suffix(".md")
+        raw = {"rerun": RERUN, **dataclasses.asdict(self)}
+        return write("features", self.started, raw, self.markdown(), folder)
 
 
 def aims_table(report: Report) -> list[str]:
@@ -173,9 +162,3 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     lines = [f"| {' | '.join(rows[0])} |", f"|{'---|' * len(rows[0])}"]
     lines += [f"| {' | '.join(row)} |" for row in rows[1:]]
     return lines
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

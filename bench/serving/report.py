@@ -7,20 +7,17 @@ keeps them unrounded, with every round and the machine facts.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from bench.results import RESULTS, header, write
 from bench.serving.inprocess import InProcess
 from bench.serving.plan import Plan
 from bench.serving.sidebyside import SideBySide
 from bench.serving.swap import Swap
-from strata.core.settings import REPO_ROOT
 
-RESULTS = REPO_ROOT / "bench" / "results"
 RERUN = "make bench  # or: uv run --frozen python -m bench.serving"
 
 RPS_RATIO_AIM = 3.0
@@ -58,13 +55,9 @@ class Report:
 
     def markdown(self) -> str:
         """The tables, with the run's date, machine and command above them."""
-        facts = ", ".join(f"{name} {value}" for name, value in self.machine.items())
         return "\n".join(
             [
-                f"Run {self.started:%Y-%m-%d %H:%M} UTC, {self.seconds:.0f} s: `{self.command}`",
-                "",
-                f"Machine: {facts}.",
-                "",
+                *header(self.started, self.seconds, self.command, self.machine),
                 *self._side_by_side(),
                 "",
                 *self._swap(),
@@ -159,27 +152,16 @@ class Report:
 
     def write(self, folder: Path = RESULTS) -> tuple[Path, Path]:
         """Write ``serving-<time>.json`` and ``serving-<time>.md``; return their paths."""
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"serving-{self.started:%Y%m%dT%H%M%SZ}"
         raw = {
             "rerun": RERUN,
             **dataclasses.asdict(self),
             "gateway_overhead_us": self.gateway_overhead_us,
             "peer_overhead_us": self.peer_overhead_us,
-            "table": self.markdown(),
         }
-        stem.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=_plain) + "\n")
-        stem.with_suffix(".md").write_text(self.markdown() + "\n")
-        return stem.with_suffix(".json"), stem.with_suffix(".md")
+        return write("serving", self.started, raw, self.markdown(), folder)
 
 
 def _markdown(rows: Sequence[Sequence[str]]) -> list[str]:
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in body]
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
