@@ -2,20 +2,20 @@
 
 The test plays the scheduler by publishing ``TaskRequested`` to Kafka and reads
 ``strata.tasks.events`` as the scheduler would. The task functions live in a
-temporary folder on the agent's code path (``STRATA_AGENT_CODE_PATH``). What
-users rely on: the agent serves health before any provisioner answers and
-registers once one does; a task runs in a worker process of its own with its
-args and upstream outputs, and is reported started, then finished with its
-outputs and measured usage; a task that raises is reported failed with its type,
-message and traceback; a task that kills its worker takes down only that worker.
-A SIGKILLed agent's node is lost with its attempt (NodeLost, TaskLost), its worker
+temporary folder on the agent's code path (``STRATA_AGENT_CODE_PATH``). What users
+rely on: the agent serves health before any provisioner answers and registers once
+one does; a task runs in a worker process of its own with its args and upstream
+outputs, and is reported started, then finished with its outputs and measured usage,
+in a worker started ahead and used for that attempt only (a spare that died while
+waiting is passed over); a task that raises is reported failed with its type,
+message and traceback; a task that kills its worker takes down only that worker. A
+SIGKILLed agent's node is lost with its attempt (NodeLost, TaskLost), its worker
 goes with it, and the attempt requested again runs on another agent; an agent back
-from a pause has its lost attempt cancelled and its late report ignored and
-counted; a cancelled attempt's worker gets SIGTERM and the attempt is reported
-cancelled (a queued one leaves the queue); a task past its memory limit or its
-timeout is stopped and reported so; a running attempt reports its usage; what a
-task prints is in the blob store and shown by ``strata workflow logs``, live with
-``--follow``.
+from a pause has its lost attempt cancelled and its late report ignored and counted;
+a cancelled attempt's worker gets SIGTERM and the attempt is reported cancelled (a
+queued one leaves the queue); a task past its memory limit or its timeout is stopped
+and reported so; a running attempt reports its usage; what a task prints is in the
+blob store and shown by ``strata workflow logs``, live with ``--follow``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psutil
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -343,6 +344,65 @@ async def test_chained_tasks_run_in_worker_processes_and_report_outputs_and_usag
     assert isinstance(finished, pb.TaskFinished), finished
     assert _outputs(finished)["total"] == 6
     assert int(_outputs(finished)["pid"]) != cluster.agent_pid
+
+
+async def _spares(agent_pid: int) -> set[int]:
+    """The agent's worker processes once at least one is there (a spare, waiting)."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            children = {c.pid for c in psutil.Process(agent_pid).children()}
+            if children:
+                return children
+            await asyncio.sleep(0.05)
+
+
+async def test_an_attempt_runs_in_a_worker_started_before_it_and_a_worker_runs_one_attempt(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    before = await _spares(cluster.agent_pid)
+    extract = _request("extract", {"rows": 1})
+    await bus.publish(extract)
+    finished = await _ended(heard, extract.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    first = int(_outputs(finished)["pid"])
+    assert first in before, "the attempt ran in a worker the agent had started ahead"
+
+    await _spares(cluster.agent_pid)
+    again = _request("extract", {"rows": 2})
+    await bus.publish(again)
+    finished = await _ended(heard, again.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert int(_outputs(finished)["pid"]) != first, "a worker is never handed a second attempt"
+
+
+async def test_a_spare_worker_killed_while_waiting_is_never_handed_an_attempt(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    killed = await _spares(cluster.agent_pid)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    await _gone_all(killed)
+    extract = _request("extract", {"rows": 4})
+    await bus.publish(extract)
+    finished = await _ended(heard, extract.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert int(_outputs(finished)["pid"]) not in killed
+
+
+async def _gone_all(pids: set[int]) -> None:
+    """Until none of ``pids`` runs (a zombie the agent has not reaped counts as gone)."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            alive = []
+            for pid in pids:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        alive.append(pid)
+            if not alive:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_a_task_that_raises_is_reported_failed_with_its_traceback(

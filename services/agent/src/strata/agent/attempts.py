@@ -2,7 +2,8 @@
 
 Reports wait in :class:`Outgoing` until a session writes them, so an attempt
 that ends while the stream is down is reported on the next one. Each attempt is
-an asyncio task awaiting its worker (:func:`strata.agent.worker.run_in_worker`);
+an asyncio task awaiting its worker (:func:`strata.agent.worker.run_in_worker`),
+one started ahead when there is one (:mod:`strata.agent.spares`);
 a cancellation from the provisioner asks its :class:`~strata.agent.stopping.Stop`
 (SIGTERM, SIGKILL after the grace) and the attempt is reported cancelled;
 cancelling the task (the agent is stopping) kills the worker at once. Its stdout
@@ -28,8 +29,9 @@ from strata.agent.domain.limits import Limits
 from strata.agent.domain.outcome import Failed, Finished, Outcome, StopKind, Stopped, Usage
 from strata.agent.domain.usage import Sample, cpu_millis, due
 from strata.agent.output import AttemptOutput
+from strata.agent.spares import Spares
 from strata.agent.stopping import Stop
-from strata.agent.worker import run_in_worker
+from strata.agent.worker import job, run_in_worker
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
@@ -114,11 +116,18 @@ class Attempts:
     """Runs assigned attempts in workers and queues their reports."""
 
     def __init__(
-        self, node_id: str, code_path: Sequence[str], outgoing: Outgoing, blobs: BlobStore
+        self,
+        node_id: str,
+        code_path: Sequence[str],
+        outgoing: Outgoing,
+        blobs: BlobStore,
+        spares: int,
     ) -> None:
+        """``spares``: how many workers to keep started ahead (call from the event loop)."""
         self._node_id = node_id
         self._blobs = blobs
-        self._code_path = tuple(code_path)
+        self._spares = Spares(code_path, spares)
+        self._spares.fill()
         self._outgoing = outgoing
         self._running: dict[AttemptKey, Running] = {}
         self.usage_interval = DEFAULT_USAGE_INTERVAL
@@ -153,11 +162,12 @@ class Attempts:
         log.info("attempt cancelled", attempt=list(_key(entry.ref)), reason=reason, grace=grace)
 
     async def stop(self) -> None:
-        """Kill every worker (the agent is stopping)."""
+        """Kill every worker, spares too (the agent is stopping)."""
         tasks = [entry.task for entry in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._spares.close()
 
     async def _run(self, ref: TaskAttemptRef, assignment: pb.TaskAssignment, stop: Stop) -> None:
         args = json_format.MessageToDict(assignment.args)
@@ -173,16 +183,10 @@ class Attempts:
         uploading = asyncio.create_task(output.upload_while_running())
         usage = UsageReports(ref, self._node_id, self._outgoing, self.usage_interval)
         try:
-            outcome = await run_in_worker(
-                assignment.entrypoint,
-                args,
-                upstream,
-                self._code_path,
-                stop,
-                _limits(assignment),
-                output.folder,
-                usage.sampled,
+            worker = await self._spares.start(
+                job(assignment.entrypoint, args, upstream, output.folder)
             )
+            outcome = await run_in_worker(worker, stop, _limits(assignment), usage.sampled)
         except asyncio.CancelledError as cancelled:
             reason = str(cancelled.args[0]) if cancelled.args else "the agent is stopping"
             self._outgoing.put(

@@ -40,7 +40,9 @@ def provisioner_session(settings: AgentSettings) -> Callable[[ServiceContext], A
 async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings) -> None:
     """Stay connected to the provisioner and run what it assigns, until cancelled."""
     outgoing = Outgoing()
-    attempts = Attempts(settings.node_id, settings.code_path, outgoing, context.blobs)
+    attempts = Attempts(
+        settings.node_id, settings.code_path, outgoing, context.blobs, settings.spare_workers
+    )
     runtime = context.settings
     credentials = channel_credentials(runtime.tls)
     failures = 0

@@ -55,6 +55,14 @@ class AgentSettings(BaseSettings):
             "imported from (until bundles are fetched from the blob store)."
         ),
     )
+    spare_workers: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Worker processes kept started ahead, each used for one attempt, so an attempt "
+            "starts without spawning one; 0 spawns each attempt's worker when it starts."
+        ),
+    )
     reconnect_initial: float = Field(
         0.5, gt=0, description="Seconds before the first reconnect after the stream drops."
     )

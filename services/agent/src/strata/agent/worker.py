@@ -5,12 +5,19 @@ nothing with the agent (no inherited event loop, sockets or threads), so a task
 that crashes, exits or corrupts its interpreter takes down only its worker; the
 agent sees the pipe close and reports the exit code. A worker whose agent dies
 exits too. Usage is measured inside the worker by ``getrusage`` just before it
-answers (peak RSS, user + system CPU), wall time by the agent around the whole
-process; while it runs, the agent samples it with psutil (:class:`Watch`) to
-enforce its limits and report its usage.
+answers (peak RSS, user + system CPU), wall time by the agent from handing it the
+attempt to its end; while it runs, the agent samples it with psutil
+(:class:`Watch`) to enforce its limits and report its usage.
+
+A worker is started ahead of its attempt (:func:`start_worker`, kept ready by
+:mod:`strata.agent.spares`): it loads this module and its imports and puts the
+code path on ``sys.path``, then waits on its pipe for one :class:`Job`. It runs
+that one attempt and exits: a worker is never handed a second attempt, so the
+isolation, output capture and usage of an attempt are those of a process of its
+own.
 
 This increment imports code from the folders of ``STRATA_AGENT_CODE_PATH``;
-fetching content-addressed bundles (sha256 checked) and warm workers come next.
+fetching content-addressed bundles (sha256 checked) comes next.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -47,46 +55,90 @@ ORPHAN_CHECK = 0.5
 """Seconds between a worker's looks at whether its agent is still there."""
 EXIT_ORPHANED = 70
 """Exit code of a worker whose agent went away."""
+READY = "ready"
+"""What a worker sends once its imports are done, before it waits for its job."""
 WATCH_INTERVAL = 0.1
 """Seconds between samples of a worker's memory: a task allocating fast can pass its
 limit by what it allocates in that time before it is stopped."""
 
 
-async def run_in_worker(
+@dataclass(frozen=True)
+class Job:
+    """One attempt as its worker gets it; its stdout and stderr go to files in ``output``."""
+
+    entrypoint: str
+    args: dict[str, Any]
+    upstream_outputs: dict[str, dict[str, Any]]
+    output: str
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A started worker process and the agent's end of its pipe (the job goes down, the
+    answer comes up)."""
+
+    process: BaseProcess
+    connection: Connection
+
+    def hand(self, job: Job) -> bool:
+        """Give the worker its one job; False if it is gone (died while waiting)."""
+        if not self.process.is_alive():
+            return False
+        try:
+            self.connection.send(job)
+        except OSError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Kill the worker (unused, or gone already) and close its pipe."""
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+def start_worker(code_path: Sequence[str]) -> Worker:
+    """Spawn a worker that waits for its job (blocks for the spawn: call it in a thread)."""
+    agent_end, worker_end = _SPAWN.Pipe(duplex=True)
+    process = _SPAWN.Process(
+        target=serve_attempt, args=(worker_end, list(code_path)), name="strata-worker"
+    )
+    process.start()
+    worker_end.close()
+    return Worker(process, agent_end)
+
+
+def job(
     entrypoint: str,
     args: Mapping[str, Any],
     upstream_outputs: Mapping[str, Mapping[str, Any]],
-    code_path: Sequence[str],
+    output: Path,
+) -> Job:
+    """The job of one attempt, in plain containers the pipe can carry."""
+    return Job(
+        entrypoint,
+        dict(args),
+        {task: dict(outputs) for task, outputs in upstream_outputs.items()},
+        str(output),
+    )
+
+
+async def run_in_worker(
+    worker: Worker,
     stop: Stop,
     limits: Limits,
-    output: Path,
     sampled: Callable[[Sample], None],
 ) -> Outcome:
-    """Run ``entrypoint`` in a new worker process and wait for its outcome.
+    """Wait for the outcome of the job just handed to ``worker``.
 
     While it runs, its memory and time are watched against ``limits``; going past
     one asks ``stop``. When ``stop`` is asked first, the worker gets SIGTERM,
     SIGKILL once the stop's grace has passed, and the outcome is :class:`Stopped`.
     Cancelling the waiting task (the agent is stopping) kills the worker at once.
-    The worker's stdout and stderr go to files of those names in ``output``; each
-    sample of its usage is handed to ``sampled``.
+    Each sample of its usage is handed to ``sampled``.
     """
-    receiving, sending = _SPAWN.Pipe(duplex=False)
-    process = _SPAWN.Process(
-        target=serve_attempt,
-        args=(
-            sending,
-            list(code_path),
-            entrypoint,
-            dict(args),
-            dict(upstream_outputs),
-            str(output),
-        ),
-        name=f"strata-worker {entrypoint}",
-    )
+    process, receiving = worker.process, worker.connection
     started = time.monotonic()
-    process.start()
-    sending.close()
     answering = asyncio.ensure_future(asyncio.to_thread(_receive, receiving))
     stopping = asyncio.ensure_future(stop.wait())
     watch = Watch(process.pid, limits, stop, started, sampled)
@@ -186,11 +238,23 @@ def _terminate(process: BaseProcess, grace: float) -> None:
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
+    """The worker's answer (past its :data:`READY`, if not taken yet); None if it died."""
     try:
-        answer: dict[str, Any] = connection.recv()
-    except EOFError:
+        answer: dict[str, Any] | str = connection.recv()
+        if answer == READY:
+            answer = connection.recv()
+    except (EOFError, OSError):
         return None
+    assert isinstance(answer, dict), f"a worker answers with a dict, got {answer!r}"
     return answer
+
+
+def booted(worker: Worker) -> bool:
+    """Wait until ``worker`` says it is ready (blocks: call it in a thread); False if it died."""
+    try:
+        return bool(worker.connection.recv() == READY)
+    except (EOFError, OSError):
+        return False
 
 
 def _outcome(answer: dict[str, Any], wall: float) -> Outcome:
@@ -200,20 +264,19 @@ def _outcome(answer: dict[str, Any], wall: float) -> Outcome:
     return Failed(answer["error_type"], answer["message"], answer["traceback"], usage)
 
 
-def serve_attempt(
-    connection: Connection,
-    code_path: list[str],
-    entrypoint: str,
-    args: dict[str, Any],
-    upstream_outputs: dict[str, dict[str, Any]],
-    output: str,
-) -> None:
-    """The worker's body (top level, so ``spawn`` can import it): run, answer once, exit."""
+def serve_attempt(connection: Connection, code_path: list[str]) -> None:
+    """The worker's body (top level, so ``spawn`` can import it): wait for the job, run it,
+    answer once, exit. A pipe closed before any job (the agent stopped) ends it quietly."""
     _exit_with_the_agent()
-    _capture(Path(output))
     sys.path[:0] = code_path
     try:
-        outputs = _call(Entrypoint.parse(entrypoint), args, upstream_outputs)
+        connection.send(READY)
+        given: Job = connection.recv()
+    except EOFError:
+        return
+    _capture(Path(given.output))
+    try:
+        outputs = _call(Entrypoint.parse(given.entrypoint), given.args, given.upstream_outputs)
         answer: dict[str, Any] = {"ok": True, "outputs": outputs}
     except BaseException as exc:  # every failure of user code is reported, exits too
         answer = {

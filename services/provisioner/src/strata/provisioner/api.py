@@ -5,7 +5,9 @@ A Connect session: the first message must be an ``AgentRegistration``, checked b
 the field named) and stored; the answer is ``AgentAccepted``. From then on the
 session reads the agent's messages (each renews the node's lease) and sends down
 the assignments of the attempts placed on the node, from the stored placements,
-each once per session (so a reconnecting agent gets again what it does not list
+as soon as a placement or cancellation for the node commits
+(:class:`~strata.provisioner.wakeups.Wakeups`; the delivery poll is the safety
+net), each once per session (so a reconnecting agent gets again what it does not list
 as running). Attempts the agent lists as running (registering, then in each
 heartbeat) that are not placed on its node are cancelled on it, once per session
 (:mod:`strata.provisioner.domain.reconcile`), and so are placed attempts asked to
@@ -46,11 +48,10 @@ from strata.provisioner.domain.reports import REPORTS
 from strata.provisioner.domain.resources import Resources
 from strata.provisioner.reports import Reports
 from strata.provisioner.store import NodeStore, QueueStore, StoredNode, StoredPlacement
+from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
 
-DELIVERY_POLL = 0.1
-"""Seconds between looks for new placements of a connected node."""
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 LIVE_STATES = (pb.NODE_STATE_READY, pb.NODE_STATE_DRAINING, pb.NODE_STATE_DRAINED)
@@ -59,10 +60,12 @@ LIVE_STATES = (pb.NODE_STATE_READY, pb.NODE_STATE_DRAINING, pb.NODE_STATE_DRAINE
 class ProvisionerApi(ProvisionerServiceServicer):
     """ProvisionerService over the nodes and queue of the service's schema."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, wakeups: Wakeups, delivery_poll: float) -> None:
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
-        self._reports = Reports(context)
+        self._reports = Reports(context, wakeups)
+        self._wakeups = wakeups
+        self._delivery_poll = delivery_poll
 
     @override
     async def Connect(
@@ -79,6 +82,7 @@ class ProvisionerApi(ProvisionerServiceServicer):
         node = await self._nodes.register(check(_registration(first.registration)), _now())
         node_id, session_id = node.registration.node_id, node.session_id
         log.info("node connected", node_id=node_id, capacity=str(node.registration.capacity))
+        self._wakeups.queue_changed()
         yield pb.ConnectResponse(
             accepted=pb.AgentAccepted(
                 session_id=session_id,
@@ -93,27 +97,31 @@ class ProvisionerApi(ProvisionerServiceServicer):
         sent = set(running)
         cancelled: set[AttemptKey] = set()
         try:
-            while not reader.done():
-                placements = await self._queue.on_node(node_id)
-                for placement in placements:
-                    key = _key(placement.request.attempt)
-                    reason = placement.cancel_reason
-                    if reason is not None and key not in sent and not placement.running:
-                        await self._reports.cancel_unassigned(
-                            node_id, placement.request.attempt, reason
+            with self._wakeups.session(node_id) as woken:
+                while not reader.done():
+                    woken.clear()
+                    placements = await self._queue.on_node(node_id)
+                    for placement in placements:
+                        key = _key(placement.request.attempt)
+                        reason = placement.cancel_reason
+                        if reason is not None and key not in sent and not placement.running:
+                            await self._reports.cancel_unassigned(
+                                node_id, placement.request.attempt, reason
+                            )
+                        elif reason is not None and key not in cancelled:
+                            yield pb.ConnectResponse(cancellation=_cancellation(key, reason))
+                            cancelled.add(key)
+                        elif reason is None and not placement.running and key not in sent:
+                            yield pb.ConnectResponse(assignment=_assignment(placement))
+                            sent.add(key)
+                    placed = {_key(p.request.attempt) for p in placements}
+                    for key in to_cancel(running, placed, cancelled):
+                        log.info(
+                            "attempt not current cancelled", node_id=node_id, attempt=list(key)
                         )
-                    elif reason is not None and key not in cancelled:
-                        yield pb.ConnectResponse(cancellation=_cancellation(key, reason))
+                        yield pb.ConnectResponse(cancellation=_cancellation(key, NOT_CURRENT))
                         cancelled.add(key)
-                    elif reason is None and not placement.running and key not in sent:
-                        yield pb.ConnectResponse(assignment=_assignment(placement))
-                        sent.add(key)
-                placed = {_key(p.request.attempt) for p in placements}
-                for key in to_cancel(running, placed, cancelled):
-                    log.info("attempt not current cancelled", node_id=node_id, attempt=list(key))
-                    yield pb.ConnectResponse(cancellation=_cancellation(key, NOT_CURRENT))
-                    cancelled.add(key)
-                await asyncio.wait({reader}, timeout=DELIVERY_POLL)
+                    await _first(reader, woken, self._delivery_poll)
             reader.result()
         finally:
             reader.cancel()
@@ -204,6 +212,15 @@ class ProvisionerApi(ProvisionerServiceServicer):
                 ],
             )
         )
+
+
+async def _first(reader: asyncio.Task[None], woken: asyncio.Event, timeout: float) -> None:
+    """Until the agent's stream ends, the node has something new, or ``timeout`` passed."""
+    waking = asyncio.ensure_future(woken.wait())
+    try:
+        await asyncio.wait({reader, waking}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waking.cancel()
 
 
 def _registration(message: pb.AgentRegistration) -> Registration:

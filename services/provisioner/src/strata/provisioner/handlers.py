@@ -2,12 +2,13 @@
 "provisioner".
 
 Each ``TaskRequested`` is queued in the transaction that claims its event id in
-the inbox, so a redelivered request queues nothing twice; the placement loop
-(:mod:`strata.provisioner.placing`) takes it from there. A ``TaskCancelRequested``
+the inbox, so a redelivered request queues nothing twice; once that commits, the
+placement loop (:mod:`strata.provisioner.placing`) is woken to place it. A ``TaskCancelRequested``
 (same topic and key, so it never overtakes its request) takes a queued attempt
 out of the queue and reports it cancelled (``TaskFailed``, FAILURE_KIND_CANCELLED,
 through the outbox), or marks a placed one for its agent's Connect session to
-stop (:mod:`strata.provisioner.domain.cancellation` decides).
+stop (:mod:`strata.provisioner.domain.cancellation` decides), waking that
+session to send the cancellation.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskReque
 from strata.core.errors import InvalidArgumentError
 from strata.core.inbox import claim
 from strata.core.runtime import ServiceContext
+from strata.core.runtime.spec import Handlers
 from strata.core.topics import TASKS_REQUESTED
 from strata.provisioner.domain.cancellation import Step, reason_or_default, step
 from strata.provisioner.store import QueueStore
+from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -31,7 +34,17 @@ INBOX_CONSUMER = "task-requests"
 """The inbox name under which task requests are claimed."""
 
 
-def register_task_requests(context: ServiceContext) -> None:
+def task_requests(wakeups: Wakeups) -> Handlers:
+    """The handlers of ``strata.tasks.requested``, waking placement and sessions through
+    ``wakeups``."""
+
+    def register(context: ServiceContext) -> None:
+        register_task_requests(context, wakeups)
+
+    return register
+
+
+def register_task_requests(context: ServiceContext, wakeups: Wakeups) -> None:
     """Queue the attempts requested on ``strata.tasks.requested``, and stop those whose
     cancellation is requested there."""
     queue = QueueStore(context.pool, context.schema)
@@ -43,13 +56,15 @@ def register_task_requests(context: ServiceContext) -> None:
         async with context.pool.acquire() as conn, conn.transaction():
             if not await claim(conn, context.schema, envelope.event_id, consumer=INBOX_CONSUMER):
                 return
-            if await queue.enqueue(conn, event):
-                log.info(
-                    "attempt queued",
-                    run_id=event.attempt.run_id,
-                    task_id=event.attempt.task_id,
-                    attempt=event.attempt.attempt,
-                )
+            queued = await queue.enqueue(conn, event)
+        if queued:
+            wakeups.queue_changed()
+            log.info(
+                "attempt queued",
+                run_id=event.attempt.run_id,
+                task_id=event.attempt.task_id,
+                attempt=event.attempt.attempt,
+            )
 
     @requests.on(TaskCancelRequested)
     async def on_cancel_requested(event: TaskCancelRequested, envelope: Envelope) -> None:
@@ -58,6 +73,7 @@ def register_task_requests(context: ServiceContext) -> None:
             raise InvalidArgumentError("attempt", "must name the run, the task and the attempt")
         key = (a.run_id, a.task_id, a.attempt)
         reason = reason_or_default(event.reason)
+        node_id = None
         async with context.pool.acquire() as conn, conn.transaction():
             if not await claim(conn, context.schema, envelope.event_id, consumer=INBOX_CONSUMER):
                 return
@@ -69,7 +85,9 @@ def register_task_requests(context: ServiceContext) -> None:
                     conn, TaskFailed(attempt=a, kind=FAILURE_KIND_CANCELLED, message=reason)
                 )
             elif taken is Step.TELL_THE_AGENT:
-                await queue.ask_to_stop(conn, *key, reason)
+                node_id = await queue.ask_to_stop(conn, *key, reason)
+        if node_id is not None:
+            wakeups.placed_on([node_id])
         log.info("cancellation requested", attempt=list(key), where=where.value, step=taken.value)
 
 

@@ -7,10 +7,16 @@ each placed attempt from the queue to its node together with the ``TaskPlaced``
 event announcing it (outbox), and records why the others wait. The agent's
 Connect session sends the assignment from the stored placement, so nothing
 placed is lost if the provisioner stops before the agent got it.
+
+The loop runs a round when :class:`~strata.provisioner.wakeups.Wakeups` says the
+queue changed (an attempt queued, room freed, a node registered), or after the
+poll at the latest; once a round commits, the sessions of the nodes that got
+attempts are woken to send them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -20,6 +26,7 @@ from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.lease import alive_since
 from strata.provisioner.domain.placement import Attempt, place
 from strata.provisioner.store import NodeStore, QueueStore
+from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -35,13 +42,13 @@ class Placement:
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
 
-    async def round(self) -> int:
-        """Place what fits now; return how many attempts were placed."""
+    async def round(self) -> set[str]:
+        """Place what fits now; return the nodes that got attempts (once committed)."""
         async with self._context.pool.acquire() as conn, conn.transaction():
             await self._queue.lock_round(conn)
             waiting = await self._queue.waiting(conn)
             if not waiting:
-                return 0
+                return set()
             nodes = await self._nodes.list(
                 [NODE_STATE_READY],
                 after="",
@@ -73,13 +80,21 @@ class Placement:
                 )
             for waits in plan.waiting:
                 await self._queue.wait(conn, waits.attempt, waits.reason)
-        return len(plan.placed)
+        return {placed.node_id for placed in plan.placed}
 
 
 def _key(attempt: Attempt) -> tuple[str, str, int]:
     return (attempt.run_id, attempt.task_id, attempt.attempt)
 
 
-async def place_queued(context: ServiceContext) -> None:
-    """One round of the placement loop: place the waiting attempts that fit now."""
-    await Placement(context).round()
+def placement_loop(wakeups: Wakeups, poll: float) -> Callable[[ServiceContext], Awaitable[None]]:
+    """The placement loop, until cancelled: a round each time the queue changes, or
+    every ``poll`` seconds at the latest; each placement wakes its node's session."""
+
+    async def run(context: ServiceContext) -> None:
+        placement = Placement(context)
+        while True:
+            wakeups.placed_on(await placement.round())
+            await wakeups.until_queue_changed(poll)
+
+    return run

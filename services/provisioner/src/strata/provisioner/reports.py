@@ -5,7 +5,8 @@ stream. In one transaction the attempt's placement is locked, the report's
 effect decided by :mod:`strata.provisioner.domain.reports` (stale reports change
 nothing and are counted), the placement marked running or dropped (its
 reservation freed), and the event published through the outbox with the node id
-of the session it came on, never the one the agent wrote.
+of the session it came on, never the one the agent wrote. An attempt that ended
+frees room, so the placement loop is woken once that commits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.reports import Effect, effect
 from strata.provisioner.store import QueueStore
+from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -27,8 +29,9 @@ Report = pb.TaskStarted | pb.TaskFinished | pb.TaskFailed | pb.TaskUsage
 class Reports:
     """Applies and announces the reports of agents connected to this provisioner."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, wakeups: Wakeups) -> None:
         self._context = context
+        self._wakeups = wakeups
         self._queue = QueueStore(context.pool, context.schema)
         self._stale = Counter(
             "strata_provisioner_stale_reports",
@@ -54,6 +57,7 @@ class Reports:
                     message=reason,
                 ),
             )
+        self._wakeups.queue_changed()
 
     def ignore(self, node_id: str, message: pb.ConnectRequest) -> None:
         """Count ``message`` (a report) from a session that is over (its node was lost)."""
@@ -89,3 +93,5 @@ class Reports:
             elif outcome is Effect.ENDED:
                 await self._queue.ended(conn, *key)
             await self._context.outbox.publish(conn, report)
+        if outcome is Effect.ENDED:
+            self._wakeups.queue_changed()

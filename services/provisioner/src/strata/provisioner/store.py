@@ -355,16 +355,18 @@ class QueueStore:
 
     async def ask_to_stop(
         self, conn: DbConnection, run_id: str, task_id: str, attempt: int, reason: str
-    ) -> None:
-        """Mark a placed attempt to be stopped by its agent (the first reason stays)."""
-        await conn.execute(
+    ) -> str | None:
+        """Mark a placed attempt to be stopped by its agent (the first reason stays); the
+        node it is placed on."""
+        node_id: str | None = await conn.fetchval(
             f"UPDATE {self._s}.placements SET cancel_reason = coalesce(cancel_reason, $4) "
-            "WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+            "WHERE run_id = $1 AND task_id = $2 AND attempt = $3 RETURNING node_id",
             run_id,
             task_id,
             attempt,
             reason,
         )
+        return node_id
 
     async def free_node(self, conn: DbConnection, node_id: str) -> list[TaskAttemptRef]:
         """Drop every placement on ``node_id`` (its node is lost); the attempts, oldest first."""
