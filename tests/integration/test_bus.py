@@ -20,10 +20,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import NewTopic
 from google.protobuf.any_pb2 import Any as AnyPayload
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from topics import topic_with_dead_letters
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
@@ -62,20 +62,8 @@ async def topic_of_two() -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _topic(partitions: int) -> AsyncIterator[str]:
-    name = f"test.bus.{uuid.uuid4().hex[:12]}"
-    admin = kafka.admin(SETTINGS)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(name, partitions, replication_factor=1),
-                NewTopic(dead_letter_topic(name), 1, replication_factor=1),
-            ]
-        )
+    async with topic_with_dead_letters(f"test.bus.{uuid.uuid4().hex[:12]}", partitions) as name:
         yield name
-        await admin.delete_topics([name, dead_letter_topic(name)])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

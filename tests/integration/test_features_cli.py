@@ -24,16 +24,15 @@ from pathlib import Path
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from aiokafka.admin import NewTopic
 from redis.asyncio import Redis
 from service_processes import free_port, running
-from test_streamer_offline import KAFKA, announced, produce
+from test_streamer_offline import announced, produce
+from topics import topic_with_dead_letters
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import kafka, redis
+from strata.core import redis
 from strata.core.settings import RedisSettings, load
-from strata.core.topics import dead_letter_topic
 from strata.sdk.features.loading import load_feature_views
 from strata.transforms.online import online_key, write_online
 from strata.transforms.streaming import StreamingExecutor
@@ -307,12 +306,5 @@ def _sha256(path: Path) -> str:
 @contextlib.asynccontextmanager
 async def raw_topic(name: str) -> AsyncIterator[str]:
     """A raw topic (with its dead-letter topic) for the test's view, deleted after."""
-    admin = kafka.admin(KAFKA)
-    await admin.start()
-    try:
-        topics = [name, dead_letter_topic(name)]
-        await admin.create_topics([NewTopic(t, 1, replication_factor=1) for t in topics])
-        yield name
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
+    async with topic_with_dead_letters(name) as topic:
+        yield topic

@@ -23,9 +23,9 @@ import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka.admin import NewTopic
 from conftest import LocalStack
 from service_processes import running
+from topics import topic_with_dead_letters
 
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.features.v1 import features_pb2 as pb
@@ -34,7 +34,6 @@ from strata.core import kafka
 from strata.core.blobs import open_blob_store
 from strata.core.envelope import open_envelope
 from strata.core.settings import KafkaSettings, load
-from strata.core.topics import dead_letter_topic
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -59,20 +58,8 @@ ENV = {"STRATA_AUTH_TOKENS": json.dumps(TOKENS), "STRATA_BLOB_BACKEND": "s3"}
 @pytest.fixture
 async def topic() -> AsyncIterator[str]:
     """A raw topic of this test's own, with its dead-letter topic."""
-    name = f"test.raw.offline.{uuid.uuid4().hex[:12]}"
-    admin = kafka.admin(KAFKA)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(name, 2, replication_factor=1),
-                NewTopic(dead_letter_topic(name), 1, replication_factor=1),
-            ]
-        )
+    async with topic_with_dead_letters(f"test.raw.offline.{uuid.uuid4().hex[:12]}", 2) as name:
         yield name
-        await admin.delete_topics([name, dead_letter_topic(name)])
-    finally:
-        await admin.close()
 
 
 def courier_view(topic: str) -> FeatureView:

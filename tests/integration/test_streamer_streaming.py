@@ -27,9 +27,9 @@ import aiohttp
 import grpc
 import pyarrow as pa
 import pytest
-from aiokafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 from service_processes import running
+from topics import topic_with_dead_letters
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.features.v1 import features_pb2 as pb
@@ -64,20 +64,8 @@ START = timedelta(minutes=75)
 @pytest.fixture
 async def topic() -> AsyncIterator[str]:
     """A raw topic of this test's own, with its dead-letter topic."""
-    name = f"test.raw.couriers.{uuid.uuid4().hex[:12]}"
-    admin = kafka.admin(KAFKA)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(name, 2, replication_factor=1),
-                NewTopic(dead_letter_topic(name), 1, replication_factor=1),
-            ]
-        )
+    async with topic_with_dead_letters(f"test.raw.couriers.{uuid.uuid4().hex[:12]}", 2) as name:
         yield name
-        await admin.delete_topics([name, dead_letter_topic(name)])
-    finally:
-        await admin.close()
 
 
 def courier_view(topic: str) -> FeatureView:

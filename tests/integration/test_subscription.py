@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from google.protobuf.wrappers_pb2 import StringValue
+from topics import topic_with_dead_letters
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
 from strata.api.common.v1.envelope_pb2 import Envelope
@@ -46,21 +46,10 @@ UNREACHABLE_POSTGRES = "postgresql://strata:strata@127.0.0.1:1/strata"
 @contextlib.asynccontextmanager
 async def _topic(partitions: int, dlq_max_bytes: int | None = None) -> AsyncIterator[str]:
     """A fresh topic and its dead-letter topic (records up to ``dlq_max_bytes``)."""
+    configs = {} if dlq_max_bytes is None else {"max.message.bytes": str(dlq_max_bytes)}
     name = f"test.sub.{uuid.uuid4().hex[:12]}"
-    dlq_configs = {} if dlq_max_bytes is None else {"max.message.bytes": str(dlq_max_bytes)}
-    admin = kafka.admin(SETTINGS)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(name, partitions, replication_factor=1),
-                NewTopic(dead_letter_topic(name), 1, 1, topic_configs=dlq_configs),
-            ]
-        )
-        yield name
-        await admin.delete_topics([name, dead_letter_topic(name)])
-    finally:
-        await admin.close()
+    async with topic_with_dead_letters(name, partitions, configs) as topic:
+        yield topic
 
 
 def _bus(name: str, **settings: float) -> Bus:
