@@ -72,7 +72,8 @@ async def cluster(folder: Path, slots: int) -> AsyncIterator[Cluster]:
             "STRATA_AGENT_NODE_ID": node_id,
             "STRATA_AGENT_CPU_MILLIS": str(slots * TASK_CPU_MILLIS),
             "STRATA_AGENT_MEMORY_BYTES": str(64 * GIB),
-            "STRATA_AGENT_CODE_PATH": json.dumps([str(REPO_ROOT)]),
+            # The workflows are applied without a bundle: workers import them from here.
+            "PYTHONPATH": str(REPO_ROOT),
         }
         async with _service("agent", folder, agent):
             made = Cluster(scheduler, provisioner, token, node_id, folder)

@@ -1,21 +1,28 @@
 """A real ``python -m strata.agent`` running what a real ``python -m strata.provisioner`` assigns.
 
 The test plays the scheduler by publishing ``TaskRequested`` to Kafka and reads
-``strata.tasks.events`` as the scheduler would. The task functions live in a
-temporary folder on the agent's code path (``STRATA_AGENT_CODE_PATH``). What users
-rely on: the agent serves health before any provisioner answers and registers once
-one does; a task runs in a worker process of its own with its args and upstream
-outputs, and is reported started, then finished with its outputs and measured usage,
-in a worker started ahead and used for that attempt only (a spare that died while
-waiting is passed over); a task that raises is reported failed with its type,
-message and traceback; a task that kills its worker takes down only that worker. A
-SIGKILLed agent's node is lost with its attempt (NodeLost, TaskLost), its worker
-goes with it, and the attempt requested again runs on another agent; an agent back
-from a pause has its lost attempt cancelled and its late report ignored and counted;
-a cancelled attempt's worker gets SIGTERM and the attempt is reported cancelled (a
-queued one leaves the queue); a task past its memory limit or its timeout is stopped
-and reported so; a running attempt reports its usage; what a task prints is in the
-blob store and shown by ``strata workflow logs``, live with ``--follow``.
+``strata.tasks.events`` as the scheduler would. The task functions are a code
+bundle packed by the SDK and stored in the test stack's S3, as ``strata workflow
+apply`` stores a project; the agents have no other code. What users rely on: the
+agent serves health before any provisioner answers and registers once one does; a
+task runs from its bundle in a worker process of its own with its args and
+upstream outputs, and is reported started, then finished with its outputs and
+measured usage, in a worker started ahead and used for that attempt only (a spare
+that died while waiting is passed over); a task that raises is reported failed
+with its type, message and traceback; a task that kills its worker takes down only
+that worker. A bundle is fetched once per agent; one whose archive does not match
+its sha256 fails the attempt naming both hashes and nothing runs; an entrypoint
+the bundle lacks fails the attempt naming it. A SIGKILLed agent's node is lost
+with its attempt (NodeLost, TaskLost), its worker goes with it, and the attempt
+requested again runs on another agent; a SIGTERMed agent lets its running attempt
+finish within its grace and reports it, and one it cannot finish in time is not
+reported cancelled but left to node loss, to run again elsewhere; an agent back
+from a pause has its lost attempt cancelled and its late report ignored and
+counted; a cancelled attempt's worker gets SIGTERM and the attempt is reported
+cancelled (a queued one leaves the queue); a task past its memory limit or its
+timeout is stopped and reported so; a running attempt reports its usage; what a
+task prints is in the blob store and shown by ``strata workflow logs``, live with
+``--follow``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import textwrap
 import urllib.request
 import uuid
@@ -45,14 +53,17 @@ from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from strata.api.common.v1.envelope_pb2 import Envelope
-from strata.api.common.v1.refs_pb2 import BundleRef, TaskAttemptRef
+from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
 from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
+from strata.core.blobs import open_blob_store
+from strata.core.bundles import bundle_key
 from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, load
+from strata.core.settings import BlobSettings, KafkaSettings, load
 from strata.core.topics import NODES_EVENTS, TASKS_EVENTS
+from strata.sdk.workflows.bundle import Bundle, pack, reference, store
 
 pytestmark = pytest.mark.integration
 
@@ -206,22 +217,39 @@ class Cluster:
     node_id: str
     agent_pid: int
     provisioner: str
+    bundles: Path
+    """The agent's folder of extracted bundles."""
+
+
+def _packed_tasks() -> Bundle:
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "agent_test_tasks.py").write_text(textwrap.dedent(TASKS))
+        return pack(Path(folder))
+
+
+TASKS_BUNDLE = _packed_tasks()
+S3 = BlobSettings(backend="s3")
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def tasks_bundle() -> None:
+    """The tasks' bundle in the test stack's S3, where every agent here fetches it from."""
+    async with open_blob_store(S3) as blobs:
+        await store(TASKS_BUNDLE, blobs, S3)
 
 
 def _agent_env(
     folder: Path, node_id: str, provisioner_port: int, cpu_millis: int = HUGE
 ) -> dict[str, str]:
-    """Settings of an agent offering more CPU than any other test's node, code in ``folder``."""
-    code = folder / "code"
-    code.mkdir(exist_ok=True)
-    (code / "agent_test_tasks.py").write_text(textwrap.dedent(TASKS))
+    """Settings of an agent offering more CPU than any other test's node, its bundles
+    kept in a state folder of its own."""
     return {
         "STRATA_AGENT_PROVISIONER": f"127.0.0.1:{provisioner_port}",
         "STRATA_AGENT_NODE_ID": node_id,
         "STRATA_AGENT_CPU_MILLIS": str(cpu_millis),
         "STRATA_AGENT_MEMORY_BYTES": str(64 * GIB),
         "STRATA_AGENT_LABELS": json.dumps({"zone": "test"}),
-        "STRATA_AGENT_CODE_PATH": json.dumps([str(folder / "code")]),
+        "STRATA_AGENT_STATE_DIR": str(folder / f"state-{node_id}"),
         "STRATA_AGENT_RECONNECT_MAX": "1",
         "STRATA_BLOB_BACKEND": "s3",
         "STRATA_AUTH_CLIENT_TOKEN": "agent-token",
@@ -241,7 +269,8 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     ):
         address = f"127.0.0.1:{provisioner_port}"
         await _registered(address, node_id)
-        yield Cluster(node_id, agent.pid, address)
+        bundles = Path(agent_env["STRATA_AGENT_STATE_DIR"]) / "bundles"
+        yield Cluster(node_id, agent.pid, address, bundles)
 
 
 async def _registered(address: str, node_id: str) -> None:
@@ -292,7 +321,7 @@ def _request(
         attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id=function, attempt=1),
         workflow_name="agent-test",
         entrypoint=f"agent_test_tasks:{function}",
-        bundle=BundleRef(uri="file:///unused", sha256="unused"),
+        bundle=reference(TASKS_BUNDLE, S3),
         args=arguments,
         upstream_outputs=outputs,
         resources=Resources(cpu_millis=cpu_millis, memory_bytes=GIB),
@@ -538,6 +567,172 @@ async def test_a_killed_agent_is_lost_with_its_attempt_which_runs_again_on_anoth
         async with _process("agent", tmp_path / "second.log", _free_port(), env):
             await _registered(address, second)
             await bus.publish(again)
+            finished = await _ended(heard, again.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert finished.node_id == second
+
+
+async def _stored_project(files: dict[str, str]) -> Bundle:
+    """A project of ``files`` (unique: a module names a fresh id), packed and stored in S3."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in {**files, "project_id.py": f"ID = {uuid.uuid4().hex!r}\n"}.items():
+            (Path(folder) / name).write_text(textwrap.dedent(text))
+        packed = pack(Path(folder))
+    async with open_blob_store(S3) as blobs:
+        await store(packed, blobs, S3)
+    return packed
+
+
+def _from(bundle: Bundle, entrypoint: str, args: dict[str, Any] | None = None) -> TaskRequested:
+    request = _request("project", args)
+    request.entrypoint = entrypoint
+    request.bundle.CopyFrom(reference(bundle, S3))
+    return request
+
+
+async def test_a_bundle_is_fetched_once_per_agent_and_its_siblings_are_importable(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    project = await _stored_project(
+        {
+            "workflow.py": "import helpers\n\ndef answer():\n    return {'answer': helpers.VALUE}",
+            "helpers.py": "VALUE = 42\n",
+        }
+    )
+    first = _from(project, "workflow:answer")
+    await bus.publish(first)
+    finished = await _ended(heard, first.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert _outputs(finished) == {"answer": 42}
+    assert (cluster.bundles / project.sha256 / "helpers.py").read_text() == "VALUE = 42\n"
+
+    # The object in the store is no longer the bundle: only the agent's copy can serve.
+    async with open_blob_store(S3) as blobs:
+        await blobs.put(bundle_key(project.sha256), b"not a bundle any more")
+    second = _from(project, "workflow:answer")
+    await bus.publish(second)
+    finished = await _ended(heard, second.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert _outputs(finished) == {"answer": 42}
+
+
+async def test_a_bundle_not_matching_its_sha256_fails_naming_both_hashes_and_nothing_runs(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]], tmp_path: Path
+) -> None:
+    bus, heard = events
+    touch = "import pathlib\n\ndef touch(marker):\n    pathlib.Path(marker).touch()\n"
+    applied = await _stored_project({"workflow.py": touch})
+    other = await _stored_project({"workflow.py": touch + "# changed behind the scheduler\n"})
+    async with open_blob_store(S3) as blobs:  # same key, other bytes: a tampered object
+        await blobs.put(bundle_key(applied.sha256), other.archive)
+    marker = tmp_path / "ran"
+
+    request = _from(applied, "workflow:touch", {"marker": str(marker)})
+    await bus.publish(request)
+    failed = await _ended(heard, request.attempt)
+
+    assert isinstance(failed, pb.TaskFailed), failed
+    assert failed.kind == pb.FAILURE_KIND_BUNDLE_UNAVAILABLE
+    assert applied.sha256 in failed.message
+    assert other.sha256 in failed.message
+    assert not marker.exists()
+    assert not (cluster.bundles / applied.sha256).exists()
+
+
+@pytest.mark.parametrize(
+    "entrypoint", ["agent_test_tasks:nowhere", "no_such_module:run", "agent_test_tasks.sub:run"]
+)
+async def test_an_entrypoint_missing_from_the_bundle_fails_naming_it(
+    cluster: Cluster, events: tuple[Bus, asyncio.Queue[Message]], entrypoint: str
+) -> None:
+    bus, heard = events
+    request = _request("missing")
+    request.entrypoint = entrypoint
+    await bus.publish(request)
+    failed = await _ended(heard, request.attempt)
+    assert isinstance(failed, pb.TaskFailed), failed
+    assert failed.kind == pb.FAILURE_KIND_ERROR
+    assert entrypoint in failed.message
+    assert "not found" in failed.message
+
+
+async def _logged(log: Path, text: str) -> None:
+    """Until ``text`` is in the process's ``log``."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            if text in _text(log):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_sigtermed_agent_lets_its_running_attempt_finish_and_reports_it(
+    tmp_path: Path, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    port = _free_port()
+    node_id = f"agent-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=8 * HUGE)
+    log = tmp_path / "agent.log"
+    async with _process("provisioner", tmp_path / "provisioner.log", port, {}):
+        env = {
+            **_agent_env(tmp_path, node_id, port, cpu_millis=9 * HUGE),
+            "STRATA_SERVICE_SHUTDOWN_GRACE": str(BOUND),
+        }
+        async with _process("agent", log, _free_port(), env) as agent:
+            await _registered(f"127.0.0.1:{port}", node_id)
+            await bus.publish(request)
+            await _heard(heard, pb.TaskStarted, request.attempt)
+            agent.send_signal(signal.SIGTERM)
+            await _logged(log, "the agent is leaving")
+            marker.touch()  # the task ends while its agent is leaving
+            finished = await _ended(heard, request.attempt)
+            await asyncio.wait_for(agent.wait(), BOUND)
+    assert isinstance(finished, pb.TaskFinished), finished
+    assert finished.node_id == node_id
+    assert _outputs(finished)["released"] is True
+
+
+async def test_a_sigtermed_agent_leaves_what_it_cannot_finish_to_node_loss_not_cancelled(
+    tmp_path: Path, events: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, heard = events
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    first, second = f"agent-{uuid.uuid4().hex[:8]}", f"agent-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "release"
+    request = _hold(marker, str(uuid.uuid4()), attempt=1, cpu_millis=10 * HUGE)
+    async with _process("provisioner", tmp_path / "provisioner.log", port, {}):
+        env = {
+            **_agent_env(tmp_path, first, port, cpu_millis=11 * HUGE),
+            "STRATA_SERVICE_SHUTDOWN_GRACE": "1",  # no time to finish: it must leave it
+        }
+        async with _process("agent", tmp_path / "first.log", _free_port(), env) as agent:
+            await _registered(address, first)
+            await bus.publish(request)
+            await _heard(heard, pb.TaskStarted, request.attempt)
+            _, worker_pid = await _pids(marker)
+            agent.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(agent.wait(), BOUND)
+        await _gone(worker_pid)
+        # The attempt's next word is its loss, when the lease expires: not an end reported.
+        async with asyncio.timeout(BOUND):
+            while True:
+                lost = await heard.get()
+                ends = pb.TaskLost | pb.TaskFailed | pb.TaskFinished
+                if isinstance(lost, ends) and lost.attempt == request.attempt:
+                    break
+        assert isinstance(lost, pb.TaskLost), lost
+        assert lost.node_id == first
+
+        again = _hold(marker, request.attempt.run_id, attempt=2, cpu_millis=10 * HUGE)
+        env = _agent_env(tmp_path, second, port, cpu_millis=11 * HUGE)
+        async with _process("agent", tmp_path / "second.log", _free_port(), env):
+            await _registered(address, second)
+            await bus.publish(again)
+            await _heard(heard, pb.TaskStarted, again.attempt)
+            marker.touch()
             finished = await _ended(heard, again.attempt)
     assert isinstance(finished, pb.TaskFinished), finished
     assert finished.node_id == second

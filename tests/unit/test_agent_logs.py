@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from strata.agent.domain.logs import STREAMS, log_key
-from strata.sdk.workflows.logs import LogStream, prefix, streams_of
+from strata.core.attempt_logs import STREAMS, log_key, prefix
+from strata.sdk.workflows.logs import LogStream, streams_of
 
 
 def test_the_logs_command_finds_every_stream_the_agent_writes_in_order() -> None:

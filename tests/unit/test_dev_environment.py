@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from strata.agent.settings import AgentSettings
@@ -25,21 +22,20 @@ def test_services_run_in_development_with_console_logs_and_find_each_other(
 ) -> None:
     services = ServiceSettings(provisioner_port=41052, registry_port=41055, streamer_port=41054)
 
-    _loaded_with(monkeypatch, child_environment({}, services, Path("/work/project")))
+    _loaded_with(monkeypatch, child_environment({}, services))
 
     assert load(ModeSettings).mode == "development"
     assert load(TelemetrySettings).log_format == "console"
     agent = load(AgentSettings)
     assert agent.provisioner == "127.0.0.1:41052"
-    assert agent.code_path == ["/work/project"]
     gateway = load(GatewaySettings)
     assert (gateway.registry, gateway.streamer) == ("127.0.0.1:41055", "127.0.0.1:41054")
 
 
 def test_what_the_developer_set_wins_over_the_defaults() -> None:
-    mine = {"STRATA_TELEMETRY_LOG_FORMAT": "json", "STRATA_AGENT_CODE_PATH": json.dumps(["/a"])}
+    mine = {"STRATA_TELEMETRY_LOG_FORMAT": "json", "STRATA_AGENT_PROVISIONER": "10.0.0.7:50052"}
 
-    environment = child_environment(mine, ServiceSettings(), Path("/work/project"))
+    environment = child_environment(mine, ServiceSettings())
 
     assert environment["STRATA_TELEMETRY_LOG_FORMAT"] == "json"
-    assert environment["STRATA_AGENT_CODE_PATH"] == '["/a"]'
+    assert environment["STRATA_AGENT_PROVISIONER"] == "10.0.0.7:50052"

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -47,24 +45,23 @@ READY_BOUND = 120.0
 """Seconds the services get to report SERVING before ``dev`` gives up on them."""
 
 
-def child_environment(
-    base: Mapping[str, str], services: ServiceSettings, code_folder: Path
-) -> dict[str, str]:
+def child_environment(base: Mapping[str, str], services: ServiceSettings) -> dict[str, str]:
     """What each service runs with: ``base``, plus development defaults it did not set.
 
     Development mode (the local stack's public token), readable console logs, and the
-    addresses the gateway and the agent dial derived from the service ports, so that
+    addresses the gateway, the registry and the agent dial derived from the service ports, so that
     moving a port with ``STRATA_SERVICE_<NAME>_PORT`` moves its clients too. The agent
-    imports task code from the folder ``dev`` was started in.
+    needs no code folder: it runs the bundle ``strata workflow apply`` stored in the
+    blob store, which the services and the CLI reach through the same settings.
     """
     host = services.host
     defaults = {
         "STRATA_MODE": "development",
         "STRATA_TELEMETRY_LOG_FORMAT": "console",
         "STRATA_AGENT_PROVISIONER": f"{host}:{services.provisioner_port}",
-        "STRATA_AGENT_CODE_PATH": json.dumps([str(code_folder)]),
         "STRATA_GATEWAY_REGISTRY": f"{host}:{services.registry_port}",
         "STRATA_GATEWAY_STREAMER": f"{host}:{services.streamer_port}",
+        "STRATA_REGISTRY_SCHEDULER": f"{host}:{services.scheduler_port}",
     }
     return {**defaults, **base}
 
@@ -105,7 +102,7 @@ async def _stop_servers(servers: list[Server]) -> None:
 async def run(out: Console) -> int:
     """Run every service until interrupted or until one exits; the exit code of ``dev``."""
     settings = load(ServiceSettings)
-    environment = child_environment(os.environ, settings, Path.cwd())
+    environment = child_environment(os.environ, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -5,10 +5,22 @@ that ends while the stream is down is reported on the next one. Each attempt is
 an asyncio task awaiting its worker (:func:`strata.agent.worker.run_in_worker`),
 one started ahead when there is one (:mod:`strata.agent.spares`);
 a cancellation from the provisioner asks its :class:`~strata.agent.stopping.Stop`
-(SIGTERM, SIGKILL after the grace) and the attempt is reported cancelled;
-cancelling the task (the agent is stopping) kills the worker at once. Its stdout
-and stderr are kept in the blob store (:mod:`strata.agent.output`) before its end
-is reported; while it runs, its usage is reported every ``usage_interval``.
+(SIGTERM, SIGKILL after the grace) and the attempt is reported cancelled. An
+attempt's code comes from its bundle (:mod:`strata.agent.bundles`), fetched and
+checked before a worker gets the job: a bundle that cannot be fetched, does not
+match its sha256 or cannot be extracted fails the attempt
+(``FAILURE_KIND_BUNDLE_UNAVAILABLE``, the reason in the message) and nothing runs.
+Its stdout and stderr are kept in the blob store (:mod:`strata.agent.output`)
+before its end is reported; while it runs, its usage is reported every
+``usage_interval``.
+
+The agent leaving (SIGTERM, a rolling restart) is not a cancellation:
+:meth:`Attempts.leave` takes no new attempt, lets the running ones finish within
+its time and reports them as they end; a worker still running then is killed
+and its attempt is NOT reported. The provisioner declares the node lost when its
+lease expires, the attempt lost with it, and the scheduler runs it again: it is
+retried like any attempt of a lost node, not ended as cancelled by someone who
+never asked. An assignment arriving while the agent leaves is left the same way.
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from google.protobuf import json_format
@@ -25,8 +37,17 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from strata.agent.bundles import BundleError, Bundles
 from strata.agent.domain.limits import Limits
-from strata.agent.domain.outcome import Failed, Finished, Outcome, StopKind, Stopped, Usage
+from strata.agent.domain.outcome import (
+    Failed,
+    Finished,
+    Outcome,
+    StopKind,
+    Stopped,
+    Unusable,
+    Usage,
+)
 from strata.agent.domain.usage import Sample, cpu_millis, due
 from strata.agent.output import AttemptOutput
 from strata.agent.spares import Spares
@@ -90,20 +111,35 @@ class UsageReports:
 
 
 class Outgoing:
-    """Messages for the provisioner, in order, kept until a session has written them."""
+    """Messages for the provisioner, in order, kept until a session has written them.
+
+    Once closed (the agent leaves), nothing more is taken and :meth:`next` answers
+    None after the last message: the session then ends its side of the stream.
+    """
 
     def __init__(self) -> None:
         self._messages: collections.deque[pb.ConnectRequest] = collections.deque()
         self._waiting = asyncio.Event()
+        self.closed = False
 
     def put(self, message: pb.ConnectRequest) -> None:
+        if self.closed:
+            return
         message.occurred_at.CopyFrom(_now())
         self._messages.append(message)
         self._waiting.set()
 
-    async def next(self) -> pb.ConnectRequest:
-        """The oldest unsent message (it stays first until :meth:`sent`)."""
+    def close(self) -> None:
+        """Take no more messages; those queued are still written."""
+        self.closed = True
+        self._waiting.set()
+
+    async def next(self) -> pb.ConnectRequest | None:
+        """The oldest unsent message (it stays first until :meth:`sent`); None once closed
+        and all written."""
         while not self._messages:
+            if self.closed:
+                return None
             self._waiting.clear()
             await self._waiting.wait()
         return self._messages[0]
@@ -118,18 +154,20 @@ class Attempts:
     def __init__(
         self,
         node_id: str,
-        code_path: Sequence[str],
         outgoing: Outgoing,
         blobs: BlobStore,
+        bundles: Bundles,
         spares: int,
     ) -> None:
         """``spares``: how many workers to keep started ahead (call from the event loop)."""
         self._node_id = node_id
         self._blobs = blobs
-        self._spares = Spares(code_path, spares)
+        self._bundles = bundles
+        self._spares = Spares(spares)
         self._spares.fill()
         self._outgoing = outgoing
         self._running: dict[AttemptKey, Running] = {}
+        self._leaving = False
         self.usage_interval = DEFAULT_USAGE_INTERVAL
         """Seconds between TaskUsage reports of a running attempt, as the provisioner says."""
 
@@ -141,6 +179,9 @@ class Attempts:
         """Run ``assignment`` unless this very attempt already runs (a re-sent assignment)."""
         key = _key(assignment.attempt)
         if key in self._running:
+            return
+        if self._leaving:
+            log.info("the agent is leaving: assignment left to node loss", attempt=list(key))
             return
         ref = TaskAttemptRef()
         ref.CopyFrom(assignment.attempt)
@@ -161,13 +202,25 @@ class Attempts:
         entry.stop.ask(StopKind.CANCELLED, reason, grace)
         log.info("attempt cancelled", attempt=list(_key(entry.ref)), reason=reason, grace=grace)
 
-    async def stop(self) -> None:
-        """Kill every worker, spares too (the agent is stopping)."""
+    async def leave(self, within: float) -> None:
+        """Take no new attempt; give the running ones ``within`` seconds to end (each
+        reported as it ends), then kill the workers of the rest, reporting nothing for
+        them: node loss gets them run again."""
+        self._leaving = True
+        closing = asyncio.ensure_future(self._spares.close())
         tasks = [entry.task for entry in self._running.values()]
-        for task in tasks:
+        log.info("the agent is leaving: no new attempts", running=len(tasks), within=within)
+        if tasks and within > 0:
+            await asyncio.wait(tasks, timeout=within)
+        left = [task for task in tasks if not task.done()]
+        if left:
+            log.warning(
+                "the agent leaves attempts still running to node loss",
+                attempts=[list(_key(entry.ref)) for entry in self._running.values()],
+            )
+        for task in left:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._spares.close()
+        await asyncio.gather(*tasks, closing, return_exceptions=True)
 
     async def _run(self, ref: TaskAttemptRef, assignment: pb.TaskAssignment, stop: Stop) -> None:
         args = json_format.MessageToDict(assignment.args)
@@ -183,23 +236,14 @@ class Attempts:
         uploading = asyncio.create_task(output.upload_while_running())
         usage = UsageReports(ref, self._node_id, self._outgoing, self.usage_interval)
         try:
-            worker = await self._spares.start(
-                job(assignment.entrypoint, args, upstream, output.folder)
-            )
-            outcome = await run_in_worker(worker, stop, _limits(assignment), usage.sampled)
-        except asyncio.CancelledError as cancelled:
-            reason = str(cancelled.args[0]) if cancelled.args else "the agent is stopping"
-            self._outgoing.put(
-                pb.ConnectRequest(
-                    task_failed=pb.TaskFailed(
-                        attempt=ref,
-                        node_id=self._node_id,
-                        kind=pb.FAILURE_KIND_CANCELLED,
-                        message=reason,
-                    )
+            code = await self._bundle(assignment)
+            if isinstance(code, Unusable):
+                outcome: Outcome | Unusable = code
+            else:
+                worker = await self._spares.start(
+                    job(assignment.entrypoint, args, upstream, output.folder, code)
                 )
-            )
-            raise
+                outcome = await run_in_worker(worker, stop, _limits(assignment), usage.sampled)
         finally:
             self._running.pop(_key(ref), None)
             uploading.cancel()
@@ -208,9 +252,28 @@ class Attempts:
         self._outgoing.put(report(ref, self._node_id, outcome))
         log.info("attempt ended", attempt=list(_key(ref)), outcome=type(outcome).__name__)
 
+    async def _bundle(self, assignment: pb.TaskAssignment) -> Path | Unusable | None:
+        """The folder of the assignment's bundle (None: it names none), or why it is unusable."""
+        if not assignment.bundle.sha256:
+            return None
+        try:
+            return await self._bundles.folder(assignment.bundle)
+        except BundleError as exc:
+            log.warning("bundle unusable", sha256=assignment.bundle.sha256, reason=str(exc))
+            return Unusable(str(exc))
 
-def report(ref: TaskAttemptRef, node_id: str, outcome: Outcome) -> pb.ConnectRequest:
+
+def report(ref: TaskAttemptRef, node_id: str, outcome: Outcome | Unusable) -> pb.ConnectRequest:
     """The report of an ended attempt: finished with its outputs, or failed with the reason."""
+    if isinstance(outcome, Unusable):
+        return pb.ConnectRequest(
+            task_failed=pb.TaskFailed(
+                attempt=ref,
+                node_id=node_id,
+                kind=pb.FAILURE_KIND_BUNDLE_UNAVAILABLE,
+                message=outcome.reason,
+            )
+        )
     if isinstance(outcome, Finished):
         outputs = Struct()
         outputs.update(outcome.outputs)

@@ -2,7 +2,7 @@
 
 The worker writes both streams (its file descriptors, so output of C code and of
 child processes is kept too) to a folder of its own; the agent uploads them under
-:func:`strata.agent.domain.logs.log_key` every :data:`UPLOAD_EVERY` seconds while
+:func:`strata.core.attempt_logs.log_key` every :data:`UPLOAD_EVERY` seconds while
 the attempt runs (so ``strata workflow logs --follow`` shows it live) and once
 more when it ends, before the attempt is reported, so the output is there when
 the scheduler hears of the end. The blob store is a dependency the agent degrades
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from strata.agent.domain.logs import STREAMS, log_key
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
+from strata.core.attempt_logs import STREAMS, log_key
 from strata.core.blobs import BlobStore
 
 log = structlog.stdlib.get_logger(__name__)

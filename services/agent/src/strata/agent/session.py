@@ -4,7 +4,9 @@ One session: register (capacity, labels, what still runs), read ``AgentAccepted`
 then heartbeat at the interval it names, write queued reports, and start or stop
 attempts as assignments and cancellations arrive. When the stream drops (the
 provisioner restarts, the network blips) attempts keep running and their reports
-wait; the agent connects again after an exponential, jittered backoff.
+wait; the agent connects again after an exponential, jittered backoff. On SIGTERM
+the agent leaves (:func:`serve_provisioner`): running attempts may finish within
+the shutdown grace, the rest is left to node loss, never reported cancelled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 import structlog
 
 from strata.agent.attempts import Attempts, Outgoing
+from strata.agent.bundles import Bundles
 from strata.agent.domain.backoff import reconnect_delay
 from strata.agent.settings import AgentSettings
 from strata.api.common.v1.resources_pb2 import Resources
@@ -30,6 +33,8 @@ from strata.core.runtime import ServiceContext
 log = structlog.stdlib.get_logger(__name__)
 
 VERSION = "0.1.0"
+REPORT_MARGIN = 1.0
+"""Seconds kept, out of the shutdown grace, to hand the last reports over before leaving."""
 
 
 def provisioner_session(settings: AgentSettings) -> Callable[[ServiceContext], Awaitable[None]]:
@@ -38,37 +43,60 @@ def provisioner_session(settings: AgentSettings) -> Callable[[ServiceContext], A
 
 
 async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings) -> None:
-    """Stay connected to the provisioner and run what it assigns, until cancelled."""
+    """Stay connected to the provisioner and run what it assigns, until cancelled.
+
+    Cancelled (the agent got SIGTERM), the agent leaves: the session stays up while
+    the running attempts get the shutdown grace but :data:`REPORT_MARGIN` to end and
+    be reported (:meth:`Attempts.leave`); then the agent writes what is queued, ends
+    its side of the stream and waits, for up to that margin, for the provisioner to
+    end its side (so it has taken every report, not dropped one in hand when the
+    stream broke). What was still running is left to node loss.
+    """
     outgoing = Outgoing()
-    attempts = Attempts(
-        settings.node_id, settings.code_path, outgoing, context.blobs, settings.spare_workers
-    )
+    bundles = Bundles(settings.state_dir / "bundles", context.blobs, context.settings.blobs)
+    attempts = Attempts(settings.node_id, outgoing, context.blobs, bundles, settings.spare_workers)
+    connected = asyncio.create_task(_stay_connected(context, settings, attempts, outgoing))
+    try:
+        await asyncio.shield(connected)
+    finally:
+        grace = context.settings.service.shutdown_grace
+        await attempts.leave(within=max(grace - REPORT_MARGIN, 0.0))
+        outgoing.close()
+        await asyncio.wait({connected}, timeout=REPORT_MARGIN)
+        connected.cancel()
+        await asyncio.gather(connected, return_exceptions=True)
+
+
+async def _stay_connected(
+    context: ServiceContext, settings: AgentSettings, attempts: Attempts, outgoing: Outgoing
+) -> None:
+    """One session after another, reconnecting with backoff, until cancelled or, the
+    agent leaving, the last session ended with every report written."""
     runtime = context.settings
     credentials = channel_credentials(runtime.tls)
     failures = 0
-    try:
-        while True:
-            async with channel(
-                settings.provisioner, runtime.auth, mode=runtime.mode.mode, credentials=credentials
-            ) as provisioner:
-                session = Session(ProvisionerServiceStub(provisioner), settings, attempts, outgoing)
-                try:
-                    await session.run()
-                except grpc.aio.AioRpcError as exc:
-                    log.warning(
-                        f"the provisioner at {settings.provisioner} dropped the stream: "
-                        f"{exc.code().name} {exc.details()}",
-                        node_id=settings.node_id,
-                    )
-                except Exception:
-                    # Whatever broke this session, the attempts must outlive it.
-                    log.exception("the session with the provisioner failed; reconnecting")
-            failures = 1 if session.accepted else failures + 1
-            await asyncio.sleep(
-                reconnect_delay(failures, settings.reconnect_initial, settings.reconnect_max)
-            )
-    finally:
-        await attempts.stop()
+    while not outgoing.closed:
+        async with channel(
+            settings.provisioner, runtime.auth, mode=runtime.mode.mode, credentials=credentials
+        ) as provisioner:
+            session = Session(ProvisionerServiceStub(provisioner), settings, attempts, outgoing)
+            try:
+                await session.run()
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    f"the provisioner at {settings.provisioner} dropped the stream: "
+                    f"{exc.code().name} {exc.details()}",
+                    node_id=settings.node_id,
+                )
+            except Exception:
+                # Whatever broke this session, the attempts must outlive it.
+                log.exception("the session with the provisioner failed; reconnecting")
+        if outgoing.closed:
+            return
+        failures = 1 if session.accepted else failures + 1
+        await asyncio.sleep(
+            reconnect_delay(failures, settings.reconnect_initial, settings.reconnect_max)
+        )
 
 
 class Session:
@@ -144,9 +172,10 @@ class Session:
                 log.info("ignored a message from the provisioner", kind=kind)
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        while True:
-            await call.write(await self._outgoing.next())
+        while (message := await self._outgoing.next()) is not None:
+            await call.write(message)
             self._outgoing.sent()
+        await call.done_writing()
 
     async def _heartbeat(self, interval: float) -> None:
         while True:

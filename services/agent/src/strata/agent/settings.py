@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _machine_cpu_millis() -> int:
     return (os.cpu_count() or 1) * 1000
+
+
+def _default_state_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "strata-agent"
 
 
 def _machine_memory_bytes() -> int:
@@ -48,11 +54,11 @@ class AgentSettings(BaseSettings):
     labels: dict[str, str] = Field(
         default_factory=dict, description='JSON labels placement selects on, e.g. {"zone": "a"}.'
     )
-    code_path: list[str] = Field(
-        default_factory=list,
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
         description=(
-            "JSON list of folders put first on a worker's sys.path, where entrypoints are "
-            "imported from (until bundles are fetched from the blob store)."
+            "Folder the agent keeps node state in: the code bundles it fetched, under "
+            "bundles/<sha256>/; default: strata-agent in the system's temporary folder."
         ),
     )
     spare_workers: int = Field(

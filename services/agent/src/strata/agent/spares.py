@@ -10,6 +10,10 @@ once it says its imports are done (a worker still starting would make the
 attempt wait for the rest of its start); with none ready (a burst took them all,
 or ``size`` is 0) the attempt's worker is spawned on the spot.
 
+A spare is started before anyone knows which bundle its attempt will run: the
+job it is handed names the bundle's folder, which it puts on ``sys.path`` before
+importing the entrypoint, so one set of spares serves every bundle.
+
 A spare runs one attempt and exits, like a worker spawned for it: a process that
 ran user code (modules it imported, threads it left, memory it holds, a crash it
 half survived) is never handed another attempt, and its usage and captured output
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
 
 import structlog
 
@@ -30,10 +33,9 @@ log = structlog.stdlib.get_logger(__name__)
 
 
 class Spares:
-    """Up to ``size`` workers started ahead for the code path, each used once."""
+    """Up to ``size`` workers started ahead, each used once."""
 
-    def __init__(self, code_path: Sequence[str], size: int) -> None:
-        self._code_path = tuple(code_path)
+    def __init__(self, size: int) -> None:
         self._size = size
         self._ready: collections.deque[Worker] = collections.deque()
         self._filling: asyncio.Task[None] | None = None
@@ -55,7 +57,7 @@ class Spares:
             log.warning("a spare worker died while waiting; discarded")
             await asyncio.to_thread(worker.discard)
         self.fill()
-        worker = await asyncio.to_thread(start_worker, self._code_path)
+        worker = await asyncio.to_thread(start_worker)
         if not worker.hand(given):
             log.warning("a worker died before it got its job")
         return worker
@@ -77,7 +79,7 @@ class Spares:
 
     async def _spawn_until_full(self) -> None:
         while not self._closed and len(self._ready) < self._size:
-            worker = await asyncio.to_thread(start_worker, self._code_path)
+            worker = await asyncio.to_thread(start_worker)
             up = await asyncio.to_thread(booted, worker)
             if self._closed or not up:
                 await asyncio.to_thread(worker.discard)

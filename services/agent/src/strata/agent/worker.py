@@ -10,14 +10,15 @@ attempt to its end; while it runs, the agent samples it with psutil
 (:class:`Watch`) to enforce its limits and report its usage.
 
 A worker is started ahead of its attempt (:func:`start_worker`, kept ready by
-:mod:`strata.agent.spares`): it loads this module and its imports and puts the
-code path on ``sys.path``, then waits on its pipe for one :class:`Job`. It runs
-that one attempt and exits: a worker is never handed a second attempt, so the
-isolation, output capture and usage of an attempt are those of a process of its
-own.
-
-This increment imports code from the folders of ``STRATA_AGENT_CODE_PATH``;
-fetching content-addressed bundles (sha256 checked) comes next.
+:mod:`strata.agent.spares`) without knowing which bundle it will run: it loads
+this module and its imports, then waits on its pipe for one :class:`Job`, which
+names the folder of the attempt's extracted bundle (:mod:`strata.agent.bundles`);
+that folder goes first on ``sys.path`` before the entrypoint is imported, so the
+bundle's modules win over anything of the same name. A job without a bundle
+imports from the agent's own environment (installed packages, ``PYTHONPATH``).
+It runs that one attempt and exits: a worker is never handed a second attempt,
+so the isolation, output capture and usage of an attempt are those of a process
+of its own.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psutil
@@ -64,12 +66,14 @@ limit by what it allocates in that time before it is stopped."""
 
 @dataclass(frozen=True)
 class Job:
-    """One attempt as its worker gets it; its stdout and stderr go to files in ``output``."""
+    """One attempt as its worker gets it; its stdout and stderr go to files in ``output``;
+    ``bundle`` is the folder its code is imported from ("" for the agent's environment)."""
 
     entrypoint: str
     args: dict[str, Any]
     upstream_outputs: dict[str, dict[str, Any]]
     output: str
+    bundle: str
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,10 @@ class Worker:
         self.connection.close()
 
 
-def start_worker(code_path: Sequence[str]) -> Worker:
+def start_worker() -> Worker:
     """Spawn a worker that waits for its job (blocks for the spawn: call it in a thread)."""
     agent_end, worker_end = _SPAWN.Pipe(duplex=True)
-    process = _SPAWN.Process(
-        target=serve_attempt, args=(worker_end, list(code_path)), name="strata-worker"
-    )
+    process = _SPAWN.Process(target=serve_attempt, args=(worker_end,), name="strata-worker")
     process.start()
     worker_end.close()
     return Worker(process, agent_end)
@@ -113,6 +115,7 @@ def job(
     args: Mapping[str, Any],
     upstream_outputs: Mapping[str, Mapping[str, Any]],
     output: Path,
+    bundle: Path | None,
 ) -> Job:
     """The job of one attempt, in plain containers the pipe can carry."""
     return Job(
@@ -120,6 +123,7 @@ def job(
         dict(args),
         {task: dict(outputs) for task, outputs in upstream_outputs.items()},
         str(output),
+        str(bundle) if bundle is not None else "",
     )
 
 
@@ -264,16 +268,17 @@ def _outcome(answer: dict[str, Any], wall: float) -> Outcome:
     return Failed(answer["error_type"], answer["message"], answer["traceback"], usage)
 
 
-def serve_attempt(connection: Connection, code_path: list[str]) -> None:
+def serve_attempt(connection: Connection) -> None:
     """The worker's body (top level, so ``spawn`` can import it): wait for the job, run it,
     answer once, exit. A pipe closed before any job (the agent stopped) ends it quietly."""
     _exit_with_the_agent()
-    sys.path[:0] = code_path
     try:
         connection.send(READY)
         given: Job = connection.recv()
     except EOFError:
         return
+    if given.bundle:
+        sys.path.insert(0, given.bundle)
     _capture(Path(given.output))
     try:
         outputs = _call(Entrypoint.parse(given.entrypoint), given.args, given.upstream_outputs)
@@ -322,7 +327,7 @@ def _capture(folder: Path) -> None:
 def _call(
     entrypoint: Entrypoint, args: dict[str, Any], upstream_outputs: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    module = importlib.import_module(entrypoint.module)
+    module = _module(entrypoint)
     function: Any = module
     for part in entrypoint.function.split("."):
         if not hasattr(function, part):
@@ -335,6 +340,20 @@ def _call(
         raise TypeError(f"entrypoint {entrypoint} is not callable")
     result = function(**call_arguments(inspect.signature(function), args, upstream_outputs))
     return _json_object(entrypoint, {} if result is None else result)
+
+
+def _module(entrypoint: Entrypoint) -> ModuleType:
+    """The entrypoint's module; a LookupError naming the entrypoint when no such module
+    exists (an import failing inside the module is the module's own error, kept as it is)."""
+    try:
+        return importlib.import_module(entrypoint.module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing != entrypoint.module and not entrypoint.module.startswith(f"{missing}."):
+            raise
+        raise LookupError(
+            f"entrypoint {entrypoint} not found: there is no module {missing!r}"
+        ) from None
 
 
 def _json_object(entrypoint: Entrypoint, result: object) -> dict[str, Any]:

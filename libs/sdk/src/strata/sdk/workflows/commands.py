@@ -10,6 +10,7 @@ terminal and printing one line per change otherwise (a CI log, a pipe).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -27,13 +28,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from strata.api.common.v1.refs_pb2 import BundleRef
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
+from strata.core.blobs import open_blob_store
 from strata.core.errors import StrataError
 from strata.core.rpc.status import field_violations
+from strata.core.settings import BlobSettings, load
 from strata.sdk.client import CommandError, service_channel
+from strata.sdk.workflows import bundle
 from strata.sdk.workflows.loading import load_workflows
 
 SCHEDULER = "strata.scheduler.v1.SchedulerService"
@@ -41,11 +46,16 @@ T = TypeVar("T")
 
 
 async def apply(path: Path, *, paused: bool, validate_only: bool, out: Console) -> None:
-    """Apply every workflow ``path`` declares; one line per workflow with its version."""
+    """Apply every workflow ``path`` declares, with the bundle of the file's folder (stored
+    in the blob store unless it is there already, never with ``--validate-only``); one
+    line per workflow with its version (a changed bundle is a changed workflow)."""
     try:
         specs = [workflow.to_spec() for workflow in load_workflows(path)]
     except StrataError as error:
         raise CommandError(f"{path}: {error}") from None
+    ref = await _bundle(path.parent, validate_only=validate_only)
+    for spec in specs:
+        spec.bundle.CopyFrom(ref)
     async with _channel() as chan:
         stub = SchedulerServiceStub(chan)
         for spec in specs:
@@ -56,6 +66,23 @@ async def apply(path: Path, *, paused: bool, validate_only: bool, out: Console) 
             what = "changed" if reply.changed else "unchanged"
             verb = "would be" if validate_only else "is"
             out.print(f"{spec.name}: {verb} version {reply.workflow.version} ({what})")
+
+
+async def _bundle(project: Path, *, validate_only: bool) -> BundleRef:
+    """The bundle of ``project``, stored through the user's ``STRATA_BLOB_*`` settings."""
+    try:
+        packed = await asyncio.to_thread(bundle.pack, project)
+    except OSError as error:
+        raise CommandError(f"bundle of {project}: {error}") from None
+    try:
+        settings = load(BlobSettings)
+        if validate_only:
+            return bundle.reference(packed, settings)
+        async with open_blob_store(settings) as blobs:
+            ref = await bundle.store(packed, blobs, settings)
+    except (StrataError, OSError) as error:
+        raise CommandError(f"bundle of {project}: the blob store: {error}") from None
+    return ref
 
 
 async def list_workflows(out: Console) -> None:

@@ -1,8 +1,9 @@
 """``strata workflow logs RUN_ID [TASK] [--follow]``: what each attempt printed.
 
 Agents keep every attempt's stdout and stderr in the blob store, under
-``logs/<run id>/<task id>/<attempt>/<stdout|stderr>`` (``strata.agent.output``
-writes them, while the attempt runs and when it ends). The command reads them
+``logs/<run id>/<task id>/<attempt>/<stdout|stderr>`` (the layout is
+:mod:`strata.core.attempt_logs`; ``strata.agent.output`` writes them, while the
+attempt runs and when it ends). The command reads them
 there directly with the user's ``STRATA_BLOB_*`` settings, as ``strata features
 training-set`` reads its results: the output outlives the agent that wrote it
 and needs no service to be up, and no RPC would do more than copy the same bytes.
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
+from strata.core.attempt_logs import STREAMS, parse, prefix
 from strata.core.blobs import BlobStore, open_blob_store
 from strata.core.errors import StrataError
 from strata.core.settings import BlobSettings, load
 from strata.sdk.client import CommandError
 
-STREAMS = ("stdout", "stderr")
 FOLLOW_EVERY = 1.0
 """Seconds between looks for new output with ``--follow``."""
 
@@ -41,22 +42,14 @@ class LogStream:
         return f"==> {self.task_id} attempt {self.attempt} {self.stream} <=="
 
 
-def prefix(run_id: str, task_id: str | None = None) -> str:
-    """The blob key prefix of a run's output, or of one of its tasks'."""
-    return f"logs/{run_id}/{task_id}/" if task_id else f"logs/{run_id}/"
-
-
 def streams_of(keys: list[str], run_id: str) -> list[LogStream]:
     """The log streams among ``keys`` of run ``run_id``, by task, attempt, stdout first;
     keys of any other shape are not output and are left out."""
     found = []
     for key in keys:
-        parts = key.split("/")
-        if len(parts) != 5 or parts[:2] != ["logs", run_id] or parts[4] not in STREAMS:
-            continue
-        if not parts[3].isdigit():
-            continue
-        found.append(LogStream(parts[2], int(parts[3]), parts[4], key))
+        named = parse(key, run_id)
+        if named is not None:
+            found.append(LogStream(named.task_id, named.attempt, named.stream, key))
     return sorted(found, key=lambda s: (s.task_id, s.attempt, STREAMS.index(s.stream)))
 
 

@@ -70,4 +70,11 @@ class Stopped:
     usage: Usage
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """An attempt that never ran: its code bundle could not be used, for ``reason``."""
+
+    reason: str
+
+
 Outcome = Finished | Failed | Stopped
