@@ -1,5 +1,8 @@
 """``python -m strata.registry``: the model registry, SERVING once Postgres, the blob
 store and Kafka (for the outbox of alias and version events) answer.
+
+It also keeps the predictions the gateway logs (:mod:`strata.registry.predictions`)
+for ``STRATA_REGISTRY_PREDICTIONS_RETENTION``, the anchor of a prediction's lineage.
 """
 
 import sys
@@ -19,6 +22,7 @@ from strata.core.runtime import (
 from strata.core.runtime.process import EXIT_BAD_SETTINGS
 from strata.core.settings import load
 from strata.registry.api import ROLES, RegistryApi
+from strata.registry.predictions import prune_predictions, register_predictions
 from strata.registry.settings import RegistrySettings
 from strata.registry.uploads import expire_uploads
 
@@ -28,7 +32,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
     limits = settings.limits()
 
     def registry_api(context: ServiceContext) -> RegistryApi:
-        return RegistryApi(context, limits)
+        return RegistryApi(context, limits, settings.scheduler)
 
     return ServiceSpec(
         name="registry",
@@ -36,7 +40,11 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         migrations="strata.registry.migrations",
         outbox=True,
         endpoints=(Endpoint(add_ModelRegistryServiceServicer_to_server, registry_api, ROLES),),
-        loops=(Loop("expire-uploads", expire_uploads, every=30.0),),
+        handlers=(register_predictions,),
+        loops=(
+            Loop("expire-uploads", expire_uploads, every=30.0),
+            Loop("prune-predictions", prune_predictions(settings.predictions_retention)),
+        ),
     )
 
 

@@ -13,19 +13,26 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
+import structlog
 from typing_extensions import override
 
 from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceServicer
+from strata.api.scheduler.v1 import scheduler_pb2 as spb
+from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
 from strata.core.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    StrataError,
 )
 from strata.core.rpc.auth import current_principal
+from strata.core.rpc.client import channel
 from strata.core.runtime import ServiceContext
 from strata.registry import uploads
+from strata.registry.domain import predictions
 from strata.registry.domain import requests as check
 from strata.registry.domain.limits import SizeLimits
 from strata.registry.domain.versions import new_version
@@ -41,6 +48,8 @@ ROLES = {
     "ListVersions": READ,
     "DownloadArtifact": READ,
     "GetAuditLog": READ,
+    "GetPredictionLineage": READ,
+    "ListPredictions": READ,
     "CreateModel": WRITE,
     "UploadArtifact": WRITE,
     "GetUpload": WRITE,
@@ -51,12 +60,21 @@ ROLES = {
 """Readers see models; writers add models, artifacts and versions; promoters move the
 aliases that decide what the gateway serves (``admin`` may do everything)."""
 
+log = structlog.stdlib.get_logger(__name__)
+
+SCHEDULER_DEADLINE = 5.0
+"""Seconds a lineage query waits for the scheduler before answering without node and times."""
+
 
 class RegistryApi(ModelRegistryServiceServicer):
     """ModelRegistryService over the registry's schema and the blob store; artifacts
-    within ``limits``."""
+    within ``limits``; the attempts of a lineage asked of the scheduler at ``scheduler``
+    (``host:port``), the way the gateway asks the streamer for feature views."""
 
-    def __init__(self, context: ServiceContext, limits: SizeLimits) -> None:
+    def __init__(self, context: ServiceContext, limits: SizeLimits, scheduler: str) -> None:
+        self._runtime = context.settings
+        self._scheduler: SchedulerServiceStub | None = None
+        self._scheduler_address = scheduler
         self._limits = limits
         self._pool = context.pool
         self._blobs = context.blobs
@@ -409,6 +427,86 @@ class RegistryApi(ModelRegistryServiceServicer):
         return pb.GetAuditLogResponse(
             entries=[entry for _, entry in rows[:size]], next_page_token=token
         )
+
+    # predictions
+
+    @override
+    async def GetPredictionLineage(
+        self, request: pb.GetPredictionLineageRequest, context: Any
+    ) -> pb.GetPredictionLineageResponse:
+        prediction_id = predictions.check_prediction_id(request.prediction_id)
+        async with self._pool.acquire() as conn:
+            record = await self._store.prediction(conn, prediction_id)
+            if record is None:
+                raise predictions.PredictionNotFoundError(prediction_id)
+            version = await self._version(conn, record.model_name, record.model_version)
+        run, note = await self._run(version.lineage.training_run_id)
+        return pb.GetPredictionLineageResponse(
+            prediction=record,
+            model_version=version,
+            task_attempts=predictions.attempts(version.lineage, run),
+            attempts_note=note,
+        )
+
+    async def _run(self, run_id: str) -> tuple[spb.Run | None, str]:
+        """The scheduler's run ``run_id``, or None and why it could not be read."""
+        if not run_id:
+            return None, "the version names no training run"
+        try:
+            scheduler = self._scheduler_stub()
+        except StrataError as error:
+            return None, f"the registry cannot ask the scheduler: {error}"
+        try:
+            reply = await scheduler.GetRun(spb.GetRunRequest(run_id=run_id))
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "the scheduler did not answer about a lineage's run",
+                run_id=run_id,
+                code=error.code().name,
+                details=error.details(),
+            )
+            return None, (
+                f"the scheduler at {self._scheduler_address} could not say where run "
+                f"{run_id} ran: {error.code().name}: {error.details()}"
+            )
+        return reply.run, ""
+
+    def _scheduler_stub(self) -> SchedulerServiceStub:
+        """The scheduler's stub, its channel opened on the first lineage asked: a registry
+        without a client token still serves everything else."""
+        if self._scheduler is None:
+            runtime = self._runtime
+            self._scheduler = SchedulerServiceStub(
+                channel(
+                    self._scheduler_address,
+                    runtime.auth,
+                    mode=runtime.mode.mode,
+                    deadline=SCHEDULER_DEADLINE,
+                )
+            )
+        return self._scheduler
+
+    @override
+    async def ListPredictions(
+        self, request: pb.ListPredictionsRequest, context: Any
+    ) -> pb.ListPredictionsResponse:
+        check.check_name(request.model_name, "model_name")
+        size = check.page_size(request.page_size)
+        after = predictions.page_position(request.page_token)
+        served = (
+            request.served_after.ToDatetime(tzinfo=UTC)
+            if request.HasField("served_after")
+            else None,
+            request.served_before.ToDatetime(tzinfo=UTC)
+            if request.HasField("served_before")
+            else None,
+        )
+        async with self._pool.acquire() as conn:
+            records = await self._store.predictions(
+                conn, request.model_name, served, after, size + 1
+            )
+        token = predictions.page_token(records[size - 1]) if len(records) > size else ""
+        return pb.ListPredictionsResponse(predictions=records[:size], next_page_token=token)
 
     # shared steps
 

@@ -7,11 +7,13 @@ the change, its audit entry and its outbox event commit together.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from strata.api.registry.v1 import registry_pb2 as pb
@@ -301,6 +303,98 @@ class RegistryStore:
             )
             for r in rows
         ]
+
+    # predictions
+
+    async def insert_predictions(self, conn: Conn, records: Sequence[pb.PredictionRecord]) -> None:
+        """Keep ``records``; the caller's inbox claim makes each id arrive once."""
+        await conn.executemany(
+            f"INSERT INTO {self.s}.predictions (prediction_id, model_name, model_version, "
+            "alias, entity_key, request_id, served_at, features, outputs, feature_views) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            [
+                (
+                    r.prediction_id,
+                    r.model_name,
+                    r.model_version,
+                    r.alias,
+                    r.entity_key,
+                    r.request_id,
+                    r.served_at.ToDatetime(tzinfo=UTC),
+                    *_prediction_json(r),
+                )
+                for r in records
+            ],
+        )
+
+    async def prediction(self, conn: Conn, prediction_id: str) -> pb.PredictionRecord | None:
+        row = await conn.fetchrow(
+            f"SELECT * FROM {self.s}.predictions WHERE prediction_id = $1", prediction_id
+        )
+        return None if row is None else _prediction(row)
+
+    async def predictions(
+        self,
+        conn: Conn,
+        model_name: str,
+        served: tuple[datetime | None, datetime | None],
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[pb.PredictionRecord]:
+        """A model's predictions served in ``served`` (from, before), in served order,
+        starting after the position ``after`` (served_at, prediction_id)."""
+        start, end = served
+        after_time, after_id = after if after is not None else (None, None)
+        rows = await conn.fetch(
+            f"SELECT * FROM {self.s}.predictions WHERE model_name = $1 "
+            "AND ($2::timestamptz IS NULL OR served_at >= $2) "
+            "AND ($3::timestamptz IS NULL OR served_at < $3) "
+            "AND ($4::timestamptz IS NULL OR (served_at, prediction_id) > ($4, $5::uuid)) "
+            "ORDER BY served_at, prediction_id LIMIT $6",
+            model_name,
+            start,
+            end,
+            after_time,
+            after_id,
+            limit,
+        )
+        return [_prediction(row) for row in rows]
+
+    async def prune_predictions(self, conn: Conn, served_before: datetime) -> int:
+        """Delete the predictions served before ``served_before``; return how many."""
+        status = await conn.execute(
+            f"DELETE FROM {self.s}.predictions WHERE served_at < $1", served_before
+        )
+        return int(status.split()[-1])
+
+
+def _prediction_json(record: pb.PredictionRecord) -> tuple[str, str, str]:
+    """The features, outputs and feature views of ``record`` as protobuf JSON."""
+    data = json_format.MessageToDict(record, preserving_proto_field_name=True)
+    return (
+        json.dumps(data.get("features", {})),
+        json.dumps(data.get("outputs", {})),
+        json.dumps(data.get("feature_views", [])),
+    )
+
+
+def _prediction(row: asyncpg.Record) -> pb.PredictionRecord:
+    record = json_format.ParseDict(
+        {
+            "features": json.loads(row["features"]),
+            "outputs": json.loads(row["outputs"]),
+            "feature_views": json.loads(row["feature_views"]),
+        },
+        pb.PredictionRecord(),
+    )
+    record.prediction_id = str(row["prediction_id"])
+    record.request_id = row["request_id"]
+    record.entity_key = row["entity_key"]
+    record.model_name = row["model_name"]
+    record.model_version = row["model_version"]
+    record.alias = row["alias"]
+    record.served_at.CopyFrom(_timestamp(row["served_at"]))
+    return record
 
 
 class StoredArtifact:

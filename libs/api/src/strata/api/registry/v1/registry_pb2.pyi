@@ -5,11 +5,13 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from strata.api.common.v1 import refs_pb2 as _refs_pb2
+from strata.api.features.v1 import features_pb2 as _features_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1712,6 +1714,306 @@ class AuditEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class PredictionRecord(_message.Message):
+    """PredictionRecord is one prediction the gateway served, as the registry keeps it
+    from the prediction log (strata.gateway.v1.PredictionLogged).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FeaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _features_pb2.FeatureValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _features_pb2.FeatureValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class OutputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _features_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _features_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTITY_KEY_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    SERVED_AT_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """Prediction id (UUID)."""
+    request_id: _builtins.str
+    """Request id the caller gave, if any."""
+    entity_key: _builtins.str
+    """Canonical entity key, e.g. "courier_id=42" ("column=value" sorted by column,
+    joined by ","); empty when every feature came with the request.
+    """
+    model_name: _builtins.str
+    """Model name."""
+    model_version: _builtins.int
+    """Version that answered."""
+    alias: _builtins.str
+    """Alias it was reached through; empty when a version was pinned."""
+    @_builtins.property
+    def features(self) -> _containers.MessageMap[_builtins.str, _features_pb2.FeatureValue]:
+        """Features as fed to the model, by reference "<view>:<feature>" (or request
+        column), with their event time and status.
+        """
+
+    @_builtins.property
+    def feature_views(self) -> _containers.RepeatedCompositeFieldContainer[_refs_pb2.FeatureViewRef]:
+        """Feature view versions the features were read from."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.MessageMap[_builtins.str, _features_pb2.Value]:
+        """Model outputs by output tensor name."""
+
+    @_builtins.property
+    def served_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway served it (the log event's time)."""
+
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        entity_key: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        alias: _builtins.str = ...,
+        features: _abc.Mapping[_builtins.str, _features_pb2.FeatureValue] | None = ...,
+        feature_views: _abc.Iterable[_refs_pb2.FeatureViewRef] | None = ...,
+        outputs: _abc.Mapping[_builtins.str, _features_pb2.Value] | None = ...,
+        served_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["served_at", b"served_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "entity_key", b"entity_key", "feature_views", b"feature_views", "features", b"features", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "prediction_id", b"prediction_id", "request_id", b"request_id", "served_at", b"served_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionRecord: _TypeAlias = PredictionRecord  # noqa: Y015
+
+@_typing.final
+class TaskAttempt(_message.Message):
+    """TaskAttempt is one attempt of a training run as the scheduler reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Node it ran on; empty when the scheduler could not say."""
+    state: _builtins.str
+    """The task's state, e.g. "SUCCEEDED"; empty when the scheduler could not say."""
+    @_builtins.property
+    def attempt(self) -> _refs_pb2.TaskAttemptRef:
+        """The attempt."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When it started on its node."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When its task reached a terminal state."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """finished_at - started_at; unset while either is unknown."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _refs_pb2.TaskAttemptRef | None = ...,
+        node_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "node_id", b"node_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskAttempt: _TypeAlias = TaskAttempt  # noqa: Y015
+
+@_typing.final
+class GetPredictionLineageRequest(_message.Message):
+    """Request of GetPredictionLineage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """Prediction id, as Predict returned it."""
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prediction_id", b"prediction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionLineageRequest: _TypeAlias = GetPredictionLineageRequest  # noqa: Y015
+
+@_typing.final
+class GetPredictionLineageResponse(_message.Message):
+    """Response of GetPredictionLineage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TASK_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_NOTE_FIELD_NUMBER: _builtins.int
+    attempts_note: _builtins.str
+    """Why the attempts lack node and times, when the scheduler could not be asked
+    or does not know the run; empty otherwise.
+    """
+    @_builtins.property
+    def prediction(self) -> Global___PredictionRecord:
+        """The prediction as served."""
+
+    @_builtins.property
+    def model_version(self) -> Global___ModelVersion:
+        """The version that answered, with its lineage (run, attempts, training set and
+        its sha256, dataset partitions, feature view versions, code bundle).
+        """
+
+    @_builtins.property
+    def task_attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskAttempt]:
+        """The attempts the lineage names, with node and times from the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        prediction: Global___PredictionRecord | None = ...,
+        model_version: Global___ModelVersion | None = ...,
+        task_attempts: _abc.Iterable[Global___TaskAttempt] | None = ...,
+        attempts_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "prediction", b"prediction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_note", b"attempts_note", "model_version", b"model_version", "prediction", b"prediction", "task_attempts", b"task_attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionLineageResponse: _TypeAlias = GetPredictionLineageResponse  # noqa: Y015
+
+@_typing.final
+class ListPredictionsRequest(_message.Message):
+    """Request of ListPredictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    SERVED_AFTER_FIELD_NUMBER: _builtins.int
+    SERVED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Model name."""
+    page_size: _builtins.int
+    """Most predictions to return; 0: a server default (100), at most 1000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def served_after(self) -> _timestamp_pb2.Timestamp:
+        """Only predictions served at or after this time; unset: all that are kept."""
+
+    @_builtins.property
+    def served_before(self) -> _timestamp_pb2.Timestamp:
+        """Only predictions served before this time; unset: up to now."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        served_after: _timestamp_pb2.Timestamp | None = ...,
+        served_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["served_after", b"served_after", "served_before", b"served_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "page_size", b"page_size", "page_token", b"page_token", "served_after", b"served_after", "served_before", b"served_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPredictionsRequest: _TypeAlias = ListPredictionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPredictionsResponse(_message.Message):
+    """Response of ListPredictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictionRecord]:
+        """Predictions, oldest served first."""
+
+    def __init__(
+        self,
+        *,
+        predictions: _abc.Iterable[Global___PredictionRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "predictions", b"predictions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPredictionsResponse: _TypeAlias = ListPredictionsResponse  # noqa: Y015
 
 @_typing.final
 class ModelVersionRegistered(_message.Message):

@@ -101,6 +101,16 @@ class ModelRegistryServiceStub:
                 request_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.SerializeToString,
                 response_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.FromString,
                 _registered_method=True)
+        self.GetPredictionLineage = channel.unary_unary(
+                '/strata.registry.v1.ModelRegistryService/GetPredictionLineage',
+                request_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageRequest.SerializeToString,
+                response_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageResponse.FromString,
+                _registered_method=True)
+        self.ListPredictions = channel.unary_unary(
+                '/strata.registry.v1.ModelRegistryService/ListPredictions',
+                request_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsRequest.SerializeToString,
+                response_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -204,6 +214,26 @@ class ModelRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPredictionLineage(self, request, context):
+        """Returns where one served prediction came from: the prediction as served (its
+        features, outputs and time), the model version that answered with its
+        lineage, and the task attempts of the run that trained it. The registry keeps
+        the predictions the gateway logs on strata.predictions for a retention
+        (STRATA_REGISTRY_PREDICTIONS_RETENTION); NOT_FOUND names an id it does not
+        hold, which may also be a prediction whose record is still on its way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPredictions(self, request, context):
+        """Lists the recorded predictions of a model, oldest served first, a page at a
+        time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +296,16 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.GetUpload,
                     request_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.FromString,
                     response_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.SerializeToString,
+            ),
+            'GetPredictionLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPredictionLineage,
+                    request_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageRequest.FromString,
+                    response_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageResponse.SerializeToString,
+            ),
+            'ListPredictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPredictions,
+                    request_deserializer=strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsRequest.FromString,
+                    response_serializer=strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -599,6 +639,60 @@ class ModelRegistryService:
             '/strata.registry.v1.ModelRegistryService/GetUpload',
             strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadRequest.SerializeToString,
             strata_dot_registry_dot_v1_dot_registry__pb2.GetUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPredictionLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.registry.v1.ModelRegistryService/GetPredictionLineage',
+            strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageRequest.SerializeToString,
+            strata_dot_registry_dot_v1_dot_registry__pb2.GetPredictionLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.registry.v1.ModelRegistryService/ListPredictions',
+            strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsRequest.SerializeToString,
+            strata_dot_registry_dot_v1_dot_registry__pb2.ListPredictionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

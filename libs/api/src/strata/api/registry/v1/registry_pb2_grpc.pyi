@@ -75,6 +75,18 @@ class ModelRegistryServiceStub:
     """Says how many bytes of an interrupted upload are stored, so the client can
     resume it with UploadArtifact from that offset.
     """
+    GetPredictionLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPredictionLineageRequest, _registry_pb2.GetPredictionLineageResponse]
+    """Returns where one served prediction came from: the prediction as served (its
+    features, outputs and time), the model version that answered with its
+    lineage, and the task attempts of the run that trained it. The registry keeps
+    the predictions the gateway logs on strata.predictions for a retention
+    (STRATA_REGISTRY_PREDICTIONS_RETENTION); NOT_FOUND names an id it does not
+    hold, which may also be a prediction whose record is still on its way.
+    """
+    ListPredictions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPredictionsRequest, _registry_pb2.ListPredictionsResponse]
+    """Lists the recorded predictions of a model, oldest served first, a page at a
+    time.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -122,6 +134,18 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     GetUpload: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetUploadRequest, _registry_pb2.GetUploadResponse]  # type: ignore[assignment]
     """Says how many bytes of an interrupted upload are stored, so the client can
     resume it with UploadArtifact from that offset.
+    """
+    GetPredictionLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPredictionLineageRequest, _registry_pb2.GetPredictionLineageResponse]  # type: ignore[assignment]
+    """Returns where one served prediction came from: the prediction as served (its
+    features, outputs and time), the model version that answered with its
+    lineage, and the task attempts of the run that trained it. The registry keeps
+    the predictions the gateway logs on strata.predictions for a retention
+    (STRATA_REGISTRY_PREDICTIONS_RETENTION); NOT_FOUND names an id it does not
+    hold, which may also be a prediction whose record is still on its way.
+    """
+    ListPredictions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPredictionsRequest, _registry_pb2.ListPredictionsResponse]  # type: ignore[assignment]
+    """Lists the recorded predictions of a model, oldest served first, a page at a
+    time.
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -239,6 +263,30 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.GetUploadResponse, _abc.Awaitable[_registry_pb2.GetUploadResponse]]:
         """Says how many bytes of an interrupted upload are stored, so the client can
         resume it with UploadArtifact from that offset.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPredictionLineage(
+        self,
+        request: _registry_pb2.GetPredictionLineageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetPredictionLineageResponse, _abc.Awaitable[_registry_pb2.GetPredictionLineageResponse]]:
+        """Returns where one served prediction came from: the prediction as served (its
+        features, outputs and time), the model version that answered with its
+        lineage, and the task attempts of the run that trained it. The registry keeps
+        the predictions the gateway logs on strata.predictions for a retention
+        (STRATA_REGISTRY_PREDICTIONS_RETENTION); NOT_FOUND names an id it does not
+        hold, which may also be a prediction whose record is still on its way.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPredictions(
+        self,
+        request: _registry_pb2.ListPredictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListPredictionsResponse, _abc.Awaitable[_registry_pb2.ListPredictionsResponse]]:
+        """Lists the recorded predictions of a model, oldest served first, a page at a
+        time.
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
