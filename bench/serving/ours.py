@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +136,19 @@ async def log_versions(address: str, first: Any, second: Any, sample: Any) -> Lo
     return Logged(name, v1.signature.inputs[0].name, onnx)
 
 
+async def log_predict_model(
+    address: str, model: Any, sample: Any, view: str, features: Sequence[str]
+) -> str:
+    """Log ``model`` as the champion of a new model whose input is bound to ``view``'s
+    ``features``, in order; returns its name."""
+    name = f"bench-predict-{uuid.uuid4().hex[:10]}"
+    binding = pb.FeatureBinding(input="X", features=[f"{view}:{f}" for f in features])
+    async with registry(address) as stub:
+        await log_model(model, name=name, sample=sample, registry=stub, feature_bindings=[binding])
+        await stub.SetAlias(pb.SetAliasRequest(model_name=name, alias=CHAMPION, version=1))
+    return name
+
+
 async def promote(address: str, name: str, version: int) -> None:
     async with registry(address) as stub:
         await stub.SetAlias(
@@ -146,12 +159,17 @@ async def promote(address: str, name: str, version: int) -> None:
 
 
 @asynccontextmanager
-async def gateway(folder: Path, registry_address: str, logged: Logged) -> AsyncIterator[Target]:
-    """A gateway serving the model's champion; yields it as the shared client's target."""
+async def gateway(
+    folder: Path, registry_address: str, logged: Logged, also: str = "", streamer: str = ""
+) -> AsyncIterator[Target]:
+    """A gateway serving the model's champion (and the champion of model ``also``, whose
+    feature views it reads from ``streamer``); yields it as the shared client's target."""
+    served = {logged.name: [CHAMPION], **({also: [CHAMPION]} if also else {})}
     env = {
-        "STRATA_GATEWAY_MODELS": json.dumps({logged.name: [CHAMPION]}),
+        "STRATA_GATEWAY_MODELS": json.dumps(served),
         "STRATA_GATEWAY_REGISTRY": registry_address,
         "STRATA_GATEWAY_HTTP_PORT": "0",
+        **({"STRATA_GATEWAY_STREAMER": streamer} if streamer else {}),
     }
     async with service("gateway", folder, **env) as address:
         yield Target(

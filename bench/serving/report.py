@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.results import RESULTS, header, write
 from bench.serving.inprocess import InProcess
 from bench.serving.plan import Plan
+from bench.serving.predict import PredictResult
 from bench.serving.sidebyside import SideBySide
 from bench.serving.swap import Swap
 
@@ -22,6 +23,8 @@ RERUN = "make bench  # or: uv run --frozen python -m bench.serving"
 
 RPS_RATIO_AIM = 3.0
 P50_AIM_MS = 1.0
+PREDICT_P50_AIM_MS = 1.0
+PREDICT_P99_AIM_MS = 3.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Report:
     side_by_side: SideBySide
     in_process: InProcess
     swap: Swap
+    predict: PredictResult
 
     @property
     def gateway_overhead_us(self) -> float:
@@ -60,10 +64,13 @@ class Report:
                 *header(self.started, self.seconds, self.command, self.machine),
                 *self._side_by_side(),
                 "",
+                *self._predict(),
+                "",
                 *self._swap(),
                 "",
                 f"Same model on both: the largest difference between the gateway's and "
-                f"MLServer's answers on {self.compared} rows was {self.agreement:.2e}.",
+                f"MLServer's answers on {self.compared} rows was {self.agreement:.2e}; "
+                f"between Predict's and Feast + MLServer's, {self.predict.agreement:.2e}.",
             ]
         )
 
@@ -111,6 +118,39 @@ class Report:
                     f"{self.gateway_overhead_us:,.0f}",
                     f"{self.peer_overhead_us:,.0f}",
                     f"{self.gateway_overhead_us / self.peer_overhead_us:.2f}",
+                    "",
+                ),
+            ]
+        )
+
+    def _predict(self) -> list[str]:
+        r = self.predict
+        ours, theirs = r.strata_latency.overall, r.peer_latency.overall
+        met = ours.p50 <= PREDICT_P50_AIM_MS and ours.p99 <= PREDICT_P99_AIM_MS
+        return _markdown(
+            [
+                (
+                    "measure",
+                    "Strata Predict (features + model + log)",
+                    "Feast server, then MLServer",
+                    "Strata / peers",
+                    "aim",
+                ),
+                (
+                    f"one driver, 1 client, ms p50 / p90 / p99 "
+                    f"({self.plan.latency_rounds} x {self.plan.latency_samples:,} sequential)",
+                    ours.brief(),
+                    theirs.brief(),
+                    f"{r.p50_ratio:.2f} / {r.p99_ratio:.2f} (p50 / p99)",
+                    f"p50 ≤ {PREDICT_P50_AIM_MS:g} ms, p99 ≤ {PREDICT_P99_AIM_MS:g} ms: "
+                    f"{'met' if met else 'missed'}",
+                ),
+                (
+                    f"one driver, {r.clients} concurrent clients, requests/s "
+                    f"(median of {self.plan.load_rounds} x {self.plan.load_seconds:g} s)",
+                    f"{r.strata_rps.median:,.0f}",
+                    f"{r.peer_rps.median:,.0f}",
+                    f"{r.rps_ratio:.2f}",
                     "",
                 ),
             ]

@@ -114,6 +114,8 @@ class World:
     gateway_log: Path
     metrics_port: int
     event_time: datetime
+    registry_address: str
+    streamer_address: str
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +184,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
                 gateway.log,
                 gateway.metrics_port,
                 event_time,
+                registry_process.address,
+                streamer_process.address,
             )
 
 
@@ -197,10 +201,16 @@ def _row(courier: int, meters: float, hour: int) -> gpb.PredictRow:
 
 async def _answer(world: World, request: gpb.PredictRequest) -> gpb.PredictResponse:
     """The answer, once the gateway has loaded the champion (it loads in the background)."""
+    return await _answer_from(world.predict, request)
+
+
+async def _answer_from(
+    stub: PredictionServiceStub, request: gpb.PredictRequest
+) -> gpb.PredictResponse:
     async with asyncio.timeout(BOUND):
         while True:
             try:
-                reply: gpb.PredictResponse = await world.predict.Predict(request)
+                reply: gpb.PredictResponse = await stub.Predict(request)
                 return reply
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND or "alias" not in str(error.details()):
@@ -400,6 +410,51 @@ async def test_predictions_continue_while_kafka_is_stopped_and_the_log_catches_u
     assert set(logged) == set(ids)
 
 
+async def test_predictions_buffered_at_sigterm_are_flushed_to_the_log_before_exit(
+    world: World, tmp_path: Path
+) -> None:
+    """Kafka is paused while a gateway of this test answers, so its log stays in the
+    buffer (batches of 5, most never started); the gateway is SIGTERMed with the
+    records unsent, and Kafka resumes only once the gateway is stopping: every
+    prediction reaches the log only if the shutdown flushes it."""
+    kafka_pid = int((Path(os.environ["STRATA_STACK_HOME"]) / "kafka" / "kafka.pid").read_text())
+    auth = load(AuthSettings)
+    ids: list[str] = []
+    async with running(
+        "gateway",
+        tmp_path,
+        STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion"]}),
+        STRATA_GATEWAY_REGISTRY=world.registry_address,
+        STRATA_GATEWAY_STREAMER=world.streamer_address,
+        STRATA_GATEWAY_LOG_BATCH="5",
+        STRATA_SERVICE_SHUTDOWN_GRACE="20",
+    ) as gateway:
+        async with channel(gateway.address, auth, mode="development") as gateway_channel:
+            stub = PredictionServiceStub(gateway_channel)
+            probe = gpb.PredictRequest(model_name=MODEL, rows=[_row(1, 1.0, 1)])
+            ids.extend(p.prediction_id for p in (await _answer_from(stub, probe)).predictions)
+            os.kill(kafka_pid, signal.SIGSTOP)
+            try:
+                for i in range(40):
+                    request = gpb.PredictRequest(
+                        model_name=MODEL, rows=[_row(1 + i % 3, 10.0 * i, 7)]
+                    )
+                    reply = await stub.Predict(request, timeout=10.0)
+                    ids.extend(p.prediction_id for p in reply.predictions)
+                gateway.process.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(BOUND):
+                    await _until_logged(gateway.log, '"event": "stopping"')
+            finally:
+                os.kill(kafka_pid, signal.SIGCONT)
+        async with asyncio.timeout(BOUND):
+            await gateway.process.wait()
+
+    assert len(ids) == 41
+    logged = await _logged(set(ids), group=f"test-sigterm-{uuid.uuid4().hex[:8]}")
+    assert set(logged) == set(ids)
+    assert "predictions not logged at shutdown" not in gateway.log.read_text()
+
+
 async def test_concurrent_predict_and_model_infer_calls_are_batched_each_with_its_answer(
     world: World,
 ) -> None:
@@ -527,6 +582,14 @@ async def test_the_features_of_every_view_and_row_come_in_one_round_trip() -> No
         await client.aclose()
     assert together == apart
     assert [[v.value for v in row] for row in together[1]] == [[9.5], [0.0], [9.5]]
+
+
+async def _until_logged(log: Path, event: str) -> None:
+    """Return once ``event`` appears in the service's ``log``."""
+    while True:
+        if event in await asyncio.to_thread(log.read_text):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _until_metric(world: World, name: str, check: object) -> float:

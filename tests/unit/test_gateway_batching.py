@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from strata.gateway.batching import Batcher
-from strata.gateway.tensors import Array, TensorSpec
+from strata.transforms.featurize import Array, TensorSpec
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 2)),)
 

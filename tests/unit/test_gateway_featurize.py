@@ -12,8 +12,6 @@ import pytest
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import InvalidArgumentError
-from strata.gateway.featurize import ViewUse, assemble, entity_keys, plan, request_rows
-from strata.gateway.tensors import TensorSpec
 from strata.transforms.definition import (
     Column,
     DatasetSource,
@@ -21,6 +19,14 @@ from strata.transforms.definition import (
     FeatureView,
     RequestSource,
     Transform,
+)
+from strata.transforms.featurize import (
+    TensorSpec,
+    ViewUse,
+    assemble,
+    entity_keys,
+    plan,
+    request_rows,
 )
 from strata.transforms.online import OnlineValue
 from strata.transforms.request import request_features

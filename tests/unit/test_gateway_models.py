@@ -19,7 +19,7 @@ from strata.gateway.aliases import (
     predates,
 )
 from strata.gateway.models import LoadedModel, Served, load
-from strata.gateway.tensors import TensorSpec
+from strata.transforms.featurize import TensorSpec
 
 
 def times(factor: float) -> bytes:

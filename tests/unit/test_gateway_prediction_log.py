@@ -1,9 +1,11 @@
 """The prediction log's buffer: a request never waits, what Kafka refuses is kept and sent
-again, what overflows is counted, and a resent record keeps its event id."""
+again, what overflows is counted, a resent record keeps its event id, and at shutdown
+the buffer is flushed within the grace, what Kafka did not take counted."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -39,8 +41,9 @@ class FakeBus:
         self.name = "gateway/test"
 
 
-def _context(bus: FakeBus) -> ServiceContext:
-    return ServiceContext("gateway", cast(Any, None), Metrics(), _bus=cast(Any, bus))
+def _context(bus: FakeBus, grace: float = 1.0) -> ServiceContext:
+    settings = SimpleNamespace(service=SimpleNamespace(shutdown_grace=grace))
+    return ServiceContext("gateway", cast(Any, settings), Metrics(), _bus=cast(Any, bus))
 
 
 def _records(count: int, start: int = 0) -> list[PredictionLogged]:
@@ -97,6 +100,39 @@ async def test_a_prediction_without_entity_is_keyed_by_its_id() -> None:
     finally:
         writer.cancel()
     assert bus.producer.sent[0][2] == b"solo"
+
+
+async def test_at_shutdown_the_buffer_is_flushed_before_the_task_ends() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    log = PredictionLog(capacity=100, batch=4, metrics=metrics)
+    writer = asyncio.create_task(log.run(_context(bus, grace=10.0)))
+    log.record(_records(10))
+    await _until(lambda: metrics.log_failures._value.get() >= 1)  # Kafka down: kept
+    writer.cancel()
+    await asyncio.sleep(0)  # the flush has begun: Kafka returns within the grace
+    bus.producer.up.set()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert sorted(open_envelope(v).event_id for _, v, _ in bus.producer.sent) == sorted(
+        f"p{i}" for i in range(10)
+    )
+    assert metrics.dropped._value.get() == 0
+    log.record(_records(1, start=10))
+    assert metrics.dropped._value.get() == 1, "nothing sends after the flush: counted"
+
+
+async def test_what_kafka_does_not_take_within_the_grace_is_counted_as_dropped() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    log = PredictionLog(capacity=100, batch=4, metrics=metrics)
+    writer = asyncio.create_task(log.run(_context(bus, grace=0.3)))
+    log.record(_records(10))
+    await _until(lambda: metrics.log_failures._value.get() >= 1)
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert bus.producer.sent == []
+    assert metrics.dropped._value.get() == 10
+    assert metrics.buffered._value.get() == 0
 
 
 def test_a_log_needs_room() -> None:

@@ -19,7 +19,7 @@ from strata.gateway.metrics import GatewayMetrics
 from strata.gateway.models import LoadedModel, load
 from strata.gateway.prediction_log import PredictionLog
 from strata.gateway.shadows import Shadows
-from strata.gateway.tensors import Array
+from strata.transforms.featurize import Array
 
 
 def _challenger() -> LoadedModel:

@@ -7,7 +7,8 @@ import pytest
 
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.core.errors import InvalidArgumentError
-from strata.gateway.tensors import Array, TensorSpec, decode_inputs, encode_outputs
+from strata.gateway.tensors import decode_inputs, encode_outputs
+from strata.transforms.featurize import Array, TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 2))
 

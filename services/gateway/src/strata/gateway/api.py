@@ -21,7 +21,8 @@ from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceServi
 from strata.core.errors import NotFoundError
 from strata.gateway.models import Served
 from strata.gateway.predict import Predictor
-from strata.gateway.tensors import TensorSpec, decode_inputs, encode_outputs
+from strata.gateway.tensors import decode_inputs, encode_outputs
+from strata.transforms.featurize import TensorSpec
 
 ROLES = {"*": ("predictor",)}
 """Who may call the inference service; ``admin`` may too."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strata.gateway.tensors import Array, TensorSpec
+from strata.transforms.featurize import Array, TensorSpec
 
 Run = Callable[[Mapping[str, Array]], dict[str, Array]]
 """A blocking session run: feeds by input name -> outputs by name."""

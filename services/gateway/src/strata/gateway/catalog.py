@@ -2,7 +2,7 @@
 
 The gateway asks the streamer (``FeatureService.GetFeatureView`` over gRPC) when it
 loads a version, not on each request: the plan of the version's bindings
-(:mod:`strata.gateway.featurize`) is built once, beside its ONNX session. A view the
+(:mod:`strata.transforms.featurize`) is built once, beside its ONNX session. A view the
 version's lineage names is fetched at that version, the one its training set was
 built from; any other at its current version. Asking over gRPC rather than following
 ``FeatureViewApplied`` on Kafka keeps one source of truth for a spec (the streamer's
@@ -17,8 +17,7 @@ from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
 from strata.api.registry.v1 import registry_pb2 as pb
 from strata.core.errors import InvalidArgumentError
-from strata.gateway.featurize import REQUEST, FeaturePlan, ViewUse, plan
-from strata.gateway.tensors import TensorSpec
+from strata.transforms.featurize import FeaturePlan, TensorSpec, ViewUse, bound_views, plan
 from strata.transforms.spec import view_from_spec
 
 FEATURES = "strata.features.v1.FeatureService"
@@ -46,12 +45,7 @@ class ViewCatalog:
         if not bindings:
             return None
         pinned = {ref.name: ref.version for ref in version.lineage.feature_views}
-        names = dict.fromkeys(
-            ref.partition(":")[0]
-            for _, refs in bindings
-            for ref in refs
-            if ref.partition(":")[0] not in ("", REQUEST)
-        )
+        names = bound_views(bindings)
         views = {name: await self._view(name, pinned.get(name, 0)) for name in names}
         return plan(bindings, inputs, views)
 

@@ -15,8 +15,7 @@ import onnxruntime as ort
 
 from strata.core.errors import NotFoundError
 from strata.gateway.batching import Batcher
-from strata.gateway.featurize import FeaturePlan
-from strata.gateway.tensors import DTYPES, Array, TensorSpec
+from strata.transforms.featurize import DTYPES, Array, FeaturePlan, TensorSpec
 
 _ORT_TYPES = {
     f"tensor({name})": oip

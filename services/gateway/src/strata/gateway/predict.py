@@ -5,7 +5,8 @@ online store in-process, in ONE Redis round trip for every row and every view
 (:func:`strata.transforms.online.read_online_views`); request-source views are
 computed from the row's values by their own transforms
 (:func:`strata.transforms.request.request_features`); the input tensors are
-assembled in binding order (:mod:`strata.gateway.featurize`) and run through the
+assembled in binding order (:mod:`strata.transforms.featurize`, shared with batch
+prediction, so a row meets the model as the same tensor in both) and run through the
 same data plane as ModelInfer (:meth:`Served.run`). Each row's prediction, with the
 features as served, goes to the prediction log after the answer is built (by way of
 the shadow challenger, :mod:`strata.gateway.shadows`, when one is loaded); the
@@ -27,14 +28,12 @@ from strata.api.common.v1.refs_pb2 import FeatureViewRef
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import FailedPreconditionError, InvalidArgumentError
-from strata.gateway.featurize import FeaturePlan, Featurized, assemble, entity_keys, request_rows
 from strata.gateway.models import CHAMPION, LoadedModel, Served
 from strata.gateway.prediction_log import PredictionLog
 from strata.gateway.shadows import CHALLENGER, Shadows
-from strata.gateway.tensors import Array
 from strata.gateway.values import feature_value, output_value
+from strata.transforms.featurize import Array, FeaturePlan, Featurized, entity_keys, featurize
 from strata.transforms.online import OnlineRead, read_online_views
-from strata.transforms.request import request_features
 
 
 class Predictor:
@@ -117,18 +116,13 @@ class Predictor:
 
     async def _featurize(self, plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> Featurized:
         keys = entity_keys(plan, rows)
-        supplied = request_rows(plan, rows)
-        computed = {
-            name: request_features(plan.views[name].view, values)
-            for name, values in supplied.items()
-        }
         online_views = plan.online_views
         reads = [
             OnlineRead(plan.views[name].view, keys[name], plan.features_of(name))
             for name in online_views
         ]
         values = await read_online_views(self._redis, reads, datetime.now(UTC)) if reads else []
-        return assemble(plan, rows, dict(zip(online_views, values, strict=True)), computed)
+        return featurize(plan, rows, dict(zip(online_views, values, strict=True)))
 
 
 def _row_outputs(outputs: Mapping[str, Array], index: int) -> dict[str, fpb.Value]:

@@ -12,6 +12,8 @@ failure makes, as they drop any redelivery.
 
 The buffer is bounded (``capacity`` records): past it, new records are dropped,
 counted (``strata_gateway_predictions_dropped_total``) and logged, never silently.
+On SIGTERM the task flushes the buffer within the service's shutdown grace before it
+ends; what Kafka did not take by then is counted the same way.
 
 Why the bus's producer and not the transactional outbox: the outbox exists to commit
 an event with the state change it announces, in one Postgres transaction. A
@@ -59,10 +61,14 @@ class PredictionLog:
         self._ready = asyncio.Event()
         self._warned = {"dropped": 0.0, "refused": 0.0}
         self._dropped_since_warning = 0
+        self._flushed = False
 
     def record(self, records: Sequence[PredictionLogged]) -> None:
-        """Queue ``records`` for Kafka; what does not fit is dropped and counted. Never blocks."""
-        room = max(self._capacity - len(self._buffer), 0)
+        """Queue ``records`` for Kafka; what does not fit is dropped and counted. Never blocks.
+
+        Once the shutdown flush is over nothing sends any more: records are dropped.
+        """
+        room = 0 if self._flushed else max(self._capacity - len(self._buffer), 0)
         kept = records[:room]
         self._buffer.extend(kept)
         self._metrics.buffered.set(len(self._buffer))
@@ -72,7 +78,7 @@ class PredictionLog:
             self._dropped_since_warning += dropped
             if self._due("dropped"):
                 log.warning(
-                    "prediction log buffer full; predictions dropped from the log",
+                    "prediction log full or closed; predictions dropped from the log",
                     dropped=self._dropped_since_warning,
                     capacity=self._capacity,
                 )
@@ -81,7 +87,11 @@ class PredictionLog:
             self._ready.set()
 
     async def run(self, context: ServiceContext) -> None:
-        """The background task: send the buffer to Kafka, batch by batch, until cancelled."""
+        """The background task: send the buffer to Kafka, batch by batch, until cancelled.
+
+        Cancelled at shutdown, it first flushes what is buffered, within the service's
+        shutdown grace, and counts what it could not send.
+        """
         self._metrics.attach(context.metrics.registry)
         bus = context.bus
         backoff = FIRST_BACKOFF
@@ -90,27 +100,69 @@ class PredictionLog:
                 if not self._buffer:
                     self._ready.clear()
                     await self._ready.wait()
-                batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
-                try:
-                    await _send(bus, batch)
-                except Exception as error:
-                    self._buffer.extendleft(reversed(batch))
-                    self._metrics.log_failures.inc()
-                    if self._due("refused"):
-                        log.warning(
-                            "Kafka did not take the prediction log; it is kept and retried",
-                            buffered=len(self._buffer),
-                            reason=repr(error),
-                        )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, LAST_BACKOFF)
+                if await self._send_batch(bus):
+                    backoff = FIRST_BACKOFF
                     continue
-                backoff = FIRST_BACKOFF
-                self._metrics.logged.inc(len(batch))
-                self._metrics.buffered.set(len(self._buffer))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, LAST_BACKOFF)
+        except asyncio.CancelledError:
+            await self._flush(bus, context.settings.service.shutdown_grace)
+            raise
+
+    async def _flush(self, bus: Bus, seconds: float) -> None:
+        """Send what is buffered within ``seconds``; what is left is counted as dropped.
+
+        Calls still draining keep appending while this runs, and it sends those too;
+        a record arriving once the flush is over is counted by :meth:`record`.
+        """
+        buffered = len(self._buffer)
+        try:
+            async with asyncio.timeout(seconds):
+                while self._buffer:
+                    if not await self._send_batch(bus):
+                        await asyncio.sleep(FIRST_BACKOFF)
+        except TimeoutError:
+            pass
         finally:
-            if self._buffer:
-                log.warning("predictions not logged at shutdown", buffered=len(self._buffer))
+            self._flushed = True
+            left = len(self._buffer)
+            self._buffer.clear()
+            self._metrics.buffered.set(0)
+            if left:
+                self._metrics.dropped.inc(left)
+                log.warning(
+                    "predictions not logged at shutdown: Kafka did not take them in time",
+                    dropped=left,
+                    seconds=seconds,
+                )
+            elif buffered:
+                log.info("prediction log flushed at shutdown", buffered=buffered)
+
+    async def _send_batch(self, bus: Bus) -> bool:
+        """Send the next batch; False (the batch back at the front) if Kafka refused it.
+
+        A batch interrupted by cancellation or a timeout goes back too, so the flush
+        at shutdown sends it again (with its event ids: duplicates are dropped).
+        """
+        batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
+        try:
+            await _send(bus, batch)
+        except Exception as error:
+            self._buffer.extendleft(reversed(batch))
+            self._metrics.log_failures.inc()
+            if self._due("refused"):
+                log.warning(
+                    "Kafka did not take the prediction log; it is kept and retried",
+                    buffered=len(self._buffer),
+                    reason=repr(error),
+                )
+            return False
+        except BaseException:
+            self._buffer.extendleft(reversed(batch))
+            raise
+        self._metrics.logged.inc(len(batch))
+        self._metrics.buffered.set(len(self._buffer))
+        return True
 
     def _due(self, what: str) -> bool:
         now = time.monotonic()

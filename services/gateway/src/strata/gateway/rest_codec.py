@@ -34,7 +34,7 @@ from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.core.errors import InvalidArgumentError
-from strata.gateway.tensors import DTYPES, Array
+from strata.transforms.featurize import DTYPES, Array
 
 JSON = dict[str, Any]
 

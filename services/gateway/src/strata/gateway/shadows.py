@@ -27,8 +27,8 @@ from strata.core.runtime import ServiceContext
 from strata.gateway.metrics import GatewayMetrics
 from strata.gateway.models import LoadedModel
 from strata.gateway.prediction_log import PredictionLog
-from strata.gateway.tensors import Array
 from strata.gateway.values import output_value
+from strata.transforms.featurize import Array
 
 log = structlog.stdlib.get_logger(__name__)
 

@@ -8,31 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.core.errors import InvalidArgumentError
-
-Array = npt.NDArray[np.generic]
-
-DTYPES: Mapping[str, np.dtype[np.generic]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-"""OIP datatype -> numpy dtype, for the fixed-size types (BYTES is not served yet)."""
+from strata.transforms.featurize import DTYPES, Array, TensorSpec
 
 _CONTENTS = {
     "BOOL": "bool_contents",
@@ -48,24 +29,6 @@ _CONTENTS = {
     "FP64": "fp64_contents",
 }
 """The InferTensorContents field of each datatype (FP16 travels only as raw bytes)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a model: OIP datatype and shape, -1 where any size fits."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def fits(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.shape) and all(
-            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
-        )
-
-    def example(self) -> Array:
-        """Zeros of this tensor's shape (1 where any size fits): a warm-up input."""
-        return np.zeros([1 if d < 0 else d for d in self.shape], dtype=DTYPES[self.datatype])
 
 
 def decode_inputs(request: oip.ModelInferRequest, inputs: Sequence[TensorSpec]) -> dict[str, Array]:

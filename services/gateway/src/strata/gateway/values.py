@@ -1,53 +1,24 @@
-"""Feature ``Value`` messages to and from Python scalars, and model outputs to ``Value``.
+"""Python scalars and model outputs to feature ``Value`` messages, for answers and the log.
 
-Pure: no I/O. A value of the wrong kind is refused with :class:`InvalidArgumentError`
-naming the field and the kind expected: the online key is the JSON of the entity's
-values, so ``42`` and ``"42"`` are different entities and a mistyped key must not
-be silently "not found".
+Pure: no I/O. Reading a ``Value`` a caller sent, checked against the kind expected,
+is :func:`strata.transforms.featurize.typed`, shared with batch prediction.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 
 from strata.api.features.v1 import features_pb2 as fpb
-from strata.core.errors import InvalidArgumentError
-from strata.gateway.tensors import Array
-from strata.transforms.types import ColumnType, FeatureStatus, Scalar
-
-KINDS = {
-    ColumnType.INT64: "int64_value",
-    ColumnType.DOUBLE: "double_value",
-    ColumnType.STRING: "string_value",
-    ColumnType.BOOL: "bool_value",
-    ColumnType.TIMESTAMP: "timestamp_value",
-}
-"""The ``Value`` field holding each column type."""
-
-NUMBER = ("int64_value", "double_value", "bool_value")
-"""Kinds a number fed straight to a model (``request:<column>``) may arrive as."""
+from strata.transforms.featurize import Array
+from strata.transforms.types import FeatureStatus, Scalar
 
 STATUSES = {
     FeatureStatus.PRESENT: fpb.FEATURE_STATUS_PRESENT,
     FeatureStatus.NOT_FOUND: fpb.FEATURE_STATUS_NOT_FOUND,
     FeatureStatus.EXPIRED: fpb.FEATURE_STATUS_EXPIRED,
 }
-
-
-def typed(value: fpb.Value, kinds: tuple[str, ...], field: str, what: str) -> Scalar:
-    """The Python value of ``value`` if it is null or one of ``kinds``, else refused."""
-    kind = value.WhichOneof("kind")
-    if kind in (None, "null_value"):
-        return None
-    if kind not in kinds:
-        raise InvalidArgumentError(field, f"{what}: expected {' or '.join(kinds)}, got {kind}")
-    if kind == "timestamp_value":
-        moment: datetime = value.timestamp_value.ToDatetime(tzinfo=UTC)
-        return moment
-    result: Scalar = getattr(value, kind)
-    return result
 
 
 def value_of(value: Scalar) -> fpb.Value:

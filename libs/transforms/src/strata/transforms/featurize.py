@@ -1,37 +1,108 @@
-"""From Predict rows to a model's input tensors: the plan of a version's feature bindings.
+"""From rows to a model's input tensors: the plan of a version's feature bindings.
 
-Pure: no I/O. A version's ``FeatureBinding``s say which features, in which order,
-fill the last dimension of each input tensor. Each reference is one of
+Pure: no I/O. Shared by the gateway's Predict and by batch prediction
+(:mod:`strata.sdk.models.batch`), so that a row scored online and the same row
+scored in batch meet the model as the same tensor. A version's ``FeatureBinding``s
+say which features, in which order, fill the last dimension of each input tensor.
+Each reference is one of
 
-- ``<view>:<feature>`` of a view fed by a topic or a dataset: read from the online
-  store for the row's entity (:mod:`strata.transforms.online`), unless the row
-  supplies it under that reference;
+- ``<view>:<feature>`` of a view fed by a topic or a dataset: read by the caller for
+  the row's entity (online: :mod:`strata.transforms.online`; in batch, point in
+  time: :mod:`strata.transforms.batch`), unless the row supplies it under that
+  reference;
 - ``<view>:<feature>`` of a request-source view: computed from the columns the row
   supplies by the view's own transforms (:mod:`strata.transforms.request`), the
   same definition the batch and streaming paths run;
 - ``request:<column>``: a number the row supplies, fed as it is.
 
 :func:`plan` checks the bindings against the model and the views once, when the
-version is loaded, so a Predict only checks the request.
+version is loaded, so a row only needs its own values checked. A value of the wrong
+kind is refused with :class:`InvalidArgumentError` naming the field and the kind
+expected: the online key is the JSON of the entity's values, so ``42`` and ``"42"``
+are different entities and a mistyped key must not be silently "not found".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 
 import numpy as np
+import numpy.typing as npt
 
+from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import InvalidArgumentError
-from strata.gateway.tensors import DTYPES, Array, TensorSpec
-from strata.gateway.values import KINDS, NUMBER, typed
 from strata.transforms.definition import FeatureView, RequestSource, ResolvedFeature
 from strata.transforms.online import OnlineValue
+from strata.transforms.request import request_features
 from strata.transforms.streaming import EntityKey
 from strata.transforms.types import ColumnType, FeatureStatus, Scalar
+
+Array = npt.NDArray[np.generic]
+
+DTYPES: Mapping[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+"""OIP datatype -> numpy dtype, for the fixed-size types (BYTES is not served yet)."""
+
+KINDS = {
+    ColumnType.INT64: "int64_value",
+    ColumnType.DOUBLE: "double_value",
+    ColumnType.STRING: "string_value",
+    ColumnType.BOOL: "bool_value",
+    ColumnType.TIMESTAMP: "timestamp_value",
+}
+"""The ``Value`` field holding each column type."""
+
+NUMBER = ("int64_value", "double_value", "bool_value")
+"""Kinds a number fed straight to a model (``request:<column>``) may arrive as."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: OIP datatype and shape, -1 where any size fits."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def example(self) -> Array:
+        """Zeros of this tensor's shape (1 where any size fits): a warm-up input."""
+        return np.zeros([1 if d < 0 else d for d in self.shape], dtype=DTYPES[self.datatype])
+
+
+def typed(value: fpb.Value, kinds: tuple[str, ...], field: str, what: str) -> Scalar:
+    """The Python value of ``value`` if it is null or one of ``kinds``, else refused."""
+    kind = value.WhichOneof("kind")
+    if kind in (None, "null_value"):
+        return None
+    if kind not in kinds:
+        raise InvalidArgumentError(field, f"{what}: expected {' or '.join(kinds)}, got {kind}")
+    if kind == "timestamp_value":
+        moment: datetime = value.timestamp_value.ToDatetime(tzinfo=UTC)
+        return moment
+    result: Scalar = getattr(value, kind)
+    return result
+
 
 REQUEST = "request"
 """The pseudo-view of ``request:<column>``: a value the caller sends, fed as is."""
@@ -110,6 +181,12 @@ class Featurized:
 
     feeds: dict[str, Array]
     served: list[dict[str, OnlineValue]]
+
+
+def bound_views(bindings: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """The feature views ``bindings`` (input name, references) name, in order of first use."""
+    names = (ref.partition(":")[0] for _, refs in bindings for ref in refs)
+    return list(dict.fromkeys(name for name in names if name not in ("", REQUEST)))
 
 
 def plan(
@@ -228,6 +305,24 @@ def _supplied(row: gpb.PredictRow, index: int, column: str, kinds: tuple[str, ..
             field, f"missing: a request value (expected {' or '.join(kinds)})"
         )
     return typed(row.features[column], kinds, field, "request value")
+
+
+def featurize(
+    plan: FeaturePlan,
+    rows: Sequence[gpb.PredictRow],
+    stored: Mapping[str, Sequence[Sequence[OnlineValue]]],
+) -> Featurized:
+    """The input tensors of ``rows``, given the stored features the caller read for them.
+
+    ``stored[view][row]`` holds the values of ``plan.features_of(view)`` in order, for
+    every view of ``plan.online_views`` (read online by Predict, point in time by batch
+    prediction); request-time features are computed here from the rows' values.
+    """
+    supplied = request_rows(plan, rows)
+    computed = {
+        name: request_features(plan.views[name].view, values) for name, values in supplied.items()
+    }
+    return assemble(plan, rows, stored, computed)
 
 
 def assemble(

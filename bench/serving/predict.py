@@ -1,0 +1,279 @@
+"""Strata's ``Predict`` (features + model + log) beside Feast's feature server followed by
+MLServer, the chain a team builds from the peers.
+
+Both sides answer the same question, "what does the model say for driver N": one
+driver's three features (``trips``, ``rating``, ``spend``) read from the same Redis,
+then a 100-tree gradient-boosting model over them.
+
+- **Strata**: one gRPC ``Predict`` call to the gateway with the driver's key; the
+  gateway reads the features itself (one Redis round trip), runs the model
+  in-process (ONNX Runtime) and logs the prediction to ``strata.predictions`` in
+  the background.
+- **The peers**: an HTTP ``/get-online-features`` call to Feast's own server
+  (``feast serve``, materialized into the same Redis), then a gRPC ``ModelInfer`` to
+  MLServer serving the same model with its scikit-learn runtime: two round trips,
+  from one client with kept-alive connections. Nothing is logged on this side.
+
+The values come from one table (one row per served driver), written to Redis with
+Strata's ``write_online`` and materialized by Feast. Before the clocks run, both
+sides' answers for a sample of drivers must agree. Latency is single-client, in
+alternating rounds; throughput is ``clients`` concurrent clients for a few seconds
+per side, in alternating rounds, as for ModelInfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import pyarrow as pa
+import redis.asyncio
+from numpy.typing import NDArray
+from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
+
+from bench.bus.stats import Distribution, Rates, paired_ratio, rate
+from bench.features.data import ENTITY, FEATURES
+from bench.serving.client import BOUND, Target
+from bench.serving.model import SEED, TREES
+from bench.serving.plan import Plan
+from bench.serving.sidebyside import LOAD_WARMUP, Latency
+from strata.api.features.v1 import features_pb2 as fpb
+from strata.api.gateway.v1 import gateway_pb2 as gpb
+from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceStub
+from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from strata.transforms.definition import Column, DatasetSource, Feature, FeatureView
+from strata.transforms.online import write_online
+from strata.transforms.streaming import EntityKey, FeatureRow
+from strata.transforms.types import ColumnType, FeatureStatus
+
+FEAST_VIEW = "driver_now"
+"""The Feast view holding the served rows (``bench/features/feast_worker.py``)."""
+CHECKED = 32
+"""Drivers whose answers must agree on both sides before anything is timed."""
+
+
+def drivers_view() -> FeatureView:
+    """The drivers' features as a Strata view: a dataset source, nothing streamed."""
+    return FeatureView(
+        name=f"bench_predict_{uuid.uuid4().hex[:10]}",
+        entities=(ENTITY,),
+        event_time="event_time",
+        source=DatasetSource(
+            "bench_predict",
+            (
+                Column(ENTITY, ColumnType.INT64),
+                Column("event_time", ColumnType.TIMESTAMP),
+                Column("trips", ColumnType.INT64),
+                Column("rating", ColumnType.DOUBLE),
+                Column("spend", ColumnType.DOUBLE),
+            ),
+        ),
+        features=tuple(Feature(name) for name in FEATURES),
+    )
+
+
+def fit(rows: int) -> tuple[GradientBoostingRegressor, NDArray[np.float32]]:
+    """A 100-tree model over the three features, and sample rows to log it with."""
+    rng = np.random.default_rng(SEED)
+    x = np.column_stack(
+        [rng.integers(0, 500, rows), rng.uniform(1.0, 5.0, rows), rng.uniform(0.0, 250.0, rows)]
+    )
+    y = x[:, 0] * 0.01 + np.sin(x[:, 1]) * 3 + np.sqrt(x[:, 2]) + rng.normal(0, 0.1, rows)
+    model = GradientBoostingRegressor(n_estimators=TREES, max_depth=3, random_state=0)
+    return model.fit(x, y), x[:64].astype(np.float32)
+
+
+async def store(client: redis.asyncio.Redis, view: FeatureView, served: pa.Table) -> None:
+    """The served rows in Redis, as the streamer writes them."""
+    values: dict[EntityKey, FeatureRow] = {
+        (row[ENTITY],): FeatureRow(
+            {name: row[name] for name in FEATURES}, row["event_time"], FeatureStatus.PRESENT
+        )
+        for row in served.to_pylist()
+    }
+    await write_online(client, view, values)
+
+
+Call = Callable[[int], Awaitable[float]]
+
+
+class Chains:
+    """The two ways to get the model's answer for one driver, as ``call(driver)``."""
+
+    def __init__(
+        self,
+        gateway: Target,
+        predict_model: str,
+        session: aiohttp.ClientSession,
+        feast_url: str,
+        mlserver: Target,
+    ) -> None:
+        self.gateway, self.model = gateway, predict_model
+        self.session, self.feast_url, self.mlserver = session, feast_url, mlserver
+
+    async def strata(self, driver: int, stub: PredictionServiceStub) -> float:
+        request = gpb.PredictRequest(
+            model_name=self.model,
+            rows=[gpb.PredictRow(entity_keys={ENTITY: fpb.Value(int64_value=driver)})],
+        )
+        reply = await stub.Predict(request, metadata=self.gateway.metadata, timeout=BOUND)
+        value: float = reply.predictions[0].outputs["variable"].float_list_value.values[0]
+        return value
+
+    async def peers(self, driver: int, stub: GRPCInferenceServiceStub) -> float:
+        body = {
+            "features": [f"{FEAST_VIEW}:{name}" for name in FEATURES],
+            "entities": {ENTITY: [driver]},
+        }
+        async with self.session.post(f"{self.feast_url}/get-online-features", json=body) as got:
+            got.raise_for_status()
+            answer: dict[str, Any] = await got.json()
+        names = answer["metadata"]["feature_names"]
+        found = {n: r["values"][0] for n, r in zip(names, answer["results"], strict=True)}
+        row = np.asarray([found[name] for name in FEATURES], dtype=np.float32)
+        reply = await stub.ModelInfer(
+            self.mlserver.request(row), metadata=self.mlserver.metadata, timeout=BOUND
+        )
+        contents = reply.outputs[0].contents
+        return float((contents.fp64_contents or contents.fp32_contents)[0])
+
+    def sides(
+        self, strata: PredictionServiceStub, peers: GRPCInferenceServiceStub
+    ) -> dict[str, Call]:
+        async def ours(driver: int) -> float:
+            return await self.strata(driver, strata)
+
+        async def theirs(driver: int) -> float:
+            return await self.peers(driver, peers)
+
+        return {"strata": ours, "peers": theirs}
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    strata_latency: Latency
+    peer_latency: Latency
+    p50_ratio: float
+    """Median of per-round p50 ratios, Strata / the peers' chain."""
+    p99_ratio: float
+    strata_rps: Rates
+    peer_rps: Rates
+    rps_ratio: float
+    clients: int
+    agreement: float
+    """Largest difference between both sides' answers on the checked drivers."""
+
+
+async def measure(chains: Chains, drivers: Sequence[int], plan: Plan) -> PredictResult:
+    """Agreement first, then single-client rounds, then throughput rounds, alternating."""
+    order = random.Random(SEED)
+    async with _Stubs(chains) as (strata_stub, peer_stub):
+        calls = chains.sides(strata_stub, peer_stub)
+        agreement = await _agreement(calls, drivers[:CHECKED])
+        samples: dict[str, list[list[float]]] = {name: [] for name in calls}
+        for _ in range(plan.latency_rounds):
+            for name, call in calls.items():
+                samples[name].append(
+                    await _sequential(call, drivers, order, plan.latency_samples, plan.warmup)
+                )
+    rps: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(plan.load_rounds):
+        for name in calls:
+            answered, seconds = await _for_seconds(chains, name, drivers, plan)
+            rps[name].append(rate(answered, seconds))
+    ours, theirs = _latency(samples["strata"]), _latency(samples["peers"])
+    return PredictResult(
+        strata_latency=ours,
+        peer_latency=theirs,
+        p50_ratio=paired_ratio(ours.round_p50, theirs.round_p50),
+        p99_ratio=paired_ratio(ours.round_p99, theirs.round_p99),
+        strata_rps=Rates.of(rps["strata"]),
+        peer_rps=Rates.of(rps["peers"]),
+        rps_ratio=paired_ratio(rps["strata"], rps["peers"]),
+        clients=plan.clients,
+        agreement=agreement,
+    )
+
+
+class _Stubs:
+    """A gRPC channel to the gateway and one to MLServer, as stubs, for one client."""
+
+    def __init__(self, chains: Chains) -> None:
+        self._gateway = grpc.aio.insecure_channel(chains.gateway.address)
+        self._mlserver = grpc.aio.insecure_channel(chains.mlserver.address)
+
+    async def __aenter__(self) -> tuple[PredictionServiceStub, GRPCInferenceServiceStub]:
+        return PredictionServiceStub(self._gateway), GRPCInferenceServiceStub(self._mlserver)
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._gateway.close()
+        await self._mlserver.close()
+
+
+async def _agreement(calls: dict[str, Call], drivers: Sequence[int]) -> float:
+    worst = 0.0
+    for driver in drivers:
+        ours, theirs = await calls["strata"](driver), await calls["peers"](driver)
+        if abs(ours - theirs) > 1e-4 + 1e-4 * abs(theirs):
+            raise RuntimeError(
+                f"Predict and Feast + MLServer disagree for driver {driver}: {ours!r} and "
+                f"{theirs!r}; they must read the same values and serve the same model"
+            )
+        worst = max(worst, abs(ours - theirs))
+    return worst
+
+
+async def _sequential(
+    call: Call, drivers: Sequence[int], order: random.Random, samples: int, warmup: int
+) -> list[float]:
+    took = []
+    for _ in range(samples + warmup):
+        driver = order.choice(drivers)
+        started = time.perf_counter()
+        await call(driver)
+        took.append(time.perf_counter() - started)
+    return took[warmup:]
+
+
+async def _for_seconds(
+    chains: Chains, side: str, drivers: Sequence[int], plan: Plan
+) -> tuple[int, float]:
+    """Calls answered by ``plan.clients`` back-to-back clients (a channel each) in
+    ``plan.load_seconds``, after a warm-up."""
+    stop = asyncio.Event()
+    started_at: list[float] = []
+
+    async def client(offset: int) -> None:
+        async with _Stubs(chains) as (strata_stub, peer_stub):
+            call = chains.sides(strata_stub, peer_stub)[side]
+            i = offset
+            while not stop.is_set():
+                started = time.perf_counter()
+                await call(drivers[i % len(drivers)])
+                started_at.append(started)
+                i += plan.clients
+
+    work = asyncio.gather(*(client(n) for n in range(plan.clients)))
+    await asyncio.sleep(LOAD_WARMUP)
+    before = time.perf_counter()
+    await asyncio.sleep(plan.load_seconds)
+    stop.set()
+    await work
+    return sum(1 for s in started_at if s >= before), time.perf_counter() - before
+
+
+def _latency(rounds: list[list[float]]) -> Latency:
+    each = [Distribution.of(took) for took in rounds]
+    return Latency(
+        overall=Distribution.of([s for took in rounds for s in took]),
+        round_p50=[d.p50 for d in each],
+        round_p99=[d.p99 for d in each],
+    )
