@@ -57,8 +57,10 @@ async def serving(address: str) -> bool:
 
 @asynccontextmanager
 async def running(name: str, folder: Path, **env: str) -> AsyncIterator[ServiceProcess]:
-    """``python -m strata.<name>`` with ``env`` added, SERVING for the body."""
-    port, metrics_port = free_port(), free_port()
+    """``python -m strata.<name>`` with ``env`` added, SERVING for the body; on the port
+    ``env`` sets (a restart where its clients already dial), else on a free one."""
+    port = int(env.get(f"STRATA_SERVICE_{name.upper()}_PORT") or free_port())
+    metrics_port = free_port()
     log = folder / f"{name}.log"
     environment = {
         **os.environ,

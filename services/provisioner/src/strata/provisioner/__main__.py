@@ -52,14 +52,19 @@ def spec(settings: ProvisionerSettings) -> ServiceSpec:
         endpoints=(
             Endpoint(
                 add_ProvisionerServiceServicer_to_server,
-                functools.partial(servicer, wakeups=wakeups, delivery_poll=settings.delivery_poll),
+                functools.partial(
+                    servicer,
+                    wakeups=wakeups,
+                    delivery_poll=settings.delivery_poll,
+                    lease=settings.lease,
+                ),
                 ROLES,
             ),
         ),
         handlers=(task_requests(wakeups),),
         loops=(
-            Loop("place", placement_loop(wakeups, settings.placement_poll)),
-            Loop("node-loss", watch_leases),
+            Loop("place", placement_loop(wakeups, settings.placement_poll, settings.lease)),
+            Loop("node-loss", watch_leases(settings.lease)),
         ),
     )
 

@@ -41,7 +41,7 @@ from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceServicer
 from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.runtime import ServiceContext
-from strata.provisioner.domain.lease import HEARTBEAT_INTERVAL, LEASE, USAGE_INTERVAL
+from strata.provisioner.domain.lease import USAGE_INTERVAL, heartbeat_interval
 from strata.provisioner.domain.reconcile import CANCEL_GRACE, NOT_CURRENT, AttemptKey, to_cancel
 from strata.provisioner.domain.registration import Registration, check
 from strata.provisioner.domain.reports import REPORTS
@@ -60,12 +60,19 @@ LIVE_STATES = (pb.NODE_STATE_READY, pb.NODE_STATE_DRAINING, pb.NODE_STATE_DRAINE
 class ProvisionerApi(ProvisionerServiceServicer):
     """ProvisionerService over the nodes and queue of the service's schema."""
 
-    def __init__(self, context: ServiceContext, wakeups: Wakeups, delivery_poll: float) -> None:
+    def __init__(
+        self,
+        context: ServiceContext,
+        wakeups: Wakeups,
+        delivery_poll: float,
+        lease: timedelta,
+    ) -> None:
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
         self._reports = Reports(context, wakeups)
         self._wakeups = wakeups
         self._delivery_poll = delivery_poll
+        self._lease = lease
 
     @override
     async def Connect(
@@ -86,8 +93,8 @@ class ProvisionerApi(ProvisionerServiceServicer):
         yield pb.ConnectResponse(
             accepted=pb.AgentAccepted(
                 session_id=session_id,
-                heartbeat_interval=_duration(HEARTBEAT_INTERVAL),
-                lease=_duration(LEASE),
+                heartbeat_interval=_duration(heartbeat_interval(self._lease)),
+                lease=_duration(self._lease),
                 usage_interval=_duration(USAGE_INTERVAL),
             )
         )

@@ -1,7 +1,7 @@
 """Where nodes are declared lost: ``NodeLost`` on ``strata.nodes.events``, one ``TaskLost``
 per attempt on ``strata.tasks.events``.
 
-A supervised loop looks, every second, for nodes past their lease
+A supervised loop looks, every second (or third of a shorter lease), for nodes past their lease
 (:mod:`strata.provisioner.domain.lease` decides). In one transaction per round
 each such node is marked LOST, its placements are dropped (their reservations
 freed) and the events are written to the outbox, so the scheduler hears of every
@@ -14,7 +14,8 @@ is ended, and the agent registers anew and is reconciled.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,27 +28,28 @@ from strata.provisioner.store import NodeStore, QueueStore
 log = structlog.stdlib.get_logger(__name__)
 
 EVERY = 1.0
-"""Seconds between looks: small next to the lease, so a loss is declared soon after it."""
+"""Most seconds between looks: small next to the lease, so a loss is declared soon after it."""
 
 
 class NodeLoss:
     """Rounds declaring the lapsed nodes of one provisioner schema lost."""
 
-    def __init__(self, context: ServiceContext, watching_since: datetime) -> None:
+    def __init__(self, context: ServiceContext, watching_since: datetime, lease: timedelta) -> None:
         self._context = context
         self._watching_since = watching_since
+        self._lease = lease
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
 
     async def round(self, now: datetime) -> int:
         """Declare lost every node past its lease at ``now``; return how many were."""
-        before = lost_before(now, self._watching_since)
+        before = lost_before(now, self._watching_since, self._lease)
         if before is None:
             return 0
         async with self._context.pool.acquire() as conn, conn.transaction():
             lapsed = await self._nodes.lapsed(conn, before)
             for node_id, last_seen_at in lapsed:
-                loss = declare(node_id, last_seen_at, now)
+                loss = declare(node_id, last_seen_at, now, self._lease)
                 attempts = await self._queue.free_node(conn, node_id)
                 await self._nodes.lost(conn, node_id, now)
                 seen = Timestamp()
@@ -71,9 +73,15 @@ class NodeLoss:
         return len(lapsed)
 
 
-async def watch_leases(context: ServiceContext) -> None:
-    """The node-loss loop, until cancelled; leases count from when it started watching."""
-    loss = NodeLoss(context, watching_since=datetime.now(UTC))
-    while True:
-        await loss.round(datetime.now(UTC))
-        await asyncio.sleep(EVERY)
+def watch_leases(lease: timedelta) -> Callable[[ServiceContext], Awaitable[None]]:
+    """The node-loss loop for leases of ``lease``, until cancelled; leases count from when
+    it started watching."""
+
+    async def run(context: ServiceContext) -> None:
+        loss = NodeLoss(context, watching_since=datetime.now(UTC), lease=lease)
+        every = min(EVERY, lease.total_seconds() / 3)
+        while True:
+            await loss.round(datetime.now(UTC))
+            await asyncio.sleep(every)
+
+    return run

@@ -17,7 +17,7 @@ attempts are woken to send them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -37,8 +37,9 @@ MAX_NODES = 10_000
 class Placement:
     """Placement rounds over the nodes and queue of one provisioner schema."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, lease: timedelta) -> None:
         self._context = context
+        self._lease = lease
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
 
@@ -53,7 +54,7 @@ class Placement:
                 [NODE_STATE_READY],
                 after="",
                 limit=MAX_NODES,
-                seen_since=alive_since(datetime.now(UTC)),
+                seen_since=alive_since(datetime.now(UTC), self._lease),
                 conn=conn,
             )
             requests = {_key(q.attempt): q.request for q in waiting}
@@ -87,12 +88,15 @@ def _key(attempt: Attempt) -> tuple[str, str, int]:
     return (attempt.run_id, attempt.task_id, attempt.attempt)
 
 
-def placement_loop(wakeups: Wakeups, poll: float) -> Callable[[ServiceContext], Awaitable[None]]:
+def placement_loop(
+    wakeups: Wakeups, poll: float, lease: timedelta
+) -> Callable[[ServiceContext], Awaitable[None]]:
     """The placement loop, until cancelled: a round each time the queue changes, or
-    every ``poll`` seconds at the latest; each placement wakes its node's session."""
+    every ``poll`` seconds at the latest; each placement wakes its node's session.
+    Only nodes heard from within ``lease`` get attempts."""
 
     async def run(context: ServiceContext) -> None:
-        placement = Placement(context)
+        placement = Placement(context, lease)
         while True:
             wakeups.placed_on(await placement.round())
             await wakeups.until_queue_changed(poll)

@@ -6,6 +6,9 @@ with a provisioner that was killed) gets no new work. A node past its lease is
 declared lost, and its attempts with it; a stream that merely closed is not
 enough, so an agent that reconnects within the lease (a network blip, a
 provisioner restart) keeps its attempts.
+
+The lease is the provisioner's ``STRATA_PROVISIONER_LEASE`` (15 s by default);
+agents are told to heartbeat every third of it.
 """
 
 from __future__ import annotations
@@ -13,18 +16,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-HEARTBEAT_INTERVAL = timedelta(seconds=5)
 LEASE = timedelta(seconds=15)
-"""Three heartbeats: one late or lost heartbeat does not cost the node its work."""
+"""The default lease: three heartbeats of 5 s."""
+HEARTBEATS_PER_LEASE = 3
+"""One late or lost heartbeat does not cost the node its work."""
 USAGE_INTERVAL = timedelta(seconds=5)
 
 
-def alive_since(now: datetime) -> datetime:
+def heartbeat_interval(lease: timedelta) -> timedelta:
+    """How often agents are asked to heartbeat, so that a lease spans three heartbeats."""
+    return lease / HEARTBEATS_PER_LEASE
+
+
+def alive_since(now: datetime, lease: timedelta) -> datetime:
     """The earliest last-heard time of a node still within its lease at ``now``."""
-    return now - LEASE
+    return now - lease
 
 
-def lost_before(now: datetime, watching_since: datetime) -> datetime | None:
+def lost_before(now: datetime, watching_since: datetime, lease: timedelta) -> datetime | None:
     """Nodes last heard from before the returned time are lost at ``now``; None: none is.
 
     ``watching_since`` is when this provisioner started watching leases: a node
@@ -32,9 +41,9 @@ def lost_before(now: datetime, watching_since: datetime) -> datetime | None:
     lease has passed since then, every node still has the chance to reconnect
     (after a provisioner restart, its agents do so within seconds).
     """
-    if now - LEASE < watching_since:
+    if now - lease < watching_since:
         return None
-    return alive_since(now)
+    return alive_since(now, lease)
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,10 @@ class Loss:
     reason: str
 
 
-def declare(node_id: str, last_seen_at: datetime, now: datetime) -> Loss:
+def declare(node_id: str, last_seen_at: datetime, now: datetime, lease: timedelta) -> Loss:
     """The loss of ``node_id``, last heard from at ``last_seen_at``, declared at ``now``."""
     silent = max((now - last_seen_at).total_seconds(), 0.0)
     return Loss(
         node_id,
-        f"lease expired: no message for {silent:.0f}s (lease {LEASE.total_seconds():g}s)",
+        f"lease expired: no message for {silent:.0f}s (lease {lease.total_seconds():g}s)",
     )
