@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import redis.asyncio
 
 from bench.bus.machine import facts, load_average
-from bench.features import data, freshness, leftovers, online, training
+from bench.features import data, freshness, online, training
 from bench.features.feast_peer import (
     FEAST_VERSION,
     FeastError,
@@ -40,12 +40,14 @@ from bench.features.feast_peer import (
 )
 from bench.features.plan import FULL, QUICK, Plan
 from bench.features.report import Report
-from bench.features.streamer import StreamerError, apply, free_port, streamer
+from bench.features.streamer import StreamerError, apply, delete, free_port, streamer
 from strata.core import kafka
 from strata.core import redis as strata_redis
+from strata.core.blobs import open_blob_store
 from strata.core.errors import StrataError
 from strata.core.postgres import create_pool
 from strata.core.settings import (
+    BlobSettings,
     KafkaSettings,
     PostgresSettings,
     RedisSettings,
@@ -116,24 +118,27 @@ async def _measured(plan: Plan, venv: Path, run_id: str, folder: Path, started: 
                 _topics(view, backlog_view) as topics,
                 _online_stack(folder, venv) as (client, channel, session, url, pid),
             ):
-                served = pq.read_table(files.online_rows)
-                await apply(channel, view)
-                await online.store(client, view, served)
-                reads = online.Reads(client, view, channel, session, url)
-                table = online.expected(served)
-                print("online reads ...", file=sys.stderr, flush=True)
-                wrong = await online.check(reads, table)
-                local, remote = await online.measure(
-                    reads,
-                    list(table),
-                    plan.online_rounds,
-                    plan.online_samples,
-                    plan.network_samples,
-                )
-                print("streaming ...", file=sys.stderr, flush=True)
-                fresh, through = await _streaming(
-                    plan, client, channel, (view, backlog_view), topics, pid
-                )
+                try:
+                    served = pq.read_table(files.online_rows)
+                    await apply(channel, view)
+                    await online.store(client, view, served)
+                    reads = online.Reads(client, view, channel, session, url)
+                    table = online.expected(served)
+                    print("online reads ...", file=sys.stderr, flush=True)
+                    wrong = await online.check(reads, table)
+                    local, remote = await online.measure(
+                        reads,
+                        list(table),
+                        plan.online_rounds,
+                        plan.online_samples,
+                        plan.network_samples,
+                    )
+                    print("streaming ...", file=sys.stderr, flush=True)
+                    fresh, through = await _streaming(
+                        plan, client, channel, (view, backlog_view), topics, pid
+                    )
+                finally:
+                    await delete(channel, (view, backlog_view))
             feast.ask("teardown")
         finally:
             feast.close()
@@ -237,18 +242,17 @@ async def _streaming(
 
 
 async def _clean_up(views: tuple[FeatureView, ...]) -> None:
-    """Remove the run's online values, offline partitions and catalog rows (``leftovers``)."""
-    client = strata_redis.client(load(RedisSettings))
-    try:
-        await leftovers.forget_online(client, views)
-    finally:
-        await client.aclose()
-    await leftovers.forget_offline(
-        [view.source.topic for view in views if isinstance(view.source, TopicSource)]
-    )
-    stuck = await leftovers.forget_views([view.name for view in views])
-    if stuck:
-        print(f"could not remove the run's views from {stuck}", file=sys.stderr)
+    """Remove the Parquet partitions the run's streams landed (``offline/<topic>/``).
+
+    ``DeleteFeatureView`` (called while the run's streamer still runs) removed the
+    views, their streams and their online values; it leaves the offline partitions,
+    which are data, so the benchmark removes its own here.
+    """
+    async with open_blob_store(load(BlobSettings)) as blobs:
+        for view in views:
+            if isinstance(view.source, TopicSource):
+                for key in await blobs.list(f"offline/{view.source.topic}/"):
+                    await blobs.delete(key)
 
 
 async def _machine() -> dict[str, str]:

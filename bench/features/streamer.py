@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +90,23 @@ async def apply(channel: grpc.aio.Channel, view: FeatureView) -> int:
     )
     version: int = reply.feature_view.version
     return version
+
+
+async def delete(channel: grpc.aio.Channel, views: Sequence[FeatureView]) -> None:
+    """Delete the run's views through the streamer's API, those it never applied excepted.
+
+    A view left in the catalog would be streamed again by every later streamer,
+    waiting for its deleted topic and loading the next run's measurements.
+    """
+    stub = FeatureServiceStub(channel)
+    for view in views:
+        try:
+            await stub.DeleteFeatureView(
+                pb.DeleteFeatureViewRequest(name=view.name), metadata=METADATA
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
 
 
 async def _serving(address: str) -> bool:

@@ -1,11 +1,14 @@
-"""``strata features apply|list|get|online|training-set`` against a real streamer process.
+"""``strata features apply|list|get|online|training-set|delete|backfill`` against a real
+streamer.
 
 What a team relies on: applying a file of views stores each one, re-applying it
 changes nothing, a changed view becomes the next version; ``list`` and ``get``
 show what is stored; ``online`` prints the values the streamer's writer stored
 (``strata.transforms.online``), with status, and the default for an entity with
 none; ``training-set`` writes each label row with the values its view had at the
-row's time; every failure is one line on stderr naming what to fix, with exit code 1.
+row's time; ``delete`` removes a view, which ``get`` then cannot find;
+``backfill`` says what it rebuilt; every
+failure is one line on stderr naming what to fix, with exit code 1.
 """
 
 from __future__ import annotations
@@ -253,6 +256,42 @@ async def test_failures_are_one_line_naming_what_to_fix(streamer: str, tmp_path:
     assert unknown == f"get: NOT_FOUND: feature view '{name}_nope' not found"
     assert bad_key == "invalid --entity courier_id=abc: expected an integer, got 'abc'"
     assert gone.startswith("the streamer is not reachable: ")
+
+
+async def test_delete_removes_the_view_and_says_what_went(streamer: str, tmp_path: Path) -> None:
+    name = _name("cli_delete")
+    assert (await _strata(streamer, "features", "apply", str(_views_file(tmp_path, name))))[0] == 0
+
+    deleted = await _strata(streamer, "features", "delete", name)
+    again = await _one_line_failure(streamer, "features", "delete", name)
+
+    assert deleted == (
+        0,
+        f"{name}: deleted (version 1, 1 version(s), 0 online value(s)); "
+        "its offline partitions stay\n",
+        "",
+    )
+    assert again == f"feature view '{name}': NOT_FOUND: feature view '{name}' not found"
+    assert f"feature view '{name}'" in await _one_line_failure(streamer, "features", "get", name)
+
+
+async def test_backfill_says_what_it_rebuilt_and_refuses_a_bad_time(
+    streamer: str, tmp_path: Path
+) -> None:
+    name = _name("cli_backfill")
+    assert (await _strata(streamer, "features", "apply", str(_views_file(tmp_path, name))))[0] == 0
+
+    rebuilt = await _strata(streamer, "features", "backfill", name, "--from", "2026-06-01")
+    bad_time = await _one_line_failure(streamer, "features", "backfill", name, "--to", "soon")
+
+    assert rebuilt == (
+        0,
+        f"{name}: version 1 backfilled: 0 entities from 0 rows in 0 partition(s)\n",
+        "",
+    )
+    assert bad_time == (
+        "--to 'soon': expected an ISO 8601 time, e.g. 2026-01-01 or 2026-01-01T03:00"
+    )
 
 
 async def test_training_set_writes_each_label_row_with_the_values_at_its_time(

@@ -27,10 +27,12 @@ of windowed features frozen at the last event) live under keys without it and
 read as NOT_FOUND, never as stale windows.
 
 The streamer writes the hashes (``write_online``: one pipelined round trip per
-batch); the streamer's ``GetOnlineFeatures`` and the gateway read them
-in-process (``read_online``: one pipelined round trip for all entities and
-features; ``read_online_views``: the same for several views at once), so both
-apply the same statuses:
+batch, each hash given an expiry of the view's TTL plus its longest window,
+renewed on every write, so idle entities do not keep Redis growing); the
+streamer's ``GetOnlineFeatures`` and the gateway read them in-process
+(``read_online``: one pipelined round trip for all entities and features;
+``read_online_views``: the same for several views at once), so both apply the
+same statuses:
 
 - no hash (or no ``__event_time``): NOT_FOUND, the feature's default;
 - ``now - event time >= ttl``: EXPIRED, the default;
@@ -43,11 +45,12 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
 
@@ -61,6 +64,8 @@ _LAYOUT = 2
 _EVENT_TIME = "__event_time"
 _WINDOW = "__window"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SCAN_BATCH = 1000
+"""Keys asked for per SCAN step and removed per UNLINK."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,32 @@ def online_key(view: FeatureView, entity: EntityKey) -> str:
 
 def key_prefix(view: FeatureView) -> str:
     """What every key of ``view``'s online values starts with (for scans and keyspace events)."""
-    return f"strata:features:{_LAYOUT}:{view.name}:"
+    return _prefix(view.name)
+
+
+def _prefix(name: str) -> str:
+    return f"strata:features:{_LAYOUT}:{name}:"
+
+
+async def delete_online(client: redis.asyncio.Redis, name: str) -> int:
+    """Remove every online hash of the view called ``name``; how many were removed.
+
+    Keys are found with SCAN (never KEYS, which blocks the server) by the view's
+    key prefix and removed with UNLINK (freed in the background) a batch at a
+    time, so a view of millions of entities neither stalls Redis nor fills memory
+    here. By name rather than by view, so a view whose stored spec no longer
+    compiles can still be removed.
+    """
+    removed = 0
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{_prefix(name)}*", count=_SCAN_BATCH):
+        batch.append(key)
+        if len(batch) == _SCAN_BATCH:
+            removed += await client.unlink(*batch)
+            batch = []
+    if batch:
+        removed += await client.unlink(*batch)
+    return removed
 
 
 async def write_online(
@@ -93,15 +123,37 @@ async def write_online(
     """Store the PRESENT rows (e.g. what a batch of events changed) in one round trip.
 
     Each row is an entity's features at its latest event time, with the events
-    its windows cover (``StreamingExecutor.online_row``).
+    its windows cover (``StreamingExecutor.online_row``). A view with a TTL gives
+    each hash it writes an expiry of the TTL plus its longest window, counted
+    from the write (:func:`lifetime_ms`).
     """
+    lifetime = lifetime_ms(view)
     async with client.pipeline(transaction=False) as pipeline:
         for entity, row in rows.items():
             if row.status is not FeatureStatus.PRESENT or row.event_time is None:
                 continue
             mapping = encode_row(view, row)
-            pipeline.hset(online_key(view, entity), mapping=mapping)  # type: ignore[arg-type]
+            key = online_key(view, entity)
+            pipeline.hset(key, mapping=mapping)  # type: ignore[arg-type]
+            if lifetime is not None:
+                pipeline.pexpire(key, lifetime)
         await pipeline.execute()
+
+
+def lifetime_ms(view: FeatureView) -> int | None:
+    """How long an entity's hash lives after its last write, in ms; None: for ever.
+
+    An entity that stops sending events reads as EXPIRED once its latest event is
+    ``ttl`` old, and nothing about it can read PRESENT again until it sends a new
+    one (which writes the hash again, and renews this expiry): so an idle
+    entity's hash need not stay in Redis for ever. The longest window on top is a
+    margin for events whose event time lags their write. After the expiry the
+    entity reads as NOT_FOUND instead of EXPIRED, with the same default values.
+    Views without a TTL keep their hashes, since their values never expire.
+    """
+    if view.ttl_us is None:
+        return None
+    return -(-(view.ttl_us + view.max_window_us) // 1000)
 
 
 def encode_row(view: FeatureView, row: FeatureRow) -> dict[str, bytes]:
@@ -158,12 +210,23 @@ async def read_online_views(
     pipeline for all of them costs one network round trip instead of one per view.
     """
     wanted = [_wanted(read.view, read.features) for read in reads]
-    async with client.pipeline(transaction=False) as pipeline:
-        for read, features in zip(reads, wanted, strict=True):
-            fields = _fields(features)
-            for entity in read.entities:
-                pipeline.hmget(online_key(read.view, entity), fields)
-        replies: list[list[bytes | None]] = await pipeline.execute()
+    commands = [
+        (online_key(read.view, entity), _fields(features))
+        for read, features in zip(reads, wanted, strict=True)
+        for entity in read.entities
+    ]
+    replies: list[list[bytes | None]]
+    if len(commands) == 1:
+        # One entity of one view (an online prediction's usual read): a pipeline
+        # would add its own bookkeeping to the same single round trip.
+        ((key, fields),) = commands
+        # Clients of the online store never decode responses: the values are bytes.
+        replies = [cast("list[bytes | None]", await client.hmget(key, fields))]
+    else:
+        async with client.pipeline(transaction=False) as pipeline:
+            for key, fields in commands:
+                pipeline.hmget(key, fields)
+            replies = await pipeline.execute()
     now_us = _micros(now)
     answers: list[list[list[OnlineValue]]] = []
     start = 0
@@ -281,8 +344,16 @@ def _micros(moment: datetime) -> int:
 
 
 def _encode(kind: ColumnType, value: Scalar) -> bytes:
+    """A plain value as stored: its JSON text (timestamps as epoch microseconds).
+
+    Integers and finite floats are written by ``repr``, which is the text
+    ``json.dumps`` gives them, without its per-call machinery: the streamer
+    encodes every plain feature of every entity a batch touches.
+    """
     if isinstance(value, datetime):
         return str(_micros(value)).encode()
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value).encode()
     return json.dumps(value).encode()
 
 
@@ -292,9 +363,25 @@ def _encoded(value: Scalar) -> Scalar:
 
 
 def _decode(kind: ColumnType, raw: bytes | None) -> Scalar:
-    if raw is None:
+    """A stored plain value: JSON (timestamps as epoch microseconds), parsed by its type."""
+    if raw is None or raw == b"null":
         return None
-    return _decoded(kind, json.loads(raw))
+    return _PARSERS[kind](raw)
+
+
+def _timestamp(raw: bytes) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(raw))
+
+
+_PARSERS: dict[ColumnType, Callable[[bytes], Scalar]] = {
+    # JSON's integer and number texts (NaN and Infinity as json.dumps writes them)
+    # are what int() and float() read, at a fraction of json.loads' cost per value.
+    ColumnType.INT64: int,
+    ColumnType.DOUBLE: float,
+    ColumnType.BOOL: lambda raw: raw == b"true",
+    ColumnType.TIMESTAMP: _timestamp,
+    ColumnType.STRING: json.loads,
+}
 
 
 def _decoded(kind: ColumnType, value: Any) -> Scalar:

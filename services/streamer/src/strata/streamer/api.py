@@ -4,14 +4,19 @@ catalog store and the online library, converts back.
 Every read checks the view's ``allowed_groups`` against the caller's groups (its
 roles; see :mod:`strata.streamer.domain.access`), training sets included: a
 caller sees a training set only if it may read every view it joins.
+``GetOnlineFeatures`` takes the views' current versions from memory
+(:mod:`strata.streamer.current_views`, which says how stale they may be).
 ``MaterializeTrainingSet`` checks the request and the label file's columns, then
 stores a job that :mod:`strata.streamer.training` builds in the background.
+``BackfillFeatureView`` streams the progress of :mod:`strata.streamer.backfill`.
+``DeleteFeatureView`` removes the view from the catalog and its online hashes;
+the streams notice at their next look at the catalog (``strata.streamer.streams``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -22,12 +27,14 @@ from strata.api.common.v1.refs_pb2 import FeatureViewRef, PartitionRef
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceServicer
 from strata.core.blobs import BlobNotFoundError
-from strata.core.errors import InvalidArgumentError, NotFoundError
+from strata.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from strata.core.paging import page_size, position_after, token_of
 from strata.core.rpc.auth import current_principal
 from strata.core.runtime import ServiceContext
 from strata.core.versions import next_version, spec_sha256
 from strata.streamer import offline
+from strata.streamer.backfill import backfill
+from strata.streamer.current_views import CurrentViews
 from strata.streamer.domain.access import check_read
 from strata.streamer.domain.refs import FeatureRef, parse_refs, views_of
 from strata.streamer.domain.training import (
@@ -45,7 +52,7 @@ from strata.streamer.store import (
 )
 from strata.streamer.values import entity_key, value_of
 from strata.transforms.definition import FeatureView
-from strata.transforms.online import OnlineRead, OnlineValue, read_online_views
+from strata.transforms.online import OnlineRead, OnlineValue, delete_online, read_online_views
 from strata.transforms.spec import view_from_spec
 from strata.transforms.types import FeatureStatus
 
@@ -65,8 +72,10 @@ _STATUSES = {
 class FeatureApi(FeatureServiceServicer):
     """FeatureService over the catalog in the service's schema and the online store."""
 
-    def __init__(self, context: ServiceContext) -> None:
+    def __init__(self, context: ServiceContext, current: CurrentViews) -> None:
         self._views = ViewStore(context.pool, context.schema, context.outbox)
+        self._current = current
+        self._context = context
         self._redis = context.redis
         self._blobs = context.blobs
         self._training_sets = TrainingSetStore(context.pool, context.schema, context.outbox)
@@ -119,7 +128,7 @@ class FeatureApi(FeatureServiceServicer):
     ) -> pb.GetOnlineFeaturesResponse:
         refs = parse_refs(list(request.features))
         names = views_of(refs)
-        stored = await self._views.current_of(names)
+        stored = await self._current.of(self._views, names)
         groups = current_principal().roles
         views = {name: self._readable(name, stored, groups) for name in names}
         _check_features(refs, views)
@@ -161,11 +170,11 @@ class FeatureApi(FeatureServiceServicer):
         views = [self._readable(name, stored, groups) for name in names]
         _check_features(refs, {view.name: view for view in views})
         for view in views:
-            if stored[view.name].spec.source.WhichOneof("kind") != "topic":
+            if stored[view.name].spec.source.WhichOneof("kind") not in ("topic", "dataset"):
                 raise InvalidArgumentError(
                     "features",
-                    f"feature view {view.name!r} is not sourced from a topic; training sets "
-                    "read the offline store the streamer lands from topics",
+                    f"feature view {view.name!r} is sourced from requests, which have no "
+                    "history; training sets read the partitions of topics and datasets",
                 )
         if not request.labels_uri:
             raise InvalidArgumentError("labels_uri", "is empty: name the label file (Parquet)")
@@ -196,6 +205,64 @@ class FeatureApi(FeatureServiceServicer):
             raise NotFoundError(f"training set {request.training_set_id!r}")
         _check_training_set(found, current_principal().roles)
         return pb.GetTrainingSetResponse(training_set=_training_set(found))
+
+    @override
+    async def DeleteFeatureView(
+        self, request: pb.DeleteFeatureViewRequest, context: object
+    ) -> pb.DeleteFeatureViewResponse:
+        if not request.name:
+            raise InvalidArgumentError("name", "is empty: name the feature view to delete")
+        stored = await self._views.get(request.name)
+        if stored is None:
+            raise NotFoundError(f"feature view {request.name!r}")
+        principal = current_principal()
+        check_read(request.name, stored.spec.allowed_groups, principal.roles)
+        deleted = await self._views.delete(
+            request.name, version=stored.version, deleted_by=principal.name
+        )
+        if deleted is None:
+            raise FailedPreconditionError(
+                f"feature view {request.name!r} changed while it was being deleted "
+                f"(it was at version {stored.version}); look at it again and retry"
+            )
+        keys = await delete_online(self._redis, request.name)
+        return pb.DeleteFeatureViewResponse(
+            version=deleted.version, versions_deleted=deleted.versions, online_keys_deleted=keys
+        )
+
+    @override
+    async def BackfillFeatureView(
+        self, request: pb.BackfillFeatureViewRequest, context: object
+    ) -> AsyncIterator[pb.BackfillFeatureViewResponse]:
+        if not request.name:
+            raise InvalidArgumentError("name", "is empty: name the feature view to backfill")
+        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+        if start is not None and end is not None and end < start:
+            raise InvalidArgumentError("end_time", f"{end} is before start_time {start}")
+        stored = await self._views.get(request.name)
+        if stored is None:
+            raise NotFoundError(f"feature view {request.name!r}")
+        check_read(request.name, stored.spec.allowed_groups, current_principal().roles)
+        if stored.spec.source.WhichOneof("kind") not in ("topic", "dataset"):
+            raise InvalidArgumentError(
+                "name",
+                f"feature view {request.name!r} is sourced from requests: it has no online "
+                "values to backfill",
+            )
+        ref = FeatureViewRef(name=request.name, version=stored.version)
+        async for step in backfill(self._context, stored, start, end):
+            yield pb.BackfillFeatureViewResponse(
+                feature_view=ref,
+                partitions=[
+                    PartitionRef(dataset=p.dataset, partition=p.partition, checksum=p.checksum)
+                    for p in step.partitions
+                ],
+                rows_read=step.rows_read,
+                entities_written=step.entities_written,
+                entities_total=step.entities_total,
+                done=step.done,
+            )
 
     def _readable(
         self, name: str, stored: dict[str, StoredView], groups: Collection[str]

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from strata.core.blobs import BlobInfo, BlobStore
+from strata.streamer.domain.datasets import SourcePartition, check_content
 from strata.streamer.domain.offline import LandedPartition, partition_key, partition_name
 from strata.transforms.definition import FeatureView
 from strata.transforms.rows import source_schema
@@ -81,10 +82,14 @@ async def land(
     return landed
 
 
-async def read(blobs: BlobStore, keys: Sequence[str], schema: pa.Schema) -> pa.Table:
-    """The Parquet files under ``keys`` as one table of ``schema`` (empty when there are none)."""
-    contents = await asyncio.gather(*(blobs.get(key) for key in keys))
-    return await asyncio.to_thread(_decode_all, list(contents), schema)
+async def read_checked(
+    blobs: BlobStore, partitions: Sequence[SourcePartition], schema: pa.Schema
+) -> pa.Table:
+    """The partitions' files as one table of ``schema`` (empty when there are none), in
+    the order given, each file's content checked against its partition's checksum
+    first (``PartitionChecksumError``)."""
+    contents = await asyncio.gather(*(blobs.get(p.uri) for p in partitions))
+    return await asyncio.to_thread(_checked_all, list(partitions), list(contents), schema)
 
 
 async def read_one(blobs: BlobStore, key: str) -> pa.Table:
@@ -107,6 +112,14 @@ def decode(content: bytes) -> pa.Table:
 def _decode_all(contents: list[bytes], schema: pa.Schema) -> pa.Table:
     tables = [decode(content).select(schema.names).cast(schema) for content in contents]
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _checked_all(
+    partitions: list[SourcePartition], contents: list[bytes], schema: pa.Schema
+) -> pa.Table:
+    for partition, content in zip(partitions, contents, strict=True):
+        check_content(partition, content)
+    return _decode_all(contents, schema)
 
 
 def _encode(table: pa.Table) -> bytes:

@@ -1,6 +1,7 @@
 """The streamer's SQL, in the service's own schema: the feature-view catalog (every
-version kept), stream checkpoints with the offline partitions each covers, and
-training sets.
+version kept), stream checkpoints with the offline partitions each covers, the
+announced partitions of the datasets dataset-sourced views read, and training
+sets.
 
 Specs are stored as their proto bytes (the deterministic serialisation whose hash
 identifies them); the name, version, hash and allowed groups are columns, so
@@ -15,17 +16,21 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import asyncpg
+from google.protobuf.message import Message
 
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.features.v1.features_pb2 import (
     FeatureViewApplied,
+    FeatureViewDeleted,
     FeatureViewSpec,
     MaterializationFinished,
     MaterializeTrainingSetRequest,
 )
+from strata.core.inbox import claim
 from strata.core.outbox import Outbox
 from strata.core.rpc.auth import ADMIN_ROLE
 from strata.core.versions import next_version, spec_sha256
+from strata.streamer.domain.datasets import SourcePartition
 from strata.streamer.domain.offline import FORMAT, LandedPartition
 from strata.streamer.domain.training import TrainingSetState
 
@@ -47,11 +52,27 @@ class Applied:
     changed: bool
 
 
+@dataclass(frozen=True)
+class Deleted:
+    """What deleting a view removed from the catalog."""
+
+    version: int
+    """The version that was current."""
+    versions: int
+    """How many versions were removed."""
+
+
 _SELECT = """
     SELECT v.spec, v.version, v.spec_sha256, v.applied_at, v.applied_by
     FROM {schema}.feature_views f
     JOIN {schema}.feature_view_versions v ON v.name = f.name
 """
+
+
+def views_channel(schema: str) -> str:
+    """The NOTIFY channel on which ``apply`` and ``delete`` name a view whose current
+    version changed (:mod:`strata.streamer.current_views` listens to it)."""
+    return f"strata_feature_views_{schema}"
 
 
 class ViewStore:
@@ -68,7 +89,8 @@ class ViewStore:
 
         The view's row is locked for the transaction, so concurrent applies of one
         name get consecutive versions and an identical spec never gets two. A new
-        version is announced (FeatureViewApplied) in the same transaction.
+        version is announced (FeatureViewApplied) in the same transaction, and
+        named on :func:`views_channel`, which Postgres delivers at commit.
         """
         sha = spec_sha256(spec)
         s = self._schema
@@ -114,11 +136,43 @@ class ViewStore:
                         previous_version=existing or 0,
                     ),
                 )
+                await conn.execute("SELECT pg_notify($1, $2)", views_channel(s), spec.name)
             row = await conn.fetchrow(
                 f"{self._select} WHERE f.name = $1 AND v.version = $2", spec.name, outcome.version
             )
         assert row is not None, "the version was stored or found just above"
         return Applied(_view(row), outcome.changed)
+
+    async def delete(self, name: str, *, version: int, deleted_by: str) -> Deleted | None:
+        """Remove ``name``, every version, its stream checkpoints and offline index, if its
+        current version is still ``version`` (the one the caller was authorised against).
+
+        None when the view is gone or another version was applied meanwhile. The
+        view's row is locked as ``apply`` locks it, and FeatureViewDeleted is
+        published in the same transaction. The Parquet files the index listed stay
+        in the blob store: they are data, and training sets name them.
+        """
+        s = self._schema
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                f"SELECT current_version FROM {s}.feature_views WHERE name = $1 FOR UPDATE",
+                name,
+            )
+            if current != version:
+                return None
+            for table in ("offline_partitions", "stream_checkpoints"):
+                await conn.execute(f"DELETE FROM {s}.{table} WHERE name = $1", name)
+            removed = await conn.fetchval(
+                f"WITH gone AS (DELETE FROM {s}.feature_view_versions WHERE name = $1 "
+                "RETURNING 1) SELECT count(*) FROM gone",
+                name,
+            )
+            await conn.execute(f"DELETE FROM {s}.feature_views WHERE name = $1", name)
+            await self._outbox.publish(
+                conn, FeatureViewDeleted(name=name, version=version, deleted_by=deleted_by)
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", views_channel(s), name)
+        return Deleted(version, int(removed))
 
     async def get(self, name: str, version: int = 0) -> StoredView | None:
         """Version ``version`` of ``name`` (0: the current one), or None."""
@@ -131,6 +185,11 @@ class ViewStore:
                 f"{self._select} WHERE f.name = $1 AND v.version = f.current_version", name
             )
         return None if row is None else _view(row)
+
+    async def history(self, name: str) -> list[StoredView]:
+        """Every version of ``name``, oldest first."""
+        rows = await self._pool.fetch(f"{self._select} WHERE f.name = $1 ORDER BY v.version", name)
+        return [_view(row) for row in rows]
 
     async def current_of(self, names: Collection[str]) -> dict[str, StoredView]:
         """The current versions of those of ``names`` that exist, in one query."""
@@ -259,6 +318,19 @@ class CheckpointStore:
                 ),
             )
 
+    async def partitions_of_versions(
+        self, name: str, versions: Collection[int]
+    ) -> list[LandedPartition]:
+        """The offline partitions any of ``name``'s ``versions`` landed, by partition name."""
+        rows = await self._pool.fetch(
+            "SELECT dataset, partition, uri, row_count, size_bytes, checksum, start_time, "
+            f"end_time FROM {self._schema}.offline_partitions "
+            "WHERE name = $1 AND version = ANY($2::bigint[]) ORDER BY partition, version",
+            name,
+            list(versions),
+        )
+        return [LandedPartition(**dict(row)) for row in rows]
+
     async def partitions(self, name: str, version: int) -> list[LandedPartition]:
         """The offline partitions ``name`` version ``version`` landed, oldest hour first."""
         rows = await self._pool.fetch(
@@ -269,6 +341,58 @@ class CheckpointStore:
             version,
         )
         return [LandedPartition(**dict(row)) for row in rows]
+
+
+async def announce(pool: asyncpg.Pool, outbox: Outbox, *messages: Message) -> None:
+    """Publish facts that change no row of ours (a backfill's MaterializationFinished)
+    through the outbox, so they reach Kafka as reliably as the others."""
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.publish(conn, *messages)
+
+
+class DatasetStore:
+    """The announced partitions of the datasets that dataset-sourced views read."""
+
+    CONSUMER = "dataset-partitions"
+    """Inbox consumer name of the DataArrived handler."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._schema = schema
+
+    async def record(
+        self, partition: SourcePartition, row_count: int, size_bytes: int, event_id: str
+    ) -> bool:
+        """Record (or replace) ``partition`` unless event ``event_id`` was handled before;
+        whether it was recorded now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await claim(conn, self._schema, event_id, consumer=self.CONSUMER):
+                return False
+            await conn.execute(
+                f"INSERT INTO {self._schema}.dataset_partitions (dataset, partition, uri, "
+                "checksum, row_count, size_bytes, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                "ON CONFLICT (dataset, partition) DO UPDATE SET uri = EXCLUDED.uri, "
+                "checksum = EXCLUDED.checksum, row_count = EXCLUDED.row_count, "
+                "size_bytes = EXCLUDED.size_bytes, event_id = EXCLUDED.event_id, "
+                "arrived_at = now()",
+                partition.dataset,
+                partition.partition,
+                partition.uri,
+                partition.checksum,
+                row_count,
+                size_bytes,
+                event_id,
+            )
+        return True
+
+    async def partitions(self, dataset: str) -> list[SourcePartition]:
+        """The recorded partitions of ``dataset``, by partition name (their arrival order)."""
+        rows = await self._pool.fetch(
+            f"SELECT dataset, partition, uri, checksum FROM {self._schema}.dataset_partitions "
+            'WHERE dataset = $1 ORDER BY partition COLLATE "C"',
+            dataset,
+        )
+        return [SourcePartition(**dict(row)) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ follows its raw topic and keeps its online values in Redis.
 
 ``follow_views`` (a supervised loop) polls the catalog every second and runs one
 ``ViewStream`` per view, replacing it when a new version is applied (a new
-version starts from the topic's beginning, since its windows may differ).
+version starts from the topic's beginning, since its windows may differ) and
+stopping it when the view is deleted.
 
 A ``ViewStream`` reads its topic with a plain ``strata.core.kafka`` consumer, not
 the bus: raw events are JSON (``domain.raw_events``), not Strata envelopes, and
@@ -55,7 +56,7 @@ from strata.streamer.domain.raw_events import RawEventError, decode
 from strata.streamer.metrics import StreamerMetrics
 from strata.streamer.offline import ARRIVAL, KAFKA_PARTITION, events_table, land
 from strata.streamer.store import Checkpoint, CheckpointStore, StoredView, ViewStore
-from strata.transforms.online import write_online
+from strata.transforms.online import delete_online, write_online
 from strata.transforms.spec import view_from_spec
 from strata.transforms.streaming import StreamingExecutor
 from strata.transforms.types import Scalar
@@ -98,7 +99,9 @@ async def _follow_views(context: ServiceContext, metrics: StreamerMetrics) -> No
     unusable: set[tuple[str, int]] = set()
     try:
         while True:
-            for stored in await views.all_current():
+            catalog = await views.all_current()
+            await _stop_deleted(context, running, {stored.spec.name for stored in catalog})
+            for stored in catalog:
                 name, version = stored.spec.name, stored.version
                 if stored.spec.source.WhichOneof("kind") != "topic" or (name, version) in unusable:
                     continue
@@ -122,6 +125,24 @@ async def _follow_views(context: ServiceContext, metrics: StreamerMetrics) -> No
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _stop_deleted(
+    context: ServiceContext,
+    running: dict[str, tuple[int, asyncio.Task[None]]],
+    catalog: set[str],
+) -> None:
+    """Stop the streams of views deleted from the catalog, then remove their online values.
+
+    ``DeleteFeatureView`` removed the hashes already; removing them again once
+    the stream has stopped clears what its last batch wrote meanwhile.
+    """
+    for name in [name for name in running if name not in catalog]:
+        _, task = running.pop(name)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        removed = await delete_online(context.redis, name)
+        log.info("view deleted, its stream stopped", view=name, online_keys_removed=removed)
 
 
 def _end(name: str, task: asyncio.Task[None]) -> None:

@@ -5,9 +5,13 @@
 claims jobs one at a time and builds each:
 
 1. reads the label file (Parquet in the blob store);
-2. for each requested view version, reads the offline partitions its stream
-   landed and runs the view's batch executor (``strata.transforms.batch``: one
-   DuckDB query with an ASOF join, on a worker thread) with the labels as the
+2. for each requested view version, reads its offline partitions (those its
+   stream landed, for a topic-sourced view; for a dataset-sourced one, the
+   partitions of its dataset that DataArrived announced,
+   :mod:`strata.streamer.handlers`), each checked against its checksum (a
+   mismatch fails the job naming the partition and both checksums), and runs
+   the view's batch executor (``strata.transforms.batch``: one DuckDB query
+   with an ASOF join, on a worker thread) with the labels as the
    spine, so every value is the one the feature had at the label's time, never a
    later one, with the view's TTL and defaults; the job's progress is stored
    after each view;
@@ -32,8 +36,10 @@ from strata.api.features.v1.features_pb2 import (
     MATERIALIZATION_TARGET_OFFLINE,
     MaterializationFinished,
 )
+from strata.core.errors import NotFoundError
 from strata.core.runtime import ServiceContext
 from strata.streamer import offline
+from strata.streamer.domain.datasets import SourcePartition
 from strata.streamer.domain.refs import parse_refs
 from strata.streamer.domain.training import (
     column_of,
@@ -43,12 +49,15 @@ from strata.streamer.domain.training import (
 )
 from strata.streamer.store import (
     CheckpointStore,
+    DatasetStore,
     PartitionRead,
     StoredTrainingSet,
     TrainingSetStore,
     ViewStore,
 )
 from strata.transforms.batch import feature_values
+from strata.transforms.definition import DatasetSource
+from strata.transforms.rows import source_schema
 from strata.transforms.spec import view_from_spec
 
 log = structlog.stdlib.get_logger(__name__)
@@ -68,6 +77,7 @@ async def build_training_sets(context: ServiceContext) -> None:
 async def _build(context: ServiceContext, jobs: TrainingSetStore, job: StoredTrainingSet) -> None:
     views = ViewStore(context.pool, context.schema, context.outbox)
     checkpoints = CheckpointStore(context.pool, context.schema, context.outbox)
+    datasets = DatasetStore(context.pool, context.schema)
     request = job.request
     time = time_column(request.event_time_column)
     labels = await offline.read_one(context.blobs, request.labels_uri)
@@ -78,13 +88,22 @@ async def _build(context: ServiceContext, jobs: TrainingSetStore, job: StoredTra
     read: list[PartitionRead] = []
     for done, version in enumerate(job.feature_views, start=1):
         stored = await views.get(version.name, version.version)
-        assert stored is not None, "a view version a training set names is never deleted"
+        if stored is None:
+            raise NotFoundError(
+                f"feature view {version.name!r} version {version.version} was deleted"
+            )
         view = view_from_spec(stored.spec)
-        partitions = await checkpoints.partitions(version.name, version.version)
-        rows = await offline.read(
-            context.blobs, [p.uri for p in partitions], offline.offline_schema(view)
-        )
-        values = await asyncio.to_thread(feature_values, view, rows, labels, time, offline.ARRIVAL)
+        if isinstance(view.source, DatasetSource):
+            partitions = await datasets.partitions(view.source.dataset)
+            schema, arrival = source_schema(view), None
+        else:
+            landed = await checkpoints.partitions(version.name, version.version)
+            partitions = [
+                SourcePartition(p.dataset, p.partition, p.uri, p.checksum) for p in landed
+            ]
+            schema, arrival = offline.offline_schema(view), offline.ARRIVAL
+        rows = await offline.read_checked(context.blobs, partitions, schema)
+        values = await asyncio.to_thread(feature_values, view, rows, labels, time, arrival)
         for feature in wanted[version.name]:
             columns[column_of(version.name, feature)] = values.values.column(feature)
         read += [PartitionRead(p.dataset, p.partition, p.checksum) for p in partitions]

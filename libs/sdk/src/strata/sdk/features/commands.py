@@ -1,4 +1,5 @@
-"""``strata features apply|list|get|online``: the streamer's catalog and online calls, for people.
+"""``strata features apply|list|get|online|delete|backfill``: the streamer's catalog
+and online calls, for people.
 
 Each failure becomes one line naming what to fix (the file and field, the view
 and field the streamer refused, an ``--entity`` option, or the streamer's
@@ -9,6 +10,7 @@ reaches the streamer through ``connect`` and ``call`` too.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -129,10 +131,60 @@ async def online(name: str, entity: Sequence[str], out: Console) -> None:
     out.print(table)
 
 
+async def delete(name: str, out: Console) -> None:
+    """Delete ``name`` (every version), its streams and online values; say what went."""
+    async with connect() as chan:
+        request = pb.DeleteFeatureViewRequest(name=name)
+        reply: pb.DeleteFeatureViewResponse = await call(
+            FeatureServiceStub(chan).DeleteFeatureView(request), f"feature view {name!r}"
+        )
+    out.print(
+        f"{name}: deleted (version {reply.version}, {reply.versions_deleted} version(s), "
+        f"{reply.online_keys_deleted} online value(s)); its offline partitions stay"
+    )
+
+
+async def backfill(name: str, start: str | None, end: str | None, out: Console) -> None:
+    """Rebuild ``name``'s online values from its offline partitions, showing progress."""
+    request = pb.BackfillFeatureViewRequest(name=name)
+    if start is not None:
+        request.start_time.FromDatetime(parse_time(start, "--from"))
+    if end is not None:
+        request.end_time.FromDatetime(parse_time(end, "--to"))
+    async with connect() as chan:
+        with out.status(f"{name}: reading the offline partitions ...") as status:
+
+            async def follow() -> pb.BackfillFeatureViewResponse:
+                last = pb.BackfillFeatureViewResponse()
+                async for step in FeatureServiceStub(chan).BackfillFeatureView(request):
+                    last = step
+                    status.update(
+                        f"{name}: {step.entities_written}/{step.entities_total} entities written"
+                    )
+                return last
+
+            last = await call(follow(), f"feature view {name!r}")
+    out.print(
+        f"{name}: version {last.feature_view.version} backfilled: {last.entities_written} "
+        f"entities from {last.rows_read} rows in {len(last.partitions)} partition(s)"
+    )
+
+
 async def _view(stub: FeatureServiceStub, name: str, version: int) -> pb.FeatureView:
     request = pb.GetFeatureViewRequest(name=name, version=version)
     reply: pb.GetFeatureViewResponse = await call(stub.GetFeatureView(request), "get")
     return reply.feature_view
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time, UTC when it has no offset; CommandError naming ``option`` otherwise."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"{option} {text!r}: expected an ISO 8601 time, e.g. 2026-01-01 or 2026-01-01T03:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _source(source: pb.Source) -> str:

@@ -854,6 +854,138 @@ class GetFeatureViewRequest(_message.Message):
 Global___GetFeatureViewRequest: _TypeAlias = GetFeatureViewRequest  # noqa: Y015
 
 @_typing.final
+class DeleteFeatureViewRequest(_message.Message):
+    """Request of DeleteFeatureView."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """View name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFeatureViewRequest: _TypeAlias = DeleteFeatureViewRequest  # noqa: Y015
+
+@_typing.final
+class DeleteFeatureViewResponse(_message.Message):
+    """Response of DeleteFeatureView."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VERSIONS_DELETED_FIELD_NUMBER: _builtins.int
+    ONLINE_KEYS_DELETED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version that was current when the view was deleted."""
+    versions_deleted: _builtins.int
+    """Number of versions removed from the catalog."""
+    online_keys_deleted: _builtins.int
+    """Number of online hashes (one per entity) removed from the online store."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        versions_deleted: _builtins.int = ...,
+        online_keys_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["online_keys_deleted", b"online_keys_deleted", "version", b"version", "versions_deleted", b"versions_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFeatureViewResponse: _TypeAlias = DeleteFeatureViewResponse  # noqa: Y015
+
+@_typing.final
+class BackfillFeatureViewRequest(_message.Message):
+    """Request of BackfillFeatureView."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """View name; its current version is backfilled."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Rows with an earlier event time are not read; unset: from the first."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Rows with a later event time are not read; unset: up to the last."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "name", b"name", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillFeatureViewRequest: _TypeAlias = BackfillFeatureViewRequest  # noqa: Y015
+
+@_typing.final
+class BackfillFeatureViewResponse(_message.Message):
+    """Response of BackfillFeatureView: one step of the backfill, streamed as it goes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ENTITIES_WRITTEN_FIELD_NUMBER: _builtins.int
+    ENTITIES_TOTAL_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    rows_read: _builtins.int
+    """Rows read from them within the time range."""
+    entities_written: _builtins.int
+    """Entities whose online values are written so far."""
+    entities_total: _builtins.int
+    """Entities to write in all."""
+    done: _builtins.bool
+    """Set on the last message, once every entity is written."""
+    @_builtins.property
+    def feature_view(self) -> _refs_pb2.FeatureViewRef:
+        """The view version backfilled."""
+
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_refs_pb2.PartitionRef]:
+        """Offline partitions read."""
+
+    def __init__(
+        self,
+        *,
+        feature_view: _refs_pb2.FeatureViewRef | None = ...,
+        partitions: _abc.Iterable[_refs_pb2.PartitionRef] | None = ...,
+        rows_read: _builtins.int = ...,
+        entities_written: _builtins.int = ...,
+        entities_total: _builtins.int = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feature_view", b"feature_view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "entities_total", b"entities_total", "entities_written", b"entities_written", "feature_view", b"feature_view", "partitions", b"partitions", "rows_read", b"rows_read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillFeatureViewResponse: _TypeAlias = BackfillFeatureViewResponse  # noqa: Y015
+
+@_typing.final
 class GetFeatureViewResponse(_message.Message):
     """Response of GetFeatureView."""
 
@@ -1331,6 +1463,38 @@ class FeatureViewApplied(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureViewApplied: _TypeAlias = FeatureViewApplied  # noqa: Y015
+
+@_typing.final
+class FeatureViewDeleted(_message.Message):
+    """FeatureViewDeleted: a feature view and all its versions left the catalog;
+    streaming workers stop computing it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DELETED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """View name; the Kafka key."""
+    version: _builtins.int
+    """The version that was current when it was deleted."""
+    deleted_by: _builtins.str
+    """Who deleted it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        deleted_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_by", b"deleted_by", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureViewDeleted: _TypeAlias = FeatureViewDeleted  # noqa: Y015
 
 @_typing.final
 class MaterializationFinished(_message.Message):

@@ -70,6 +70,16 @@ class FeatureServiceStub:
                 request_serializer=strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetRequest.SerializeToString,
                 response_deserializer=strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetResponse.FromString,
                 _registered_method=True)
+        self.DeleteFeatureView = channel.unary_unary(
+                '/strata.features.v1.FeatureService/DeleteFeatureView',
+                request_serializer=strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewRequest.SerializeToString,
+                response_deserializer=strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewResponse.FromString,
+                _registered_method=True)
+        self.BackfillFeatureView = channel.unary_stream(
+                '/strata.features.v1.FeatureService/BackfillFeatureView',
+                request_serializer=strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewRequest.SerializeToString,
+                response_deserializer=strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -127,6 +137,27 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteFeatureView(self, request, context):
+        """Deletes a feature view, every version of it, from the catalog: its streams
+        stop and its online values are removed. The offline partitions its streams
+        landed stay in the blob store (they are data, and training sets name them).
+        Callers outside the view's allowed_groups get PERMISSION_DENIED; NOT_FOUND
+        when no view has the name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillFeatureView(self, request, context):
+        """Recomputes a view's online values from its offline partitions (after a loss of
+        the online store, or for a view whose topic no longer holds its history) and
+        writes them as the streamer does. Streams progress while it runs; the last
+        message has done set. Running it again gives the same values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +190,16 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetTrainingSet,
                     request_deserializer=strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetRequest.FromString,
                     response_serializer=strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetResponse.SerializeToString,
+            ),
+            'DeleteFeatureView': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFeatureView,
+                    request_deserializer=strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewRequest.FromString,
+                    response_serializer=strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewResponse.SerializeToString,
+            ),
+            'BackfillFeatureView': grpc.unary_stream_rpc_method_handler(
+                    servicer.BackfillFeatureView,
+                    request_deserializer=strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewRequest.FromString,
+                    response_serializer=strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,6 +370,60 @@ class FeatureService:
             '/strata.features.v1.FeatureService/GetTrainingSet',
             strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetRequest.SerializeToString,
             strata_dot_features_dot_v1_dot_features__pb2.GetTrainingSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFeatureView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.features.v1.FeatureService/DeleteFeatureView',
+            strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewRequest.SerializeToString,
+            strata_dot_features_dot_v1_dot_features__pb2.DeleteFeatureViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillFeatureView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/strata.features.v1.FeatureService/BackfillFeatureView',
+            strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewRequest.SerializeToString,
+            strata_dot_features_dot_v1_dot_features__pb2.BackfillFeatureViewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,19 @@ class FeatureServiceStub:
     """
     GetTrainingSet: _grpc.UnaryUnaryMultiCallable[_features_pb2.GetTrainingSetRequest, _features_pb2.GetTrainingSetResponse]
     """Returns a training set and the progress of its materialization."""
+    DeleteFeatureView: _grpc.UnaryUnaryMultiCallable[_features_pb2.DeleteFeatureViewRequest, _features_pb2.DeleteFeatureViewResponse]
+    """Deletes a feature view, every version of it, from the catalog: its streams
+    stop and its online values are removed. The offline partitions its streams
+    landed stay in the blob store (they are data, and training sets name them).
+    Callers outside the view's allowed_groups get PERMISSION_DENIED; NOT_FOUND
+    when no view has the name.
+    """
+    BackfillFeatureView: _grpc.UnaryStreamMultiCallable[_features_pb2.BackfillFeatureViewRequest, _features_pb2.BackfillFeatureViewResponse]
+    """Recomputes a view's online values from its offline partitions (after a loss of
+    the online store, or for a view whose topic no longer holds its history) and
+    writes them as the streamer does. Streams progress while it runs; the last
+    message has done set. Running it again gives the same values.
+    """
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
@@ -89,6 +102,19 @@ class FeatureServiceAsyncStub(FeatureServiceStub):
     """
     GetTrainingSet: _aio.UnaryUnaryMultiCallable[_features_pb2.GetTrainingSetRequest, _features_pb2.GetTrainingSetResponse]  # type: ignore[assignment]
     """Returns a training set and the progress of its materialization."""
+    DeleteFeatureView: _aio.UnaryUnaryMultiCallable[_features_pb2.DeleteFeatureViewRequest, _features_pb2.DeleteFeatureViewResponse]  # type: ignore[assignment]
+    """Deletes a feature view, every version of it, from the catalog: its streams
+    stop and its online values are removed. The offline partitions its streams
+    landed stay in the blob store (they are data, and training sets name them).
+    Callers outside the view's allowed_groups get PERMISSION_DENIED; NOT_FOUND
+    when no view has the name.
+    """
+    BackfillFeatureView: _aio.UnaryStreamMultiCallable[_features_pb2.BackfillFeatureViewRequest, _features_pb2.BackfillFeatureViewResponse]  # type: ignore[assignment]
+    """Recomputes a view's online values from its offline partitions (after a loss of
+    the online store, or for a view whose topic no longer holds its history) and
+    writes them as the streamer does. Streams progress while it runs; the last
+    message has done set. Running it again gives the same values.
+    """
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
     """FeatureService is the feature store: the catalog of feature views, their online
@@ -153,5 +179,30 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_features_pb2.GetTrainingSetResponse, _abc.Awaitable[_features_pb2.GetTrainingSetResponse]]:
         """Returns a training set and the progress of its materialization."""
+
+    @_abc_1.abstractmethod
+    def DeleteFeatureView(
+        self,
+        request: _features_pb2.DeleteFeatureViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_features_pb2.DeleteFeatureViewResponse, _abc.Awaitable[_features_pb2.DeleteFeatureViewResponse]]:
+        """Deletes a feature view, every version of it, from the catalog: its streams
+        stop and its online values are removed. The offline partitions its streams
+        landed stay in the blob store (they are data, and training sets name them).
+        Callers outside the view's allowed_groups get PERMISSION_DENIED; NOT_FOUND
+        when no view has the name.
+        """
+
+    @_abc_1.abstractmethod
+    def BackfillFeatureView(
+        self,
+        request: _features_pb2.BackfillFeatureViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_features_pb2.BackfillFeatureViewResponse], _abc.AsyncIterator[_features_pb2.BackfillFeatureViewResponse]]:
+        """Recomputes a view's online values from its offline partitions (after a loss of
+        the online store, or for a view whose topic no longer holds its history) and
+        writes them as the streamer does. Streams progress while it runs; the last
+        message has done set. Running it again gives the same values.
+        """
 
 def add_FeatureServiceServicer_to_server(servicer: FeatureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
