@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strata.core.errors import InvalidArgumentError
-from strata.transforms.batch import feature_values
+from strata.transforms.batch import Rules, feature_values, rules_needed
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -106,6 +108,89 @@ def test_an_arrival_column_orders_the_rows() -> None:
     spine = pa.table({"rider": ["ann"], "at": [hours(0.5)]})
     result = feature_values(VIEW, rows, spine, arrival="offset")
     assert result.values.column("rides_2h").to_pylist() == [2]
+
+
+LAST_VIEW = FeatureView(
+    name="rides_last",
+    entities=("rider",),
+    event_time="at_time",
+    source=VIEW.source,
+    transforms=VIEW.transforms,
+    features=(
+        *VIEW.features,
+        Feature("km_last_2h", column="km", aggregation=Aggregation(F.LAST, "2h")),
+        Feature("km"),
+    ),
+    ttl="3h",
+    allowed_lateness="1h",
+)
+
+
+def _events(riders: list[str], times: list[float], arrivals: list[int]) -> pa.Table:
+    return pa.table(
+        {
+            "rider": riders,
+            "at_time": [hours(t) for t in times],
+            "km": [float(i) for i in range(len(times))],
+            "__arrival": pa.array(arrivals, pa.int64()),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("times", "arrivals", "rules"),
+    [
+        ([0, 1, 2, 3], [0, 1, 2, 3], Rules(lateness=False, duplicates_and_ties=False)),
+        ([0, 1, 1, 3], [0, 1, 2, 3], Rules(lateness=False, duplicates_and_ties=True)),
+        ([0, 2, 1, 3], [0, 1, 2, 3], Rules(lateness=True, duplicates_and_ties=True)),
+        ([0, 1, 2, 3], [0, 2, 1, 3], Rules(lateness=True, duplicates_and_ties=False)),
+        ([0, 1, 2, 3], [0, 1, 1, 3], Rules(lateness=True, duplicates_and_ties=False)),
+    ],
+)
+def test_a_rule_pass_is_skipped_only_when_the_row_order_proves_it_changes_nothing(
+    times: list[float], arrivals: list[int], rules: Rules
+) -> None:
+    events = _events(["ann", "bob", "ann", "bob"], times, arrivals)
+    assert rules_needed(VIEW, events) == rules
+
+
+SLOTS = st.integers(min_value=0, max_value=12)
+"""Event times on a half-hour grid, so that ties, duplicates and late rows happen."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from(["ann", "bob"]), SLOTS, st.sampled_from([1.0, 12.0]))),
+    in_time_order=st.booleans(),
+    reads=st.lists(st.tuples(st.sampled_from(["ann", "bob", "cyd"]), SLOTS), min_size=1),
+)
+def test_the_answer_is_the_same_with_the_rule_passes_skipped_or_run(
+    rows: list[tuple[str, int, float]], in_time_order: bool, reads: list[tuple[str, int]]
+) -> None:
+    # The same rows in the same arrival order, once in table order (passes skipped
+    # when the order allows) and once reversed with an arrival column (never skipped).
+    if in_time_order:
+        rows = sorted(rows, key=lambda row: row[1])
+    table = pa.table(
+        {
+            "rider": pa.array([rider for rider, _, _ in rows], pa.string()),
+            "at_time": pa.array(
+                [hours(slot / 2) for _, slot, _ in rows], pa.timestamp("us", "UTC")
+            ),
+            "km": pa.array([km for _, _, km in rows], pa.float64()),
+        }
+    )
+    reversed_ = table.append_column("offset", pa.array(range(table.num_rows), pa.int64())).take(
+        pa.array(reversed(range(table.num_rows)), pa.int64())
+    )
+    spine = pa.table(
+        {"rider": [rider for rider, _ in reads], "at": [hours(slot / 2) for _, slot in reads]}
+    )
+    skipped = feature_values(LAST_VIEW, table, spine)
+    run = feature_values(LAST_VIEW, reversed_, spine, arrival="offset")
+    assert skipped.values.to_pylist() == run.values.to_pylist()
+    assert skipped.statuses.to_pylist() == run.statuses.to_pylist()
+    assert skipped.event_times.to_pylist() == run.event_times.to_pylist()
 
 
 def test_a_spine_without_the_entity_column_is_refused() -> None:

@@ -25,6 +25,23 @@ The rules, shared with ``strata.transforms.streaming`` word for word:
   covers the rows with event time in ``(at - window, at]``: COUNT counts them,
   SUM (0 when empty), MEAN, MIN, MAX ignore nulls, LAST is the latest non-null
   value. A value that is null, NOT_FOUND or EXPIRED is the feature's default.
+
+The query applies the lateness, duplicate and tie-break rules as passes over all
+rows (two window functions and a grouping over every column), which cost most of
+its time. Each pass is left out when a check over the rows in table order, linear
+and vectorised, proves that it cannot change the answer (:func:`rules_needed`):
+
+- no row can be late when arrivals strictly increase down the table and event
+  times never decrease: every earlier arrival of an entity then has an event time
+  at or before the row's, so the row is never behind their latest;
+- no row can be a duplicate, nor tie with another row for "the latest", when
+  event times strictly increase down the table: no two rows share an entity and
+  an event time, and a duplicate or a tie needs both.
+
+Offline data landed in arrival order with distinct event times (one partition of
+a topic, a file in time order) skips all three; anything else runs them all, so
+the answer is the same either way (``tests/unit/test_transforms_batch.py`` runs
+both queries over the same rows).
 """
 
 from __future__ import annotations
@@ -68,7 +85,7 @@ def feature_values(
     try:
         connection.register("events", events)
         connection.register("spine", points)
-        result = connection.sql(_query(view)).to_arrow_table()
+        result = connection.sql(_query(view, rules_needed(view, events))).to_arrow_table()
     finally:
         connection.close()
     return _assemble(view, result)
@@ -82,6 +99,40 @@ def _arrival(view: FeatureView, rows: pa.Table, arrival: str | None) -> pa.Chunk
             "arrival", f"the rows of feature view {view.name!r} lack arrival column {arrival!r}"
         )
     return rows.column(arrival).cast(pa.int64())
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Which of the row rules' passes the query runs (see the module docstring)."""
+
+    lateness: bool = True
+    duplicates_and_ties: bool = True
+
+
+def rules_needed(view: FeatureView, events: pa.Table) -> Rules:
+    """The passes that can change the answer over ``events`` (with ``__arrival``), in table
+    order; a pass is skipped only when the check proves it cannot."""
+    keys = [events.column(key) for key in view.entities]
+    times = events.column(view.event_time)
+    if times.null_count or any(key.null_count for key in keys):
+        return Rules()
+    rising = _steps(times.cast(pa.int64()))
+    if rising is None:
+        return Rules()
+    arrivals = _steps(events.column("__arrival"))
+    return Rules(
+        lateness=not (rising >= 0 and arrivals is not None and arrivals > 0),
+        duplicates_and_ties=not rising > 0,
+    )
+
+
+def _steps(column: pa.ChunkedArray) -> int | None:
+    """The smallest difference between a value and the one before it (None: under 2 rows)."""
+    values = column.combine_chunks()
+    if len(values) < 2 or values.null_count:
+        return None
+    smallest = pc.min(pc.subtract(values[1:], values[:-1])).as_py()
+    return None if smallest is None else int(smallest)
 
 
 def _positions(count: int) -> pa.ChunkedArray:
@@ -108,7 +159,7 @@ def _quote(name: str) -> str:
     return f'"{name}"'
 
 
-def _query(view: FeatureView) -> str:
+def _query(view: FeatureView, rules: Rules) -> str:
     keys = ", ".join(_quote(key) for key in view.entities)
     joined = " AND ".join(f"s.{_quote(key)} = r.{_quote(key)}" for key in view.entities)
     valid = " AND ".join(f"{_quote(key)} IS NOT NULL" for key in view.entities)
@@ -132,24 +183,38 @@ windows AS (
   GROUP BY s.__row
 )"""
         window_join = "JOIN windows w ON w.__row = p.__row"
+    accepted = "SELECT * FROM ev"
+    if rules.lateness:
+        accepted += f"""
+  QUALIFY __t >= coalesce(max(__t) OVER (PARTITION BY {keys} ORDER BY __arrival
+    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), __t) - {view.lateness_us}"""
+    kept = f"SELECT {data}, __t, __arrival FROM accepted"
+    latest = "SELECT * FROM ordered"
+    if rules.duplicates_and_ties:
+        kept = f"SELECT {data}, __t, min(__arrival) AS __arrival FROM accepted GROUP BY ALL"
+        latest += f"""
+  QUALIFY row_number() OVER (PARTITION BY {keys}, __t ORDER BY __arrival DESC) = 1"""
+    ordered = "SELECT * FROM kept"
+    if any(f.function is AggregationFunction.LAST for f in windowed):
+        ordered = (
+            f"SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY __t, __arrival) AS __ord "
+            "FROM kept"
+        )
     return f"""
 WITH ev AS (
   SELECT *, epoch_us({event_time}) AS __t FROM events WHERE {valid} AND {event_time} IS NOT NULL
 ),
 accepted AS (
-  SELECT * FROM ev
-  QUALIFY __t >= coalesce(max(__t) OVER (PARTITION BY {keys} ORDER BY __arrival
-    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), __t) - {view.lateness_us}
+  {accepted}
 ),
 kept AS (
-  SELECT {data}, __t, min(__arrival) AS __arrival FROM accepted GROUP BY ALL
+  {kept}
 ),
 ordered AS (
-  SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY __t, __arrival) AS __ord FROM kept
+  {ordered}
 ),
 latest AS (
-  SELECT * FROM ordered
-  QUALIFY row_number() OVER (PARTITION BY {keys}, __t ORDER BY __arrival DESC) = 1
+  {latest}
 ),
 point AS (
   SELECT s.__row, epoch_us(s.__at) AS __at, r.__t AS __last_t{point_values}

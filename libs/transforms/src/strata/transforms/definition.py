@@ -177,7 +177,7 @@ class FeatureView:
     @property
     def max_window_us(self) -> int:
         """The longest window of any aggregation (0 when there is none)."""
-        return max((f.window_us or 0 for f in self.resolved_features), default=0)
+        return self._parts.max_window_us
 
     @property
     def _parts(self) -> _Resolved:
@@ -192,6 +192,8 @@ class _Resolved:
     features: tuple[ResolvedFeature, ...]
     ttl_us: int | None
     lateness_us: int
+    max_window_us: int
+    """Kept rather than computed per call: the streaming path asks for it per event."""
 
 
 _RESULT_TYPES: dict[AggregationFunction, tuple[ColumnType, ...]] = {
@@ -229,7 +231,10 @@ class _Resolver:
         ttl_us = self._duration(".ttl", view.ttl) if view.ttl is not None else None
         lateness_us = self._duration(".allowed_lateness", view.allowed_lateness, zero=True)
         features = self._features(columns, request, ttl_us)
-        return _Resolved(MappingProxyType(columns), transforms, features, ttl_us, lateness_us)
+        longest = max((f.window_us or 0 for f in features), default=0)
+        return _Resolved(
+            MappingProxyType(columns), transforms, features, ttl_us, lateness_us, longest
+        )
 
     def _source_columns(self) -> dict[str, ColumnType]:
         columns: dict[str, ColumnType] = {}
