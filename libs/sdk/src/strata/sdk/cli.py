@@ -1,7 +1,8 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
 ``strata workflow apply|list|run|status|logs|cancel|backfill``,
-``strata features apply|list|get|online|training-set``,
-``strata models list|show|promote|audit``, ``strata nodes list``.
+``strata features apply|list|get|online|training-set|delete|backfill``,
+``strata models list|show|promote|audit``, ``strata nodes list``,
+``strata lineage``, ``strata skew``, ``strata predict batch``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
 only when a stack command runs, so ``strata --help`` and the commands still to
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from strata.core.errors import ConfigError
+from strata.sdk import predict
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -55,6 +57,7 @@ nodes = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(nodes, name="nodes")
+app.add_typer(predict.predict, name="predict")
 
 
 @app.command()
@@ -252,6 +255,32 @@ def features_online(
     _run(commands.online(name, entity, _out()))
 
 
+@features.command("delete")
+def features_delete(name: Annotated[str, typer.Argument(help="Feature view name.")]) -> None:
+    """Delete the feature view NAME, every version: its streams stop and its online values
+    go; the offline partitions its streams landed stay in the blob store."""
+    from strata.sdk.features import commands
+
+    _run(commands.delete(name, _out()))
+
+
+@features.command("backfill")
+def features_backfill(
+    name: Annotated[str, typer.Argument(help="Feature view name.")],
+    start: Annotated[
+        str | None, typer.Option("--from", help="Earliest event time read, ISO 8601 (UTC).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Latest event time read, ISO 8601 (UTC).")
+    ] = None,
+) -> None:
+    """Rebuild the online values of NAME from its offline partitions (after losing Redis, or
+    for a view whose topic no longer holds its history)."""
+    from strata.sdk.features import commands
+
+    _run(commands.backfill(name, start, end, _out()))
+
+
 @features.command("training-set")
 def features_training_set(
     views: Annotated[
@@ -326,6 +355,49 @@ def nodes_list(
     from strata.sdk import nodes as node_commands
 
     _run(node_commands.list_nodes(state or [], _out()))
+
+
+@app.command()
+def lineage(prediction_id: Annotated[str, typer.Argument(help="Prediction id.")]) -> None:
+    """Where a prediction came from: model version, run and attempts, training set,
+    partitions, feature view versions, code bundle, and the features as served."""
+    from strata.sdk import lineage as lineage_commands
+
+    _run(lineage_commands.show(prediction_id, _out()))
+
+
+@app.command()
+def skew(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    since: Annotated[
+        str,
+        typer.Option(help="Only predictions served from this ISO 8601 time (UTC if no offset)."),
+    ] = "",
+    limit: Annotated[int, typer.Option(help="Most predictions to compare.")] = 10_000,
+    tolerance: Annotated[
+        float, typer.Option(help="Numbers differ past tolerance * max(1, |batch|).")
+    ] = 1e-6,
+    settle: Annotated[
+        float, typer.Option(help="Seconds a prediction waits before it is compared (landing).")
+    ] = 30.0,
+    fail_on: Annotated[
+        float | None, typer.Option(help="Exit 1 when a feature differs in more than this share.")
+    ] = None,
+) -> None:
+    """Features as served vs the batch path at the same time, per feature and model version."""
+    from strata.sdk import skew as skew_commands
+
+    _run(
+        skew_commands.show(
+            model,
+            since=since,
+            limit=limit,
+            tolerance=tolerance,
+            settle=settle,
+            fail_on=fail_on,
+            out=_out(),
+        )
+    )
 
 
 def _out() -> Console:
