@@ -13,7 +13,7 @@ STACK := $(UV) run --frozen strata stack
 # and leaves it running; it records its settings in $(TEST_STACK)/env for `down`.
 TEST_STACK := .stack-test
 
-.PHONY: help setup stack-up stack-down stack-status test test-unit test-stack-down bench lint \
+.PHONY: help setup demo stack-up stack-down stack-status test test-unit test-stack-down bench lint \
 	format proto proto-check proto-lint
 
 help: ## List the targets
@@ -21,6 +21,9 @@ help: ## List the targets
 
 setup: ## Install what a fresh machine lacks (Debian packages, uv, Python deps, Kafka jars, buf)
 	bash deploy/local/setup.sh
+
+demo: setup ## The delivery-time story end to end (examples/delivery_time): stack, services, report
+	$(UV) run --frozen python examples/delivery_time/demo.py
 
 stack-up: ## Start Kafka, Postgres, Redis and S3 on loopback; returns when each answers
 	$(STACK) up

@@ -89,11 +89,11 @@ def main(out: Console) -> int:
         started = [server for server in commands.servers() if server.name not in already]
         if started:
             with commands.exclusive(commands.stack_home()):
-                asyncio.run(_stop_servers(started))
+                asyncio.run(stop_servers(started))
     return code
 
 
-async def _stop_servers(servers: list[Server]) -> None:
+async def stop_servers(servers: list[Server]) -> None:
     from strata.sdk.stack.commands import bring_down
 
     await asyncio.gather(*(bring_down(server) for server in servers))
@@ -115,7 +115,7 @@ async def run(out: Console) -> int:
     code = await _supervise(services, stop, out)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: _kill_all(services))
-    await _stop_all(services, settings.shutdown_grace + KILL_AFTER, out)
+    await stop_all(services, settings.shutdown_grace + KILL_AFTER, out)
     await asyncio.gather(*printers, return_exceptions=True)
     return code
 
@@ -187,7 +187,7 @@ async def _all_serving(services: list[Service], out: Console) -> None:
 
 async def _announce_when_serving(service: Service, out: Console) -> None:
     while True:
-        if await _serving(service.address):
+        if await serving(service.address):
             break
         await asyncio.sleep(0.25)
     out.print(
@@ -196,7 +196,7 @@ async def _announce_when_serving(service: Service, out: Console) -> None:
     )
 
 
-async def _serving(address: str) -> bool:
+async def serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -207,7 +207,7 @@ async def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def _stop_all(services: list[Service], bound: float, out: Console) -> None:
+async def stop_all(services: list[Service], bound: float, out: Console) -> None:
     """SIGTERM every running service, wait ``bound`` seconds, then kill what is left."""
     running = [s for s in services if s.process.returncode is None]
     for service in reversed(running):
