@@ -99,3 +99,50 @@ async def test_a_call_as_large_as_a_batch_runs_alone() -> None:
     answer = await asyncio.wait_for(batcher.run(_x(1.0, 2.0, 3.0)), 10)
     assert answer["y"].shape == (3, 2)
     assert session.runs == [3]
+
+
+class Threads:
+    """y = 2x, remembering the thread of each run."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        self.threads.append(threading.get_ident())
+        return {"y": feeds["x"] * 2}
+
+
+async def test_a_run_within_inline_rows_runs_on_the_loop_and_a_larger_one_in_a_thread() -> None:
+    session, counts = Threads(), list[int]()
+    batcher = Batcher(
+        session, INPUTS, max_rows=32, max_wait=5.0, counted=counts.append, inline_rows=2
+    )
+    small = await asyncio.wait_for(batcher.run(_x(1.0, 2.0)), 10)
+    large = await asyncio.wait_for(batcher.run(_x(1.0, 2.0, 3.0)), 10)
+    np.testing.assert_array_equal(small["y"], _x(1.0, 2.0)["x"] * 2)
+    np.testing.assert_array_equal(large["y"], _x(1.0, 2.0, 3.0)["x"] * 2)
+    loop = threading.get_ident()
+    assert session.threads[0] == loop
+    assert session.threads[1] != loop
+    assert counts == [1, 1]
+
+
+async def test_without_inline_rows_every_run_goes_to_a_thread() -> None:
+    session, counts = Threads(), list[int]()
+    batcher = Batcher(session, INPUTS, max_rows=32, max_wait=5.0, counted=counts.append)
+    await asyncio.wait_for(batcher.run(_x(1.0)), 10)
+    assert session.threads[0] != threading.get_ident()
+
+
+async def test_calls_arriving_in_one_turn_of_the_loop_share_an_inline_run() -> None:
+    session, counts = Threads(), list[int]()
+    batcher = Batcher(
+        session, INPUTS, max_rows=32, max_wait=3600.0, counted=counts.append, inline_rows=8
+    )
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(batcher.run(_x(float(v))) for v in (1, 2, 3))), 10
+    )
+    assert counts == [3]
+    assert session.threads == [threading.get_ident()]
+    for v, answer in zip((1, 2, 3), answers, strict=True):
+        np.testing.assert_array_equal(answer["y"], _x(float(v))["x"] * 2)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
@@ -19,7 +24,7 @@ from strata.gateway.aliases import (
     predates,
 )
 from strata.gateway.models import LoadedModel, Served, load
-from strata.transforms.featurize import TensorSpec
+from strata.transforms.featurize import Array, TensorSpec
 
 
 def times(factor: float) -> bytes:
@@ -105,3 +110,42 @@ def test_only_events_from_before_the_start_less_the_clock_skew_are_skipped() -> 
     recent.occurred_at.FromDatetime(start - CLOCK_SKEW + timedelta(seconds=1))
     assert predates(old, start)
     assert not predates(recent, start)
+
+
+class _Recorded:
+    """A session that remembers the thread of each run, answering with the real one."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.threads: list[int] = []
+
+    def run(self, names: list[str], feeds: dict[str, Array]) -> list[Array]:
+        self.threads.append(threading.get_ident())
+        answer: list[Array] = self.session.run(names, feeds)
+        return answer
+
+
+def _recorded(model: LoadedModel, row_seconds: float) -> tuple[LoadedModel, _Recorded]:
+    recorded = _Recorded(model.session)
+    changed = dataclasses.replace(
+        model, session=cast(ort.InferenceSession, recorded), row_seconds=row_seconds
+    )
+    return changed, recorded
+
+
+def test_a_loaded_version_knows_how_long_a_one_row_run_takes() -> None:
+    row_seconds = _load(1, 2.0).row_seconds
+    assert 0 < row_seconds < math.inf
+
+
+async def test_a_model_within_the_inline_budget_runs_on_the_loop_a_slower_one_in_a_thread() -> None:
+    served = Served({"eta": ["champion"], "slow": ["champion"]}, inline_budget=0.001)
+    quick, quick_runs = _recorded(_load(1, 2.0), row_seconds=0.0001)
+    slow, slow_runs = _recorded(_load(1, 2.0, "slow"), row_seconds=0.01)
+    x = {"x": np.ones((1, 2), dtype=np.float32)}
+    np.testing.assert_array_equal((await served.run(quick, x))["y"], [[2.0, 2.0]])
+    np.testing.assert_array_equal((await served.run(slow, x))["y"], [[2.0, 2.0]])
+    loop = threading.get_ident()
+    assert quick_runs.threads == [loop]
+    assert len(slow_runs.threads) == 1
+    assert slow_runs.threads[0] != loop

@@ -39,6 +39,7 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
         settings.models,
         batch_rows=settings.batch_rows,
         batch_wait=settings.batch_wait,
+        inline_budget=settings.inline_budget,
         counted=metrics.count_run,
     )
     predictions = PredictionLog(settings.log_buffer, settings.log_batch, metrics)

@@ -13,6 +13,16 @@ and only models whose inputs all have a free batch dimension are batched. A run
 that fails fails exactly the calls in it, each with the error; an output whose
 first dimension is not the batch (a model that reduces over rows) makes the calls
 of that run be run again one by one, so nobody gets another caller's rows.
+
+A run of at most ``inline_rows`` rows runs on the event loop itself: for a model that
+answers in microseconds, handing the run to a worker thread (submit, wake the
+worker, wake the loop again) costs more CPU than the run, and under 8-client load it
+was a quarter of the gateway's samples (py-spy, bench/README.md). Larger runs keep
+going to a thread, so a slow model never blocks the loop; the caller
+(:class:`strata.gateway.models.Served`) sizes ``inline_rows`` from each model's
+measured speed. As nothing is in flight while an inline run runs, a call that
+finds its model idle and fits inline waits for the end of the loop's current turn
+(no longer): the calls that arrived in the same turn share its run.
 """
 
 from __future__ import annotations
@@ -54,17 +64,20 @@ class Batcher:
         max_rows: int,
         max_wait: float,
         counted: Callable[[int], None],
+        inline_rows: int = 0,
     ) -> None:
         self._run = run
         self._batchable = all(spec.shape and spec.shape[0] == -1 for spec in inputs)
         self._max_rows = max_rows
         self._max_wait = max_wait
+        self._inline_rows = inline_rows
+        """Runs of at most this many rows run on the event loop; 0: every run in a thread."""
         self._counted = counted
         """Told the number of calls of each session run, for the batching metrics."""
         self._waiting: list[_Call] = []
         self._rows = 0
         self._running = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
@@ -72,20 +85,29 @@ class Batcher:
         firsts = {array.shape[0] if array.ndim else 0 for array in feeds.values()}
         rows = firsts.pop() if len(firsts) == 1 else 0
         if not self._batchable or rows == 0 or rows >= self._max_rows:
-            return await self._alone(feeds)
+            return await self._alone(feeds, rows)
         call = _Call(feeds, rows, asyncio.get_running_loop().create_future())
         self._waiting.append(call)
         self._rows += rows
-        if self._running == 0 or self._rows >= self._max_rows:
+        if self._running == 0 and 0 < self._rows <= self._inline_rows:
+            if self._timer is None:  # calls arriving in this turn of the loop join the run
+                self._timer = asyncio.get_running_loop().call_soon(self._dispatch)
+        elif self._running == 0 or self._rows >= self._max_rows:
             self._dispatch()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._dispatch)
         return await call.done
 
-    async def _alone(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
-        outputs = await asyncio.to_thread(self._run, feeds)
+    async def _alone(self, feeds: Mapping[str, Array], rows: int) -> dict[str, Array]:
+        outputs = await self._session(feeds, rows)
         self._counted(1)
         return outputs
+
+    async def _session(self, feeds: Mapping[str, Array], rows: int) -> dict[str, Array]:
+        """One session run: on the loop when it is small enough, else in a worker thread."""
+        if 0 < rows <= self._inline_rows:
+            return self._run(feeds)
+        return await asyncio.to_thread(self._run, feeds)
 
     def _dispatch(self) -> None:
         """Start a run of the waiting calls, grouped by signature, up to ``max_rows`` each."""
@@ -119,14 +141,14 @@ class Batcher:
                 name: np.concatenate([call.feeds[name] for call in calls])
                 for name in calls[0].feeds
             }
+            total = sum(call.rows for call in calls)
             try:
-                outputs = await asyncio.to_thread(self._run, feeds)
+                outputs = await self._session(feeds, total)
             except Exception as error:
                 for call in calls:
                     if not call.done.done():
                         call.done.set_exception(error)
                 return
-            total = sum(call.rows for call in calls)
             if len(calls) > 1 and any(
                 out.ndim == 0 or out.shape[0] != total for out in outputs.values()
             ):
@@ -147,7 +169,7 @@ class Batcher:
 
     async def _one_by_one(self, call: _Call) -> None:
         try:
-            outputs = await asyncio.to_thread(self._run, call.feeds)
+            outputs = await self._session(call.feeds, call.rows)
         except Exception as error:
             if not call.done.done():
                 call.done.set_exception(error)

@@ -8,6 +8,9 @@ version, and no request waits for a load.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -51,6 +54,9 @@ class LoadedModel:
     session: ort.InferenceSession
     features: FeaturePlan | None = None
     """How Predict fills the inputs from features; None: the version is served by tensors only."""
+    row_seconds: float = math.inf
+    """The fastest of a few one-row runs timed at load: how long a small run blocks
+    whoever runs it (:meth:`Served.run` decides from it what runs on the event loop)."""
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Outputs by name for ``feeds`` (checked by :func:`tensors.decode_inputs`)."""
@@ -74,8 +80,15 @@ def load(name: str, version: int, sha256: str, onnx: bytes) -> LoadedModel:
         outputs=tuple(_spec(arg) for arg in session.get_outputs()),
         session=session,
     )
-    model.run({spec.name: spec.example() for spec in model.inputs})
-    return model
+    example = {spec.name: spec.example() for spec in model.inputs}
+    model.run(example)
+    return dataclasses.replace(model, row_seconds=min(_timed(model, example) for _ in range(5)))
+
+
+def _timed(model: LoadedModel, feeds: Mapping[str, Array]) -> float:
+    started = time.perf_counter()
+    model.run(feeds)
+    return time.perf_counter() - started
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -100,12 +113,14 @@ class Served:
         *,
         batch_rows: int = 32,
         batch_wait: float = 0.001,
+        inline_budget: float = 0.0,
         counted: Counted | None = None,
     ) -> None:
         self.wanted = {name: tuple(aliases) for name, aliases in wanted.items()}
         self._aliases: dict[tuple[str, str], LoadedModel] = {}
         self._batch_rows = batch_rows
         self._batch_wait = batch_wait
+        self._inline_budget = inline_budget
         self._counted = counted or (lambda _name, _version, _calls: None)
         self._batchers: dict[tuple[str, int, str], Batcher] = {}
 
@@ -171,8 +186,10 @@ class Served:
     async def run(self, model: LoadedModel, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Run ``model`` on ``feeds``: the one way ModelInfer and Predict reach a session.
 
-        Concurrent calls of one version are batched; sessions run in a thread, so the
-        event loop keeps serving other requests.
+        Concurrent calls of one version are batched. A run expected to take at most
+        ``inline_budget`` seconds (its rows times the model's ``row_seconds``, an upper
+        bound for models that batch well) runs on the event loop; longer ones run in a
+        thread, so the loop keeps serving other requests.
         """
         key = (model.name, model.version, model.sha256)
         batcher = self._batchers.get(key)
@@ -182,6 +199,15 @@ class Served:
                 model.inputs,
                 max_rows=self._batch_rows,
                 max_wait=self._batch_wait,
+                inline_rows=self._inline_rows(model),
                 counted=lambda calls: self._counted(model.name, model.version, calls),
             )
         return await batcher.run(feeds)
+
+    def _inline_rows(self, model: LoadedModel) -> int:
+        """Most rows of ``model`` that run on the event loop within the inline budget."""
+        if self._inline_budget <= 0:
+            return 0
+        if model.row_seconds <= 0:
+            return self._batch_rows
+        return int(min(self._batch_rows, self._inline_budget / model.row_seconds))

@@ -50,6 +50,13 @@ class GatewaySettings(BaseSettings):
         description="Most seconds a call waits for company while its model is busy; a "
         "call finding its model idle runs at once.",
     )
+    inline_budget: float = Field(
+        0.0002,
+        ge=0,
+        description="Most seconds a model run may take on the event loop instead of a worker "
+        "thread, judged from the model's one-row run time measured at load; a thread hop "
+        "costs more than a run of a small model. 0: every run in a thread.",
+    )
     http_port: int = Field(
         8080,
         ge=0,
