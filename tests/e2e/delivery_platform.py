@@ -68,8 +68,13 @@ class Platform:
 
 @contextlib.contextmanager
 def example_modules(namespace: str) -> Iterator[Example]:
-    """Import the example's modules with ``DELIVERY_NAMESPACE=namespace``; forget them after."""
+    """Import the example's modules with ``DELIVERY_NAMESPACE=namespace``; forget them after,
+    and put the environment back as it was (a running platform's namespace and blob store
+    stay the test process's own)."""
     names = ("project", "orders", "landing")
+    previous = {
+        name: os.environ.get(name) for name in ("DELIVERY_NAMESPACE", "STRATA_BLOB_BACKEND")
+    }
     os.environ["DELIVERY_NAMESPACE"] = namespace
     os.environ["STRATA_BLOB_BACKEND"] = "s3"
     sys.path.insert(0, str(EXAMPLE))
@@ -80,8 +85,11 @@ def example_modules(namespace: str) -> Iterator[Example]:
         sys.path.remove(str(EXAMPLE))
         for name in names:
             sys.modules.pop(name, None)
-        os.environ.pop("DELIVERY_NAMESPACE", None)
-        os.environ.pop("STRATA_BLOB_BACKEND", None)
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.asynccontextmanager

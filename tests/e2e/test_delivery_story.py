@@ -6,15 +6,21 @@ point-in-time training set, trains A (linear) and B (boosting), compares them an
 deploys A, the better on a linear week; the gateway answers from it. Then week 2's
 export lands, whose bridge only boosting can learn: B becomes champion while a
 client keeps predicting, and no request fails. A prediction's online features equal
-what the batch path computes for that restaurant at that time; an export whose
-checksum does not match its content fails the run at ``pull-orders``.
+what the batch path computes for that restaurant at that time. A served prediction's
+lineage reaches the week's run, its export partition, the feature view versions and
+the code bundle; batch predictions for landed rows equal the gateway's for the same
+rows and times; the skew report is clean, and finds an online writer's bug (last in
+the module: it corrupts Redis, and puts it back). An export whose checksum does not
+match its content fails the run at ``pull-orders``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import json
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -33,11 +39,20 @@ from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceStub
 from strata.api.registry.v1 import registry_pb2 as rpb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
-from strata.core import kafka
+from strata.api.scheduler.v1 import scheduler_pb2 as spb
+from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
+from strata.core import kafka, redis
 from strata.core.blobs import open_blob_store
 from strata.core.envelope import open_envelope
-from strata.core.settings import BlobSettings, KafkaSettings, load
+from strata.core.rpc.client import channel
+from strata.core.settings import AuthSettings, BlobSettings, KafkaSettings, RedisSettings, load
 from strata.core.topics import PREDICTIONS
+from strata.sdk.client import CommandError
+from strata.sdk.lineage import prediction_lineage
+from strata.sdk.models.batch import predict_batch
+from strata.sdk.skew import skew_report
+from strata.transforms.online import online_key
+from strata.transforms.spec import view_from_spec
 from tests.e2e.delivery_platform import (
     ADMIN,
     BOUND,
@@ -65,6 +80,14 @@ EVERY_KIND = {
     rpb.ARTIFACT_KIND_REPORT,
     rpb.ARTIFACT_KIND_DATA_SAMPLE,
 }
+
+RESTAURANTS = 12
+"""The example's restaurants (ids 0 to 11)."""
+CORRUPTED = (2, 5, 8)
+"""Restaurants whose online preparation times the buggy writer overwrites."""
+WINDOW_FIELD = "__window"
+"""The online hash field holding a windowed view's events: ``[[time_us, input, ...], ...]``
+(:mod:`strata.transforms.online`)."""
 
 
 @dataclass
@@ -145,6 +168,53 @@ async def test_the_registry_holds_every_artifact_and_the_lineage_of_both_candida
     assert versions["boosting"].aliases == ["challenger"]
 
 
+async def test_a_served_predictions_lineage_reaches_its_run_partitions_views_and_bundle(
+    story: Story,
+) -> None:
+    """Before week 2 lands: the champion is week 1's linear model."""
+    run = await _week_run(story, 1)
+    project = story.platform.example.project
+    async with grpc.aio.insecure_channel(story.platform.services["gateway"].address) as gateway:
+        stub = PredictionServiceStub(gateway)
+        await _until_answered(stub, story, "linear")
+        reply = await stub.Predict(
+            gpb.PredictRequest(model_name=project.MODEL, rows=[_row(4, 2.5)]), metadata=ADMIN
+        )
+    (prediction,) = reply.predictions
+    async with _services(story) as (registry, streamer, scheduler):
+        found = await _recorded(registry, prediction.prediction_id)
+        views = {
+            name: (
+                await streamer.GetFeatureView(fpb.GetFeatureViewRequest(name=name))
+            ).feature_view.version
+            for name in (project.PREP_VIEW, project.LOAD_VIEW)
+        }
+        workflow = (
+            await scheduler.GetWorkflow(
+                spb.GetWorkflowRequest(name=project.WORKFLOW, version=run.workflow_version)
+            )
+        ).workflow
+    async with open_blob_store(load(BlobSettings)) as blobs:
+        export = await blobs.get(story.platform.example.landing.partition_key("week=0001"))
+
+    lineage = found.model_version.lineage
+    assert found.prediction.prediction_id == prediction.prediction_id
+    assert found.model_version.version == reply.model_version
+    assert lineage.training_run_id == run.run_id
+    assert {a.attempt.task_id for a in found.task_attempts} == {
+        "pull-orders",
+        "build-training-set",
+        "train-linear",
+    }
+    assert [(p.dataset, p.partition, p.checksum) for p in lineage.dataset_partitions] == [
+        (project.WEEKLY_DATASET, "week=0001", f"sha256:{hashlib.sha256(export).hexdigest()}")
+    ]
+    assert {(v.name, v.version) for v in lineage.feature_views} == set(views.items())
+    assert lineage.code_bundle.sha256 == workflow.spec.bundle.sha256
+    assert len(lineage.code_bundle.sha256) == 64
+    assert set(project.FEATURES) <= set(found.prediction.features)
+
+
 async def test_the_champion_swaps_to_boosting_after_week_two_without_a_failed_request(
     story: Story,
 ) -> None:
@@ -199,6 +269,55 @@ async def test_the_features_a_prediction_used_equal_the_batch_value_at_that_time
         assert math.isclose(served[ref], batch[ref], rel_tol=1e-9, abs_tol=1e-9), (ref, at)
 
 
+async def test_batch_predictions_for_a_partition_equal_the_online_ones_for_its_rows_and_times(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule that makes batch and online comparable: each landed row's time is the time
+    the gateway served that row online, after every event the online store holds; the
+    point-in-time features at that time are the ones the gateway read then."""
+    await _week_run(story, 1)
+    project = story.platform.example.project
+    rows = [(restaurant, 1.0 + 0.75 * restaurant) for restaurant in range(0, 12, 2)]
+    async with grpc.aio.insecure_channel(story.platform.services["gateway"].address) as gateway:
+        online = await PredictionServiceStub(gateway).Predict(
+            gpb.PredictRequest(model_name=project.MODEL, rows=[_row(*row) for row in rows]),
+            metadata=ADMIN,
+        )
+    async with _services(story) as (registry, _, _):
+        served = [await _recorded(registry, p.prediction_id) for p in online.predictions]
+    dataset = f"e2e_scored{project.NAMESPACE}"
+    partition = f"at={uuid.uuid4().hex[:8]}"
+    landed = pa.table(
+        {
+            "restaurant_id": pa.array([r for r, _ in rows], pa.int64()),
+            "event_time": pa.array(
+                [s.prediction.served_at.ToDatetime(tzinfo=UTC) for s in served],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "distance_km": pa.array([d for _, d in rows], pa.float64()),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(landed, sink)
+    for name, value in story.platform.environment.items():
+        monkeypatch.setenv(name, value)
+    async with open_blob_store(load(BlobSettings)) as blobs:
+        await blobs.put(f"{dataset}/{partition}/rows.parquet", sink.getvalue())
+        scored = await predict_batch(
+            project.MODEL, dataset, partition, version=online.model_version
+        )
+        content = await blobs.get(scored.uri)
+    batch = pq.read_table(io.BytesIO(content)).to_pylist()
+
+    assert scored.model_version == online.model_version
+    assert [r["restaurant_id"] for r in batch] == [r for r, _ in rows]
+    for row, prediction, logged in zip(batch, online.predictions, served, strict=True):
+        for ref in project.FEATURES:
+            assert row[ref] == pytest.approx(_number(logged.prediction.features[ref].value))
+        for name, value in prediction.outputs.items():
+            assert _numbers(row[name]) == pytest.approx(_numbers(value), rel=1e-6), row
+
+
 async def test_an_export_whose_checksum_does_not_match_fails_at_pull_naming_both(
     story: Story,
 ) -> None:
@@ -230,6 +349,57 @@ def test_neither_candidate_is_deployed_when_both_miss_the_threshold() -> None:
     assert "7.50" in decided["reason"]
     assert "9.00" in decided["reason"]
     assert "6.00" in decided["reason"]
+
+
+async def test_the_clean_run_shows_no_skew_and_an_online_writers_bug_is_found(
+    story: Story,
+) -> None:
+    """Last of the module: it corrupts online values (and puts them back after)."""
+    await _week_run(story, 1)
+    example = story.platform.example
+    project = example.project
+    async with landed_offline(project.ORDERS_TOPIC) as rows:
+        live = example.orders.live(24, datetime.now(UTC), seed=2)
+        await example.landing.publish_orders(live)
+        # every event a prediction below reads is landed: the report may compare at once
+        await rows(2 * live.num_rows)
+    prep = project.FEATURES[0]
+    async with (
+        _services(story) as (registry, streamer, _),
+        grpc.aio.insecure_channel(story.platform.services["gateway"].address) as gateway,
+    ):
+        predict = PredictionServiceStub(gateway)
+        clean_since = datetime.now(UTC)
+        version = await _predict_every_restaurant(predict, registry, story)
+        clean = await skew_report(
+            project.MODEL,
+            since=clean_since,
+            until=datetime.now(UTC),
+            settle=0,
+            registry=registry,
+            features=streamer,
+        )
+        view = view_from_spec(
+            (
+                await streamer.GetFeatureView(fpb.GetFeatureViewRequest(name=project.PREP_VIEW))
+            ).feature_view.spec
+        )
+        async with _corrupted_prep_minutes(view, CORRUPTED):
+            skewed_since = datetime.now(UTC)
+            await _predict_every_restaurant(predict, registry, story)
+            skewed = await skew_report(
+                project.MODEL, since=skewed_since, settle=0, registry=registry, features=streamer
+            )
+
+    compared = sorted((f.feature, f.rows) for f in clean.features if f.model_version == version)
+    assert compared == [(ref, RESTAURANTS) for ref in sorted(project.FEATURES)], clean
+    assert clean.skewed() == (), clean
+    found = {f.feature: f for f in skewed.features if f.model_version == version}
+    assert found[prep].differing == len(CORRUPTED)
+    assert found[prep].share == pytest.approx(len(CORRUPTED) / RESTAURANTS)
+    assert found[prep].max_abs_diff == pytest.approx(100.0)
+    assert found[project.FEATURES[1]].differing == 0
+    assert {f.feature for f in skewed.skewed()} == {prep}
 
 
 def _row(restaurant: int, distance_km: float) -> gpb.PredictRow:
@@ -362,3 +532,84 @@ async def _batch_features(story: Story, *, restaurant: int, at: datetime) -> dic
         content = await blobs.get(f"{found.output_uri}/part-0.parquet")
     row = pq.read_table(io.BytesIO(content)).to_pylist()[0]
     return {ref: float(row[ref]) for ref in project.FEATURES}
+
+
+@contextlib.asynccontextmanager
+async def _services(
+    story: Story,
+) -> AsyncIterator[tuple[ModelRegistryServiceStub, FeatureServiceStub, SchedulerServiceStub]]:
+    """The registry, streamer and scheduler, through channels that send the dev token."""
+    auth = load(AuthSettings)
+    services = story.platform.services
+    async with (
+        channel(services["registry"].address, auth, mode="development") as registry,
+        channel(services["streamer"].address, auth, mode="development") as streamer,
+        channel(services["scheduler"].address, auth, mode="development") as scheduler,
+    ):
+        yield (
+            ModelRegistryServiceStub(registry),
+            FeatureServiceStub(streamer),
+            SchedulerServiceStub(scheduler),
+        )
+
+
+async def _recorded(
+    registry: ModelRegistryServiceStub, prediction_id: str
+) -> rpb.GetPredictionLineageResponse:
+    """The lineage of a served prediction, once the registry has recorded it (the
+    prediction log reaches it asynchronously)."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            try:
+                return await prediction_lineage(prediction_id, registry=registry)
+            except CommandError:
+                await asyncio.sleep(0.2)
+
+
+async def _predict_every_restaurant(
+    predict: PredictionServiceStub, registry: ModelRegistryServiceStub, story: Story
+) -> int:
+    """One prediction per restaurant, recorded by the registry; the answering version."""
+    reply = await predict.Predict(
+        gpb.PredictRequest(
+            model_name=story.platform.example.project.MODEL,
+            rows=[_row(restaurant, 3.0) for restaurant in range(RESTAURANTS)],
+        ),
+        metadata=ADMIN,
+    )
+    for prediction in reply.predictions:
+        await _recorded(registry, prediction.prediction_id)
+    return int(reply.model_version)
+
+
+@contextlib.asynccontextmanager
+async def _corrupted_prep_minutes(view: Any, restaurants: tuple[int, ...]) -> AsyncIterator[None]:
+    """While inside: the online window of ``restaurants`` in the preparation-time view holds
+    every order's ``prep_minutes`` plus 100, as an online writer with a bug would store it
+    (the batch path still reads the true values). Put back as they were on leaving."""
+    client = redis.client(load(RedisSettings))
+    saved: dict[str, bytes | str] = {}
+    try:
+        for restaurant in restaurants:
+            key = online_key(view, (restaurant,))
+            stored = await client.hget(key, WINDOW_FIELD)
+            assert stored, f"no online window for restaurant {restaurant}"
+            saved[key] = stored
+            events = json.loads(stored)
+            wrong = [[time, minutes + 100.0] for time, minutes in events]
+            await client.hset(key, WINDOW_FIELD, json.dumps(wrong).encode())
+        yield
+    finally:
+        for key, original in saved.items():
+            await client.hset(key, WINDOW_FIELD, original)
+        await client.aclose()
+
+
+def _numbers(value: Any) -> list[float]:
+    """An output as a list of numbers: a gateway Value or a Parquet cell."""
+    if isinstance(value, fpb.Value):
+        kind = value.WhichOneof("kind")
+        if kind in ("float_list_value", "double_list_value"):
+            return [float(v) for v in getattr(value, kind).values]
+        return [_number(value)]
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
