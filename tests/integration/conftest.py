@@ -1,7 +1,8 @@
 """Integration tests talk to the tests' own stack (:mod:`tests.stack_session`).
 
 Every test here gets it started first; the ``pool`` fixture opens a pool on its
-Postgres. Helpers of these tests (link.py, service_processes.py, the example
+Postgres, the ``online`` fixture a connection to its Redis (the online store).
+Helpers of these tests (link.py, service_processes.py, strata_cli.py, the example
 service's package) import by name: this folder is put on ``sys.path``, which
 pytest's importlib mode does not do.
 """
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
+from strata.core import redis
 from strata.core.postgres import create_pool
+from strata.core.settings import RedisSettings, load
 from tests.stack_session import STRATA, LocalStack
 
 __all__ = ["STRATA", "LocalStack"]
@@ -36,3 +40,14 @@ async def pool(local_stack: LocalStack) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(local_stack.postgres)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def online() -> AsyncIterator[Redis]:
+    """A connection to the stack's Redis (the feature store's online store), closed after
+    the test."""
+    connection = redis.client(load(RedisSettings))
+    try:
+        yield connection
+    finally:
+        await connection.aclose()

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import pytest
 from conftest import LocalStack
 from service_processes import running
 from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
+from strata_cli import run_strata
 from test_streamer_offline import announced, produce
 from topics import topic_with_dead_letters
 
@@ -230,19 +230,7 @@ async def _strata(world: World, *args: str) -> tuple[int, str, str]:
         "STRATA_BLOB_BACKEND": "s3",
         "COLUMNS": "300",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)
 
 
 async def test_batch_predictions_equal_the_gateways_for_the_same_rows_at_the_same_times(

@@ -13,12 +13,10 @@ failure is one line on stderr naming what to fix, with exit code 1.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,21 +27,18 @@ import pyarrow.parquet as pq
 import pytest
 from redis.asyncio import Redis
 from service_processes import free_port, running
+from strata_cli import run_strata
 from test_streamer_offline import announced, produce
 from topics import topic_with_dead_letters
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import redis
-from strata.core.settings import RedisSettings, load
 from strata.sdk.features.loading import load_feature_views
 from strata.transforms.online import online_key, write_online
 from strata.transforms.streaming import StreamingExecutor
 
 pytestmark = pytest.mark.integration
 
-BOUND = 60.0
-"""Bound on waiting for a process: a guard against hanging, not a timing check."""
 TOKENS = {"dev-token": {"principal": "alice", "roles": ["developer"]}}
 DEV = (("authorization", "Bearer dev-token"),)
 
@@ -83,15 +78,6 @@ async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
         yield service.address
 
 
-@pytest.fixture
-async def online() -> AsyncIterator[Redis]:
-    connection = redis.client(load(RedisSettings))
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
-
-
 def _name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
@@ -111,19 +97,7 @@ async def _strata(streamer: str, *args: str) -> tuple[int, str, str]:
         "STRATA_BLOB_BACKEND": "s3",
         "COLUMNS": "200",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)
 
 
 async def test_apply_stores_a_view_and_reapplying_it_changes_nothing(

@@ -15,10 +15,8 @@ gateway produces it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from scheduler_peer import (
 )
 from service_processes import free_port, running
 from sklearn.linear_model import LinearRegression  # type: ignore[import-untyped]
+from strata_cli import run_strata
 from test_registry_predictions import kept, log, logged
 
 from strata.api.common.v1.refs_pb2 import (
@@ -54,8 +53,6 @@ from strata.sdk.models import log_model
 
 pytestmark = pytest.mark.integration
 
-BOUND = 60.0
-"""Bound on waiting for a CLI process: a guard against hanging, not a timing check."""
 SCHEDULER_TOKENS = {
     **TOKENS,
     "registry-token": {"principal": "registry", "roles": ["viewer"]},
@@ -219,16 +216,4 @@ async def _cli(registry_address: str, *args: str) -> tuple[int, str, str]:
         "STRATA_SERVICE_REGISTRY_PORT": registry_address.rsplit(":", 1)[1],
         "COLUMNS": "250",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)

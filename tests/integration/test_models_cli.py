@@ -10,10 +10,8 @@ wrong (the model, the version, the alias, the reference), with exit code 1.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 from service_processes import free_port, running
 from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
+from strata_cli import run_strata
 
 from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
@@ -30,9 +29,6 @@ from strata.core.settings import AuthSettings, load
 from strata.sdk.models import log_model
 
 pytestmark = pytest.mark.integration
-
-BOUND = 60.0
-"""Bound on waiting for a CLI process: a guard against hanging, not a timing check."""
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +102,7 @@ async def _strata(registry_address: str, *args: str) -> tuple[int, str, str]:
         "STRATA_SERVICE_REGISTRY_PORT": registry_address.rsplit(":", 1)[1],
         "COLUMNS": "250",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)
 
 
 async def test_show_prints_what_the_registry_holds_for_a_logged_version(

@@ -8,10 +8,8 @@ storing nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from service_processes import running
+from strata_cli import run_strata
 
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
@@ -27,8 +26,6 @@ from strata.core.rpc.status import field_violations
 
 pytestmark = pytest.mark.integration
 
-BOUND = 60.0
-"""Bound on waiting for the process: a guard against hanging, not a timing check."""
 TOKENS = {
     "dev-token": {"principal": "alice", "roles": ["developer"]},
     "viewer-token": {"principal": "dashboard", "roles": ["viewer"]},
@@ -202,19 +199,7 @@ async def _strata(scheduler: str, *args: str) -> tuple[int, str, str]:
         "STRATA_AUTH_CLIENT_TOKEN": "dev-token",
         "COLUMNS": "200",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)
 
 
 async def test_the_cli_applies_a_workflow_file_and_lists_it(

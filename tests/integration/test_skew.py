@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 from service_processes import running
 from sklearn.linear_model import LinearRegression  # type: ignore[import-untyped]
+from strata_cli import run_strata
 from test_registry_predictions import kept
 from test_streamer_offline import announced, produce
 from topics import topic_with_dead_letters
@@ -293,16 +293,4 @@ async def _cli(world: World, *args: str) -> tuple[int, str, str]:
         "STRATA_SERVICE_STREAMER_PORT": world.streamer_address.rsplit(":", 1)[1],
         "COLUMNS": "250",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "strata.sdk.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_strata(*args, env=env)

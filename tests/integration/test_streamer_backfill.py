@@ -28,10 +28,10 @@ from topics import topic_with_dead_letters
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import kafka, redis
+from strata.core import kafka
 from strata.core.bus import Bus
 from strata.core.envelope import open_envelope
-from strata.core.settings import KafkaSettings, RedisSettings, load
+from strata.core.settings import KafkaSettings, load
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -70,15 +70,6 @@ async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
 async def client(streamer: str) -> AsyncIterator[FeatureServiceStub]:
     async with grpc.aio.insecure_channel(streamer) as channel:
         yield FeatureServiceStub(channel)
-
-
-@pytest.fixture
-async def online() -> AsyncIterator[Redis]:
-    connection = redis.client(load(RedisSettings))
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
 
 
 def courier_view(source: Source) -> FeatureView:

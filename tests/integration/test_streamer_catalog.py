@@ -22,9 +22,7 @@ from service_processes import running
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import redis
 from strata.core.rpc.status import field_violations
-from strata.core.settings import RedisSettings, load
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -70,15 +68,6 @@ async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
 async def client(streamer: str) -> AsyncIterator[FeatureServiceStub]:
     async with grpc.aio.insecure_channel(streamer) as channel:
         yield FeatureServiceStub(channel)
-
-
-@pytest.fixture
-async def online() -> AsyncIterator[Redis]:
-    connection = redis.client(load(RedisSettings))
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
 
 
 def courier_view(name: str, *, groups: tuple[str, ...] = (), window: str = "1h") -> FeatureView:

@@ -24,8 +24,6 @@ from topics import topic_with_dead_letters
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import redis
-from strata.core.settings import RedisSettings, load
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -58,15 +56,6 @@ async def streamer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
 async def client(streamer: str) -> AsyncIterator[FeatureServiceStub]:
     async with grpc.aio.insecure_channel(streamer) as channel:
         yield FeatureServiceStub(channel)
-
-
-@pytest.fixture
-async def online() -> AsyncIterator[Redis]:
-    connection = redis.client(load(RedisSettings))
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
 
 
 def courier_view(topic: str, ttl: str | None) -> FeatureView:
