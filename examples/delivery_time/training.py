@@ -115,6 +115,7 @@ def train(
                 experiment_count=1,
             ),
             labels={"candidate": candidate, "partition": partition},
+            owner="delivery-team",
             task="regression",
             description=f"{candidate} model trained on {dataset}/{partition}",
             request_id=f"{lineage.training_run_id}:{candidate}",

@@ -163,7 +163,18 @@ async def test_the_registry_holds_every_artifact_and_the_lineage_of_both_candida
         assert lineage.training_set_id
         assert len(lineage.training_set_sha256) == 64
         assert len(lineage.code_bundle.sha256) == 64
+        # The other kinds a model store keeps: definition, parameters' hyperparameters,
+        # signature, dependencies, generation code, experiment artifacts and tags.
+        assert version.definition.model_class, candidate
+        assert version.params, candidate
+        assert [i.name for i in version.signature.inputs] == ["X"], candidate
+        assert version.dependencies.python_version, candidate
+        assert version.dependencies.packages, candidate
+        assert version.generation.framework, candidate
+        assert version.generation.split, candidate
         assert version.metrics["holdout_mae_minutes"] > 0
+        assert version.curves, candidate
+        assert (version.owner, version.task) == ("delivery-team", "regression")
     assert versions["linear"].aliases == ["champion"]
     assert versions["boosting"].aliases == ["challenger"]
 
