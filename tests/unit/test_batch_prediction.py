@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from strata.api.features.v1 import features_pb2 as fpb
-from strata.sdk.models.batch import _column, _requests, _row_field, _value
+from strata.sdk.models.batch import _column, _requests, _row_field
 from strata.transforms.definition import (
     Column,
     DatasetSource,
@@ -20,6 +20,7 @@ from strata.transforms.definition import (
 )
 from strata.transforms.featurize import TensorSpec, ViewUse, featurize, plan
 from strata.transforms.online import OnlineValue
+from strata.transforms.spec import value_of
 from strata.transforms.types import ColumnType, FeatureStatus
 
 T0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
@@ -76,12 +77,12 @@ def test_a_partition_row_becomes_the_predict_row_a_client_would_send() -> None:
 
 
 def test_values_keep_their_kind_so_keys_are_typed_as_the_view_declares() -> None:
-    assert _value(None) == fpb.Value()
-    assert _value(True) == fpb.Value(bool_value=True)
-    assert _value(3) == fpb.Value(int64_value=3)
-    assert _value(2.5) == fpb.Value(double_value=2.5)
-    assert _value("a") == fpb.Value(string_value="a")
-    assert _value(T0).timestamp_value.ToDatetime(tzinfo=UTC) == T0
+    assert value_of(None) == fpb.Value()
+    assert value_of(True) == fpb.Value(bool_value=True)
+    assert value_of(3) == fpb.Value(int64_value=3)
+    assert value_of(2.5) == fpb.Value(double_value=2.5)
+    assert value_of("a") == fpb.Value(string_value="a")
+    assert value_of(T0).timestamp_value.ToDatetime(tzinfo=UTC) == T0
 
 
 def test_outputs_are_a_scalar_or_a_fixed_size_list_per_row() -> None:

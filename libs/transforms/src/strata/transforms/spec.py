@@ -76,7 +76,7 @@ def view_to_spec(view: FeatureView) -> pb.FeatureViewSpec:
             name=feature.name,
             type=_TYPES[feature.type],
             column=feature.column or "",
-            default_value=_value(feature.default),
+            default_value=value_of(feature.default),
         )
         if feature.function is not None and feature.window_us is not None:
             message.aggregation.function = _FUNCTIONS[feature.function]
@@ -173,7 +173,9 @@ def _feature(where: str, message: pb.Feature) -> Feature:
     return Feature(message.name, message.column or None, aggregation, default)
 
 
-def _value(value: Scalar) -> pb.Value:
+def value_of(value: Scalar) -> pb.Value:
+    """The ``Value`` of a Python scalar (None: an unset kind, which means null); the one
+    conversion the streamer, the gateway and batch prediction answer with."""
     if value is None:
         return pb.Value()
     if isinstance(value, bool):

@@ -12,6 +12,7 @@ import numpy as np
 
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.transforms.featurize import Array
+from strata.transforms.spec import value_of
 from strata.transforms.types import FeatureStatus, Scalar
 
 STATUSES = {
@@ -19,23 +20,6 @@ STATUSES = {
     FeatureStatus.NOT_FOUND: fpb.FEATURE_STATUS_NOT_FOUND,
     FeatureStatus.EXPIRED: fpb.FEATURE_STATUS_EXPIRED,
 }
-
-
-def value_of(value: Scalar) -> fpb.Value:
-    """The ``Value`` of a Python scalar (None: an unset kind, which means null)."""
-    if value is None:
-        return fpb.Value()
-    if isinstance(value, bool):
-        return fpb.Value(bool_value=value)
-    if isinstance(value, int):
-        return fpb.Value(int64_value=value)
-    if isinstance(value, float):
-        return fpb.Value(double_value=value)
-    if isinstance(value, str):
-        return fpb.Value(string_value=value)
-    message = fpb.Value()
-    message.timestamp_value.FromDatetime(value)
-    return message
 
 
 def feature_value(

@@ -50,10 +50,10 @@ from strata.streamer.store import (
     ViewStore,
     ViewVersion,
 )
-from strata.streamer.values import entity_key, value_of
+from strata.streamer.values import entity_key
 from strata.transforms.definition import FeatureView
 from strata.transforms.online import OnlineRead, OnlineValue, delete_online, read_online_views
-from strata.transforms.spec import view_from_spec
+from strata.transforms.spec import value_of, view_from_spec
 from strata.transforms.types import FeatureStatus
 
 _STATES = {

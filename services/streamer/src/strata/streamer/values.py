@@ -55,20 +55,3 @@ def scalar(value: pb.Value) -> Scalar:
         return moment
     result: Scalar = getattr(value, kind)
     return result
-
-
-def value_of(value: Scalar) -> pb.Value:
-    """The ``Value`` of a Python scalar (None: an unset kind, which means null)."""
-    if value is None:
-        return pb.Value()
-    if isinstance(value, bool):
-        return pb.Value(bool_value=value)
-    if isinstance(value, int):
-        return pb.Value(int64_value=value)
-    if isinstance(value, float):
-        return pb.Value(double_value=value)
-    if isinstance(value, str):
-        return pb.Value(string_value=value)
-    message = pb.Value()
-    message.timestamp_value.FromDatetime(value)
-    return message

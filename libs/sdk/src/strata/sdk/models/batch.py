@@ -38,8 +38,6 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +65,7 @@ from strata.transforms.featurize import (
     plan,
 )
 from strata.transforms.online import OnlineValue
-from strata.transforms.spec import view_from_spec
+from strata.transforms.spec import value_of, view_from_spec
 from strata.transforms.types import FeatureStatus, Scalar
 
 REGISTRY = "strata.registry.v1.ModelRegistryService"
@@ -408,7 +406,7 @@ def _requests(bound: FeaturePlan, rows: pa.Table, time_column: str) -> list[gpb.
             if name == time_column:
                 continue
             target = row.entity_keys if name in keys else row.features
-            target[name].CopyFrom(_value(values[index]))
+            target[name].CopyFrom(value_of(values[index]))
         requests.append(row)
     return requests
 
@@ -420,22 +418,6 @@ def _row_field(field: str) -> str:
         return field
     row, column = found["row"], found["column"]
     return f"row {row}, column {column!r}" if column else f"row {row}"
-
-
-def _value(value: Any) -> fpb.Value:
-    if value is None:
-        return fpb.Value()
-    if isinstance(value, bool):
-        return fpb.Value(bool_value=value)
-    if isinstance(value, int):
-        return fpb.Value(int64_value=value)
-    if isinstance(value, float):
-        return fpb.Value(double_value=value)
-    if isinstance(value, datetime):
-        message = fpb.Value()
-        message.timestamp_value.FromDatetime(value)
-        return message
-    return fpb.Value(string_value=str(value))
 
 
 def _column(array: Array) -> pa.Array:
