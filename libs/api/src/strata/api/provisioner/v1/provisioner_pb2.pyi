@@ -558,6 +558,8 @@ class Node(_message.Message):
     JOINED_AT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
     PLACEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    NODE_CLASS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node id."""
     hostname: _builtins.str
@@ -568,6 +570,12 @@ class Node(_message.Message):
     """Agent software version."""
     placement_count: _builtins.int
     """Number of attempts placed on the node now."""
+    node_class: _builtins.str
+    """Node class it was provisioned as; empty for a node that joined by itself."""
+    provider: _builtins.str
+    """Provider that supplied it ("local", "kubernetes"); empty for a node that
+    joined by itself.
+    """
     @_builtins.property
     def capacity(self) -> _resources_pb2.Resources:
         """What the node offers to tasks."""
@@ -606,10 +614,12 @@ class Node(_message.Message):
         joined_at: _timestamp_pb2.Timestamp | None = ...,
         last_seen_at: _timestamp_pb2.Timestamp | None = ...,
         placement_count: _builtins.int = ...,
+        node_class: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "joined_at", b"joined_at", "last_seen_at", b"last_seen_at", "reserved", b"reserved", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "joined_at", b"joined_at", "labels", b"labels", "last_seen_at", b"last_seen_at", "node_id", b"node_id", "placement_count", b"placement_count", "reserved", b"reserved", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hostname", b"hostname", "joined_at", b"joined_at", "labels", b"labels", "last_seen_at", b"last_seen_at", "node_class", b"node_class", "node_id", b"node_id", "placement_count", b"placement_count", "provider", b"provider", "reserved", b"reserved", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,6 +640,7 @@ class Placement(_message.Message):
     RESERVED_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     PLACED_AT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Workflow name."""
     node_id: _builtins.str
@@ -640,6 +651,8 @@ class Placement(_message.Message):
     """Priority it had in the queue."""
     running: _builtins.bool
     """Whether the agent reported the attempt started."""
+    user: _builtins.str
+    """Who the attempt runs for; the queue's per-user cap counts by it."""
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt."""
@@ -668,10 +681,11 @@ class Placement(_message.Message):
         reserved: _resources_pb2.Resources | None = ...,
         running: _builtins.bool = ...,
         placed_at: _timestamp_pb2.Timestamp | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "placed_at", b"placed_at", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "node_id", b"node_id", "placed_at", b"placed_at", "priority", b"priority", "queue", b"queue", "reserved", b"reserved", "running", b"running", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "node_id", b"node_id", "placed_at", b"placed_at", "priority", b"priority", "queue", b"queue", "reserved", b"reserved", "running", b"running", "user", b"user", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,16 +693,54 @@ Global___Placement: _TypeAlias = Placement  # noqa: Y015
 
 @_typing.final
 class Queue(_message.Message):
-    """Queue groups attempts under one quota; priorities order attempts within it."""
+    """Queue groups attempts under one quota; priorities order attempts within it.
+    When queues contend for the same nodes, each gets capacity in proportion to
+    its weight.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RunningByUserEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_PER_USER_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    RUNNING_BY_USER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Queue name."""
+    weight: _builtins.float
+    """Share of contended capacity relative to other queues' weights (default 1)."""
+    max_running_per_user: _builtins.int
+    """Most attempts one user may have placed or running in this queue at once;
+    0: no cap.
+    """
+    running: _builtins.int
+    """Attempts placed or running now."""
+    waiting: _builtins.int
+    """Attempts waiting now (all of them, where pending may be cut short)."""
     @_builtins.property
     def quota(self) -> _resources_pb2.Resources:
         """Most resources the queue's placements may reserve at once; unset: no limit."""
@@ -701,6 +753,10 @@ class Queue(_message.Message):
     def pending(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingTask]:
         """Attempts waiting for a node, in the order they will be placed."""
 
+    @_builtins.property
+    def running_by_user(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Running attempts per user, for the per-user cap."""
+
     def __init__(
         self,
         *,
@@ -708,14 +764,75 @@ class Queue(_message.Message):
         quota: _resources_pb2.Resources | None = ...,
         reserved: _resources_pb2.Resources | None = ...,
         pending: _abc.Iterable[Global___PendingTask] | None = ...,
+        weight: _builtins.float = ...,
+        max_running_per_user: _builtins.int = ...,
+        running: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        running_by_user: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pending", b"pending", "quota", b"quota", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_running_per_user", b"max_running_per_user", "name", b"name", "pending", b"pending", "quota", b"quota", "reserved", b"reserved", "running", b"running", "running_by_user", b"running_by_user", "waiting", b"waiting", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Queue: _TypeAlias = Queue  # noqa: Y015
+
+@_typing.final
+class NodeClass(_message.Message):
+    """NodeClass is one size of node a provider supplies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    MIN_NODES_FIELD_NUMBER: _builtins.int
+    MAX_NODES_FIELD_NUMBER: _builtins.int
+    STARTING_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    PROVIDER_SERVING_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Class name, e.g. "small"."""
+    provider: _builtins.str
+    """Provider supplying it ("local", "kubernetes")."""
+    min_nodes: _builtins.int
+    """Nodes of the class kept at least, even when idle."""
+    max_nodes: _builtins.int
+    """Nodes of the class at most."""
+    starting: _builtins.int
+    """Nodes asked of the provider and not connected yet."""
+    connected: _builtins.int
+    """Nodes connected (ready, draining or drained)."""
+    provider_serving: _builtins.bool
+    """Whether the provider answers; when false, message says why."""
+    message: _builtins.str
+    """The provider's last word on the class, e.g. a pod's scheduling message."""
+    @_builtins.property
+    def capacity(self) -> _resources_pb2.Resources:
+        """What one node of the class offers to tasks."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        capacity: _resources_pb2.Resources | None = ...,
+        min_nodes: _builtins.int = ...,
+        max_nodes: _builtins.int = ...,
+        starting: _builtins.int = ...,
+        connected: _builtins.int = ...,
+        provider_serving: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "connected", b"connected", "max_nodes", b"max_nodes", "message", b"message", "min_nodes", b"min_nodes", "name", b"name", "provider", b"provider", "provider_serving", b"provider_serving", "starting", b"starting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeClass: _TypeAlias = NodeClass  # noqa: Y015
 
 @_typing.final
 class PendingTask(_message.Message):
@@ -729,12 +846,16 @@ class PendingTask(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     WAITING_FOR_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Workflow name."""
     priority: _builtins.int
     """Priority in the queue."""
     waiting_for: _builtins.str
     """Why it is not placed yet, e.g. "queue quota reached" or "no node has 2 GPUs"."""
+    user: _builtins.str
+    """Who the attempt runs for."""
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt."""
@@ -747,6 +868,12 @@ class PendingTask(_message.Message):
     def requested_at(self) -> _timestamp_pb2.Timestamp:
         """When the request arrived."""
 
+    @_builtins.property
+    def reserved(self) -> _resources_pb2.Resources:
+        """What placement will reserve for it: the measured need of past attempts of
+        the same task, at most the limits.
+        """
+
     def __init__(
         self,
         *,
@@ -756,10 +883,12 @@ class PendingTask(_message.Message):
         limits: _resources_pb2.Resources | None = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         waiting_for: _builtins.str = ...,
+        user: _builtins.str = ...,
+        reserved: _resources_pb2.Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "requested_at", b"requested_at", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "priority", b"priority", "requested_at", b"requested_at", "waiting_for", b"waiting_for", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "priority", b"priority", "requested_at", b"requested_at", "reserved", b"reserved", "user", b"user", "waiting_for", b"waiting_for", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1038,6 +1167,170 @@ class GetQueueResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetQueueResponse: _TypeAlias = GetQueueResponse  # noqa: Y015
+
+@_typing.final
+class ApplyQueueRequest(_message.Message):
+    """Request of ApplyQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class QuotaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_PER_USER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Queue name: lowercase letters, digits and dashes."""
+    weight: _builtins.float
+    """Share of contended capacity relative to other queues; 0: 1."""
+    max_running_per_user: _builtins.int
+    """Most attempts one user may have placed or running at once; 0: no cap."""
+    @_builtins.property
+    def quota(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Quota by resource name in Kubernetes quantity notation: "cpu" ("4", "500m"),
+        "memory" ("8Gi", "512Mi"), "gpu" ("1"); a resource left out has no limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        quota: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        weight: _builtins.float = ...,
+        max_running_per_user: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_running_per_user", b"max_running_per_user", "name", b"name", "quota", b"quota", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyQueueRequest: _TypeAlias = ApplyQueueRequest  # noqa: Y015
+
+@_typing.final
+class ApplyQueueResponse(_message.Message):
+    """Response of ApplyQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queue(self) -> Global___Queue:
+        """The queue as stored."""
+
+    def __init__(
+        self,
+        *,
+        queue: Global___Queue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyQueueResponse: _TypeAlias = ApplyQueueResponse  # noqa: Y015
+
+@_typing.final
+class ListQueuesRequest(_message.Message):
+    """Request of ListQueues."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQueuesRequest: _TypeAlias = ListQueuesRequest  # noqa: Y015
+
+@_typing.final
+class ListQueuesResponse(_message.Message):
+    """Response of ListQueues."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___Queue]:
+        """Queues by name, pending left empty."""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___Queue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQueuesResponse: _TypeAlias = ListQueuesResponse  # noqa: Y015
+
+@_typing.final
+class ListNodeClassesRequest(_message.Message):
+    """Request of ListNodeClasses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeClassesRequest: _TypeAlias = ListNodeClassesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodeClassesResponse(_message.Message):
+    """Response of ListNodeClasses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_CLASSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeClass]:
+        """Classes by name."""
+
+    def __init__(
+        self,
+        *,
+        node_classes: _abc.Iterable[Global___NodeClass] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_classes", b"node_classes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodeClassesResponse: _TypeAlias = ListNodeClassesResponse  # noqa: Y015
 
 @_typing.final
 class TaskPlaced(_message.Message):

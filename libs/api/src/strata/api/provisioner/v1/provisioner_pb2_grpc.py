@@ -68,6 +68,21 @@ class ProvisionerServiceStub:
                 request_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueRequest.SerializeToString,
                 response_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueResponse.FromString,
                 _registered_method=True)
+        self.ApplyQueue = channel.unary_unary(
+                '/strata.provisioner.v1.ProvisionerService/ApplyQueue',
+                request_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueRequest.SerializeToString,
+                response_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueResponse.FromString,
+                _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/strata.provisioner.v1.ProvisionerService/ListQueues',
+                request_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
+        self.ListNodeClasses = channel.unary_unary(
+                '/strata.provisioner.v1.ProvisionerService/ListNodeClasses',
+                request_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesRequest.SerializeToString,
+                response_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesResponse.FromString,
+                _registered_method=True)
 
 
 class ProvisionerServiceServicer:
@@ -124,6 +139,29 @@ class ProvisionerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyQueue(self, request, context):
+        """Creates a queue or changes its quota, weight and per-user cap. A quota that is
+        negative or names an unknown resource is INVALID_ARGUMENT naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueues(self, request, context):
+        """Lists every queue with its quota and use (without the waiting attempts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodeClasses(self, request, context):
+        """Lists the node classes the providers supply, with their nodes and the
+        provider's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisionerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +194,21 @@ def add_ProvisionerServiceServicer_to_server(servicer, server):
                     servicer.GetQueue,
                     request_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueRequest.FromString,
                     response_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueResponse.SerializeToString,
+            ),
+            'ApplyQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyQueue,
+                    request_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueRequest.FromString,
+                    response_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueResponse.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesRequest.FromString,
+                    response_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'ListNodeClasses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeClasses,
+                    request_deserializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesRequest.FromString,
+                    response_serializer=strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -324,6 +377,87 @@ class ProvisionerService:
             '/strata.provisioner.v1.ProvisionerService/GetQueue',
             strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueRequest.SerializeToString,
             strata_dot_provisioner_dot_v1_dot_provisioner__pb2.GetQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.provisioner.v1.ProvisionerService/ApplyQueue',
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueRequest.SerializeToString,
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ApplyQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.provisioner.v1.ProvisionerService/ListQueues',
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesRequest.SerializeToString,
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeClasses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.provisioner.v1.ProvisionerService/ListNodeClasses',
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesRequest.SerializeToString,
+            strata_dot_provisioner_dot_v1_dot_provisioner__pb2.ListNodeClassesResponse.FromString,
             options,
             channel_credentials,
             insecure,

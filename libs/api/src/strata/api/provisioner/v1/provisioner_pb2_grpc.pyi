@@ -56,6 +56,16 @@ class ProvisionerServiceStub:
     """Lists the attempts currently placed (placed or running), a page at a time."""
     GetQueue: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetQueueRequest, _provisioner_pb2.GetQueueResponse]
     """Returns a queue: its quota, what it uses, and the attempts waiting in it."""
+    ApplyQueue: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.ApplyQueueRequest, _provisioner_pb2.ApplyQueueResponse]
+    """Creates a queue or changes its quota, weight and per-user cap. A quota that is
+    negative or names an unknown resource is INVALID_ARGUMENT naming it.
+    """
+    ListQueues: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.ListQueuesRequest, _provisioner_pb2.ListQueuesResponse]
+    """Lists every queue with its quota and use (without the waiting attempts)."""
+    ListNodeClasses: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.ListNodeClassesRequest, _provisioner_pb2.ListNodeClassesResponse]
+    """Lists the node classes the providers supply, with their nodes and the
+    provider's state.
+    """
 
 @_typing.type_check_only
 class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
@@ -85,6 +95,16 @@ class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
     """Lists the attempts currently placed (placed or running), a page at a time."""
     GetQueue: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetQueueRequest, _provisioner_pb2.GetQueueResponse]  # type: ignore[assignment]
     """Returns a queue: its quota, what it uses, and the attempts waiting in it."""
+    ApplyQueue: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.ApplyQueueRequest, _provisioner_pb2.ApplyQueueResponse]  # type: ignore[assignment]
+    """Creates a queue or changes its quota, weight and per-user cap. A quota that is
+    negative or names an unknown resource is INVALID_ARGUMENT naming it.
+    """
+    ListQueues: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.ListQueuesRequest, _provisioner_pb2.ListQueuesResponse]  # type: ignore[assignment]
+    """Lists every queue with its quota and use (without the waiting attempts)."""
+    ListNodeClasses: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.ListNodeClassesRequest, _provisioner_pb2.ListNodeClassesResponse]  # type: ignore[assignment]
+    """Lists the node classes the providers supply, with their nodes and the
+    provider's state.
+    """
 
 class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProvisionerService keeps the inventory of nodes and places task attempts on them.
@@ -147,5 +167,33 @@ class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provisioner_pb2.GetQueueResponse, _abc.Awaitable[_provisioner_pb2.GetQueueResponse]]:
         """Returns a queue: its quota, what it uses, and the attempts waiting in it."""
+
+    @_abc_1.abstractmethod
+    def ApplyQueue(
+        self,
+        request: _provisioner_pb2.ApplyQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provisioner_pb2.ApplyQueueResponse, _abc.Awaitable[_provisioner_pb2.ApplyQueueResponse]]:
+        """Creates a queue or changes its quota, weight and per-user cap. A quota that is
+        negative or names an unknown resource is INVALID_ARGUMENT naming it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListQueues(
+        self,
+        request: _provisioner_pb2.ListQueuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provisioner_pb2.ListQueuesResponse, _abc.Awaitable[_provisioner_pb2.ListQueuesResponse]]:
+        """Lists every queue with its quota and use (without the waiting attempts)."""
+
+    @_abc_1.abstractmethod
+    def ListNodeClasses(
+        self,
+        request: _provisioner_pb2.ListNodeClassesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provisioner_pb2.ListNodeClassesResponse, _abc.Awaitable[_provisioner_pb2.ListNodeClassesResponse]]:
+        """Lists the node classes the providers supply, with their nodes and the
+        provider's state.
+        """
 
 def add_ProvisionerServiceServicer_to_server(servicer: ProvisionerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

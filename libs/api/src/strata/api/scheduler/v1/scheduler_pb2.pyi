@@ -862,6 +862,10 @@ class TaskInstance(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    PEAK_USAGE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id from the workflow spec."""
     state: Global___TaskState.ValueType
@@ -886,6 +890,24 @@ class TaskInstance(_message.Message):
         conditions; empty until SUCCEEDED.
         """
 
+    @_builtins.property
+    def requested(self) -> _resources_pb2.Resources:
+        """What the task asked for (TaskSpec resources)."""
+
+    @_builtins.property
+    def limits(self) -> _resources_pb2.Resources:
+        """Hard limit of the latest attempt; above requested after an out-of-memory
+        retry.
+        """
+
+    @_builtins.property
+    def reserved(self) -> _resources_pb2.Resources:
+        """What placement reserved for the latest attempt, learned from past attempts."""
+
+    @_builtins.property
+    def peak_usage(self) -> _resources_pb2.ResourceUsage:
+        """Peak usage of the latest attempt, once it ended."""
+
     def __init__(
         self,
         *,
@@ -897,10 +919,14 @@ class TaskInstance(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         outputs: _struct_pb2.Struct | None = ...,
         message: _builtins.str = ...,
+        requested: _resources_pb2.Resources | None = ...,
+        limits: _resources_pb2.Resources | None = ...,
+        reserved: _resources_pb2.Resources | None = ...,
+        peak_usage: _resources_pb2.ResourceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "outputs", b"outputs", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "limits", b"limits", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "limits", b"limits", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1335,6 +1361,7 @@ class TaskRequested(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Workflow name; with task_id, what "the same task" means when the provisioner
     learns from past attempts' usage.
@@ -1345,6 +1372,10 @@ class TaskRequested(_message.Message):
     """Priority within the queue; higher first."""
     queue: _builtins.str
     """Queue (and so quota) the attempt is placed through."""
+    user: _builtins.str
+    """Who the attempt runs for: the principal who started the run, else who
+    applied the workflow version. The queue's per-user cap counts by it.
+    """
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt to run; its run id is the Kafka key, its attempt number the
@@ -1384,10 +1415,11 @@ class TaskRequested(_message.Message):
         priority: _builtins.int = ...,
         queue: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attempt", b"attempt", "bundle", b"bundle", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attempt", b"attempt", "bundle", b"bundle", "entrypoint", b"entrypoint", "priority", b"priority", "queue", b"queue", "resources", b"resources", "timeout", b"timeout", "upstream_outputs", b"upstream_outputs", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attempt", b"attempt", "bundle", b"bundle", "entrypoint", b"entrypoint", "priority", b"priority", "queue", b"queue", "resources", b"resources", "timeout", b"timeout", "upstream_outputs", b"upstream_outputs", "user", b"user", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
