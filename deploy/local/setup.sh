@@ -123,3 +123,11 @@ if ! buf_is_current; then
   GOBIN="$ROOT/bin" GOTOOLCHAIN=auto "$go_bin" install "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"
 fi
 echo "ok: buf $(bin/buf --version)"
+
+step "the tests' Kubernetes control plane (API server, scheduler, controller-manager, etcd, kwok; from the Go module proxy)"
+kube_go="$(go_for_buf)"
+if [[ -z $kube_go ]]; then
+  case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) arch="$(uname -m)" ;; esac
+  kube_go="$(fetch_go "$arch")"
+fi
+GO="$kube_go" GOTOOLCHAIN=auto bash deploy/local/kube/build.sh
