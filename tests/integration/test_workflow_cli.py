@@ -4,7 +4,8 @@ The test plays the provisioner and the agents over the real Kafka (as in
 test_scheduler_runs.py) while the CLI runs as a user would run it, in a process of
 its own. What a team relies on: ``run --follow`` shows every task's state, node
 and attempt as it happens and exits 0 when the run succeeds, 1 with how it ended
-otherwise; ``status`` shows each task with its attempt, node, duration and why;
+otherwise; ``status`` shows each task with its attempt, node, duration and why, and
+what it asked for, got reserved and used;
 ``cancel`` stops a run; ``backfill`` makes one run per past tick; an unknown
 workflow or run, or a malformed option, is one line naming it, exit 1.
 """
@@ -25,6 +26,7 @@ from google.protobuf import json_format
 from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
 from service_processes import running
 
+from strata.api.common.v1.resources_pb2 import Resources, ResourceUsage
 from strata.api.data.v1.data_pb2 import DataArrived
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
@@ -164,11 +166,53 @@ async def test_run_follow_shows_each_task_live_and_exits_0_when_the_run_succeeds
     code, out, err = await _strata(address, "workflow", "status", run_id)
     assert code == 0, err
     assert f"run {run_id} of {name} version 1: SUCCEEDED" in out
-    rows = [line.split("│") for line in out.splitlines() if "│" in line]
-    cells = {r[1].strip(): [c.strip() for c in r[2:6]] for r in rows}
+    tasks_table = [line.split("│") for line in out.splitlines() if line.count("│") == 7]
+    cells = {r[1].strip(): [c.strip() for c in r[2:6]] for r in tasks_table}
     assert cells["extract"][:3] == ["SUCCEEDED", "1", "node-1"]
     assert cells["train"][:3] == ["SUCCEEDED", "1", "node-1"]
     assert cells["train"][3].endswith("s")
+
+
+async def test_status_shows_what_each_task_asked_for_got_reserved_and_used(
+    address: str, client: SchedulerServiceStub, cluster: Cluster
+) -> None:
+    name = _name("sized")
+    gib = 2**30
+    asked = Resources(cpu_millis=2000, memory_bytes=4 * gib)
+    spec = pb.WorkflowSpec(
+        name=name,
+        tasks=[pb.TaskSpec(task_id="train", entrypoint="pipeline.tasks:train", resources=asked)],
+    )
+    await client.ApplyWorkflow(pb.ApplyWorkflowRequest(spec=spec), metadata=DEV)
+    code, out, err = await _strata(address, "workflow", "run", name)
+    assert code == 0, err
+    run_id = out.split()[1]
+    request = await cluster.next_request(run_id)
+    reserved = Resources(cpu_millis=500, memory_bytes=3 * gib // 2)
+    peak = ResourceUsage(cpu_millis=800, memory_bytes=int(1.2 * gib))
+    await cluster.bus.publish(
+        prov.TaskPlaced(attempt=request.attempt, node_id="node-1", limits=asked, reserved=reserved)
+    )
+    await cluster.bus.publish(
+        prov.TaskFinished(attempt=request.attempt, node_id="node-1", peak_usage=peak)
+    )
+    async with asyncio.timeout(BOUND):
+        while True:
+            reply = await client.GetRun(pb.GetRunRequest(run_id=run_id), metadata=DEV)
+            if reply.run.state == pb.RUN_STATE_SUCCEEDED:
+                break
+            await asyncio.sleep(0.1)
+
+    code, out, err = await _strata(address, "workflow", "status", run_id)
+
+    assert code == 0, err
+    [row] = [line for line in out.splitlines() if "asked" in line]
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    assert cells == [
+        "train",
+        "4 GiB asked · 1.5 GiB reserved · 1.2 GiB used",
+        "2 CPU asked · 0.5 CPU reserved · 0.8 CPU used",
+    ]
 
 
 async def test_cancel_stops_a_followed_run_which_then_exits_1_saying_so(
@@ -237,9 +281,11 @@ async def test_status_says_why_a_requested_task_waits_for_a_node(
             address, "workflow", "status", run_id, provisioner=provisioner.address
         )
     assert code == 0, err
-    [row] = [line for line in out.splitlines() if "│ extract" in line]
+    # The tasks table comes first; the usage table below it has a row per task too.
+    row, usage = [line for line in out.splitlines() if "│ extract" in line]
     assert "REQUESTED" in row
     assert f"waiting for a node: {reason}" in row
+    assert "asked" in usage
 
 
 async def _waiting_for(stub: ProvisionerServiceStub, queue: str, run_id: str) -> str:

@@ -33,6 +33,7 @@ from strata.scheduler.clock import clock_of
 from strata.scheduler.domain.paging import run_after, run_token
 from strata.scheduler.domain.runs import RUN_TERMINAL, TaskStatus
 from strata.scheduler.domain.validation import validate
+from strata.scheduler.events import resources_message, usage_message
 from strata.scheduler.runs import Runs
 from strata.scheduler.store import StoredRun, StoredWorkflow, WorkflowStore
 from strata.scheduler.triggers import Triggers
@@ -253,6 +254,10 @@ def _task(task: TaskStatus) -> pb.TaskInstance:
         finished_at=_timestamp(task.finished_at),
         outputs=_struct(dict(task.outputs or {})),
         message=task.message,
+        requested=resources_message(task.requested),
+        limits=resources_message(task.limits),
+        reserved=resources_message(task.reserved),
+        peak_usage=usage_message(task.peak_usage),
     )
 
 

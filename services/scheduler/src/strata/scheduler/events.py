@@ -17,6 +17,8 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
+from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
+from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1.provisioner_pb2 import (
     FAILURE_KIND_CANCELLED,
     FAILURE_KIND_UNSCHEDULABLE,
@@ -35,6 +37,7 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
     TaskStateChanged,
 )
 from strata.scheduler.domain.plan import RunPlan
+from strata.scheduler.domain.resources import Resources, Usage
 from strata.scheduler.domain.runs import (
     Failed,
     Finished,
@@ -44,6 +47,7 @@ from strata.scheduler.domain.runs import (
     Started,
     TaskChange,
     TaskStatus,
+    runs_for,
     upstream_outputs,
 )
 from strata.scheduler.store import StoredRun
@@ -57,13 +61,19 @@ _NOT_RETRYABLE = frozenset({FAILURE_KIND_UNSCHEDULABLE, FAILURE_KIND_CANCELLED})
 def report_of(event: Message) -> tuple[str, Report]:
     """The run id and the domain report of one of the :data:`REPORTS` events."""
     if isinstance(event, TaskPlaced):
-        return event.attempt.run_id, Placed(**_base(event.attempt, event.node_id))
+        return event.attempt.run_id, Placed(
+            **_base(event.attempt, event.node_id),
+            limits=_resources(event, "limits"),
+            reserved=_resources(event, "reserved"),
+        )
     if isinstance(event, TaskStarted):
         return event.attempt.run_id, Started(**_base(event.attempt, event.node_id))
     if isinstance(event, TaskFinished):
         outputs = json_format.MessageToDict(event.outputs)
         return event.attempt.run_id, Finished(
-            **_base(event.attempt, event.node_id), outputs=outputs
+            **_base(event.attempt, event.node_id),
+            outputs=outputs,
+            peak_usage=_usage(event),
         )
     if isinstance(event, TaskFailed):
         kind = FailureKind.Name(event.kind).removeprefix("FAILURE_KIND_")
@@ -71,6 +81,7 @@ def report_of(event: Message) -> tuple[str, Report]:
             **_base(event.attempt, event.node_id),
             message=f"{kind}: {event.message}",
             retryable=event.kind not in _NOT_RETRYABLE,
+            peak_usage=_usage(event),
         )
     if isinstance(event, TaskLost):
         return event.attempt.run_id, Lost(
@@ -81,6 +92,43 @@ def report_of(event: Message) -> tuple[str, Report]:
 
 def _base(ref: TaskAttemptRef, node_id: str) -> dict[str, Any]:
     return {"task_id": ref.task_id, "attempt": ref.attempt, "node_id": node_id}
+
+
+def _resources(event: Message, field: str) -> Resources | None:
+    """The event's ``field`` (a Resources), None when the event leaves it unset."""
+    if not event.HasField(field):
+        return None
+    amounts: ResourcesMessage = getattr(event, field)
+    return Resources(amounts.cpu_millis, amounts.memory_bytes, amounts.gpus)
+
+
+def _usage(event: TaskFinished | TaskFailed) -> Usage | None:
+    """The event's peak usage, None when it carries none (an attempt that never ran)."""
+    if not event.HasField("peak_usage"):
+        return None
+    peak = event.peak_usage
+    return Usage(peak.cpu_millis, peak.memory_bytes, peak.gpu_percent, peak.gpu_memory_bytes)
+
+
+def resources_message(amounts: Resources | None) -> ResourcesMessage | None:
+    """``amounts`` as the proto; None stays unset."""
+    if amounts is None:
+        return None
+    return ResourcesMessage(
+        cpu_millis=amounts.cpu_millis, memory_bytes=amounts.memory_bytes, gpus=amounts.gpus
+    )
+
+
+def usage_message(usage: Usage | None) -> ResourceUsage | None:
+    """``usage`` as the proto; None stays unset."""
+    if usage is None:
+        return None
+    return ResourceUsage(
+        cpu_millis=usage.cpu_millis,
+        memory_bytes=usage.memory_bytes,
+        gpu_percent=usage.gpu_percent,
+        gpu_memory_bytes=usage.gpu_memory_bytes,
+    )
 
 
 def task_requested(plan: RunPlan, run: StoredRun, task: TaskStatus) -> TaskRequested:
@@ -102,6 +150,7 @@ def task_requested(plan: RunPlan, run: StoredRun, task: TaskStatus) -> TaskReque
         resources=spec.resources if spec.HasField("resources") else workflow.default_resources,
         priority=workflow.priority,
         queue=workflow.queue or "default",
+        user=runs_for(run.cause, plan.applied_by),
     )
     if spec.HasField("timeout"):
         request.timeout.CopyFrom(spec.timeout)

@@ -32,7 +32,6 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
     RunStateChanged,
     TaskStateChanged,
     WatchRunResponse,
-    WorkflowSpec,
 )
 from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.inbox import claim_events
@@ -123,7 +122,7 @@ class Runs:
             return existing, False
         if trigger_key and (existing := await self.store.by_trigger(conn, trigger_key)):
             return existing, False
-        plan = self._plan(workflow.spec, workflow.version)
+        plan = self._plan(workflow)
         limit = workflow.spec.max_active_runs if lane_limit is None else lane_limit
         now = self._clock()
         admitted = True
@@ -348,14 +347,14 @@ class Runs:
         if key not in self._plans:
             workflow = await self._workflows.get(*key)
             assert workflow is not None, "a run's workflow version is never deleted"
-            return self._plan(workflow.spec, workflow.version)
+            return self._plan(workflow)
         return self._plans[key]
 
-    def _plan(self, spec: WorkflowSpec, version: int) -> RunPlan:
+    def _plan(self, workflow: StoredWorkflow) -> RunPlan:
         """The plan of a workflow version; versions never change, so it is kept."""
-        key = (spec.name, version)
+        key = (workflow.spec.name, workflow.version)
         if key not in self._plans:
-            self._plans[key] = RunPlan.of(spec)
+            self._plans[key] = RunPlan.of(workflow.spec, applied_by=workflow.applied_by)
         return self._plans[key]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
 )
 from strata.core.migrations import DbConnection
 from strata.core.versions import next_version, spec_sha256
+from strata.scheduler.domain.resources import Resources, Usage
 from strata.scheduler.domain.runs import RUN_ACTIVE, TaskStatus
 from strata.scheduler.domain.triggers import ArrivedPartition
 
@@ -181,7 +182,8 @@ _RUN_COLUMNS = (
     "created_at, started_at, finished_at, lane, lane_limit"
 )
 _TASK_COLUMNS = (
-    "task_id, state, attempt, node_id, outputs, message, due_at, started_at, finished_at"
+    "task_id, state, attempt, node_id, outputs, message, due_at, started_at, finished_at, "
+    "requested, limits, reserved, peak_usage"
 )
 
 
@@ -228,7 +230,7 @@ class RunStore:
             return False
         await conn.executemany(
             f"INSERT INTO {s}.task_instances (run_id, position, {_TASK_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             [(uuid.UUID(run.run_id), i, *_task_values(t)) for i, t in enumerate(run.tasks)],
         )
         return True
@@ -383,7 +385,8 @@ class RunStore:
         )
         await conn.executemany(
             f"UPDATE {s}.task_instances SET state = $3, attempt = $4, node_id = $5, "
-            "outputs = $6, message = $7, due_at = $8, started_at = $9, finished_at = $10 "
+            "outputs = $6, message = $7, due_at = $8, started_at = $9, finished_at = $10, "
+            "requested = $11, limits = $12, reserved = $13, peak_usage = $14 "
             "WHERE run_id = $1 AND task_id = $2",
             [(uuid.UUID(run.run_id), *_task_values(t)) for t in changed],
         )
@@ -436,7 +439,19 @@ def _task(row: asyncpg.Record) -> TaskStatus:
         due_at=row["due_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        requested=_amounts(row["requested"]),
+        limits=_amounts(row["limits"]),
+        reserved=_amounts(row["reserved"]),
+        peak_usage=None if row["peak_usage"] is None else Usage(**json.loads(row["peak_usage"])),
     )
+
+
+def _amounts(column: str | None) -> Resources | None:
+    return None if column is None else Resources(**json.loads(column))
+
+
+def _json(value: Resources | Usage | None) -> str | None:
+    return None if value is None else json.dumps(asdict(value))
 
 
 def _task_values(task: TaskStatus) -> tuple[object, ...]:
@@ -451,6 +466,10 @@ def _task_values(task: TaskStatus) -> tuple[object, ...]:
         task.due_at,
         task.started_at,
         task.finished_at,
+        _json(task.requested),
+        _json(task.limits),
+        _json(task.reserved),
+        _json(task.peak_usage),
     )
 
 

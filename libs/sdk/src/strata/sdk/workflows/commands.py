@@ -4,8 +4,9 @@ and run calls, printed for people.
 Each failure becomes one line naming what to fix (the file and field, the workflow
 and field the scheduler refused, an unknown workflow or run, or the scheduler's
 address), never a traceback. ``run --follow`` and ``status`` show each task's state,
-node, attempt and duration; ``--follow`` reads WatchRun, redrawing one table on a
-terminal and printing one line per change otherwise (a CI log, a pipe).
+node, attempt and duration (``status`` also what each asked for, got reserved and
+used); ``--follow`` reads WatchRun, redrawing one table on a terminal and printing
+one line per change otherwise (a CI log, a pipe).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from strata.core.settings import BlobSettings, load
 from strata.sdk.client import CommandError, service_channel
 from strata.sdk.workflows import bundle
 from strata.sdk.workflows.loading import load_workflows
+from strata.sdk.workflows.usage import usage_table
 
 SCHEDULER = "strata.scheduler.v1.SchedulerService"
 T = TypeVar("T")
@@ -134,7 +136,8 @@ async def run(name: str, params: Sequence[str], *, follow: bool, out: Console) -
 
 
 async def status(run_id: str, out: Console) -> None:
-    """The run and a table of its tasks: state, attempt, node, duration and why.
+    """The run and a table of its tasks: state, attempt, node, duration and why; then
+    what each asked for, what its latest attempt got reserved and what it used.
 
     Why a requested attempt is not placed yet is the provisioner's to say (its
     queue); when it cannot be asked, the status says so and shows the rest.
@@ -165,6 +168,9 @@ async def status(run_id: str, out: Console) -> None:
     rows = [_Row.of(t) for t in found.tasks]
     rows = [replace(r, message=waits.get((r.task_id, r.attempt), r.message)) for r in rows]
     out.print(_tasks_table(rows, datetime.now(UTC)))
+    usage = usage_table(found.tasks)
+    if usage is not None:
+        out.print(usage)
 
 
 async def _placement_waits(run_id: str, queue: str, out: Console) -> dict[tuple[str, int], str]:

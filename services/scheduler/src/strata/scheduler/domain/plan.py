@@ -1,5 +1,6 @@
 """A workflow version read once for running it: DAG order, upstream sets, retry
-policies and compiled conditions, so that advancing a run never re-reads the spec.
+policies, compiled conditions, what each task asks for and who applied the version,
+so that advancing a run never re-reads the spec.
 
 The spec was validated at apply (a DAG, known dependencies, conditions that
 compile), so building a plan only reshapes it.
@@ -18,6 +19,7 @@ from celpy.adapter import json_to_cel
 from celpy.celtypes import BoolType
 from celpy.evaluation import CELEvalError
 
+from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
 from strata.api.scheduler.v1.scheduler_pb2 import (
     TRIGGER_RULE_ALL_SUCCEEDED,
     RetryPolicy,
@@ -25,6 +27,7 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
     TriggerRule,
     WorkflowSpec,
 )
+from strata.scheduler.domain.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class Condition:
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """One task of the plan: its spec, direct and indirect upstream tasks, retry, condition."""
+    """One task of the plan: its spec, direct and indirect upstream tasks, retry, condition,
+    and what it asks for (its resources, else the workflow's default)."""
 
     spec: TaskSpec
     upstream: tuple[str, ...]
@@ -94,18 +98,22 @@ class TaskPlan:
     trigger_rule: TriggerRule.ValueType
     retry: Retry
     condition: Condition | None
+    requested: Resources
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Every task of a workflow version, in DAG order (each after its upstream tasks)."""
+    """Every task of a workflow version, in DAG order (each after its upstream tasks),
+    and who applied the version (whom its runs' attempts run for when no one started
+    them by hand)."""
 
     workflow: WorkflowSpec
     tasks: Mapping[str, TaskPlan]
     order: tuple[str, ...]
+    applied_by: str = ""
 
     @classmethod
-    def of(cls, workflow: WorkflowSpec) -> RunPlan:
+    def of(cls, workflow: WorkflowSpec, applied_by: str = "") -> RunPlan:
         specs = {task.task_id: task for task in workflow.tasks}
         position = {task.task_id: i for i, task in enumerate(workflow.tasks)}
         sorter = TopologicalSorter({tid: task.depends_on for tid, task in specs.items()})
@@ -130,7 +138,16 @@ class RunPlan:
                     specs[tid].retry if specs[tid].HasField("retry") else workflow.default_retry
                 ),
                 condition=Condition(specs[tid].condition) if specs[tid].condition else None,
+                requested=_resources(
+                    specs[tid].resources
+                    if specs[tid].HasField("resources")
+                    else workflow.default_resources
+                ),
             )
             for tid in order
         }
-        return cls(workflow=workflow, tasks=tasks, order=tuple(order))
+        return cls(workflow=workflow, tasks=tasks, order=tuple(order), applied_by=applied_by)
+
+
+def _resources(message: ResourcesMessage) -> Resources:
+    return Resources(message.cpu_millis, message.memory_bytes, message.gpus)

@@ -30,6 +30,10 @@ settled in DAG order by their trigger rule and then their condition:
 
 A task allowed to run whose condition is false is SKIPPED; one whose condition
 cannot be evaluated (it reads an output that is absent) FAILED, naming why.
+
+Each task also carries what it asked for (from the plan), and for its latest attempt
+the limits and reservation the provisioner placed it with and its peak usage once it
+ended; a new attempt starts without them, so they never describe an older attempt.
 """
 
 from __future__ import annotations
@@ -58,11 +62,13 @@ from strata.api.scheduler.v1.scheduler_pb2 import (
     TASK_STATE_UPSTREAM_FAILED,
     TRIGGER_RULE_ALL_DONE,
     TRIGGER_RULE_ANY_FAILED,
+    RunCause,
     RunState,
     TaskState,
     TriggerRule,
 )
 from strata.scheduler.domain.plan import RunPlan, TaskPlan
+from strata.scheduler.domain.resources import Resources, Usage
 
 Json = Mapping[str, Any]
 
@@ -97,6 +103,14 @@ class TaskStatus:
     """When the next attempt may be requested, while RETRY_WAIT."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    requested: Resources | None = None
+    """What the task asks for (its spec); None for runs recorded before it was kept."""
+    limits: Resources | None = None
+    """Hard limit of the latest attempt, once placed."""
+    reserved: Resources | None = None
+    """What placement reserved for the latest attempt, once placed."""
+    peak_usage: Usage | None = None
+    """Peak usage of the latest attempt, once it ended and its agent measured it."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,8 @@ class Report:
 
 @dataclass(frozen=True)
 class Placed(Report):
-    pass
+    limits: Resources | None = None
+    reserved: Resources | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ class Started(Report):
 @dataclass(frozen=True)
 class Finished(Report):
     outputs: Json | None = None
+    peak_usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,7 @@ class Failed(Report):
     message: str = ""
     retryable: bool = True
     """False for failures a retry cannot help (unschedulable, cancelled)."""
+    peak_usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -165,14 +182,27 @@ class Lost(Report):
 
 def start(plan: RunPlan, params: Json, now: datetime) -> Decision:
     """A new run: every task PENDING, then the first ones requested (or skipped)."""
-    tasks = {tid: TaskStatus(tid) for tid in plan.order}
+    tasks = {tid: _pending(plan, tid) for tid in plan.order}
     return _Step(plan, params, now, tasks).settle()
 
 
 def queued(plan: RunPlan) -> Decision:
     """A new run waiting for its lane: every task PENDING, nothing requested."""
-    tasks = tuple(TaskStatus(tid) for tid in plan.order)
+    tasks = tuple(_pending(plan, tid) for tid in plan.order)
     return Decision(tasks=tasks, changes=(), requested=(), run_state=RUN_STATE_QUEUED, message="")
+
+
+def _pending(plan: RunPlan, task_id: str) -> TaskStatus:
+    return TaskStatus(task_id, requested=plan.tasks[task_id].requested)
+
+
+def runs_for(cause: RunCause, applied_by: str) -> str:
+    """Who a run's attempts run for (the user a queue's per-user cap counts): the
+    principal who started the run by hand, else whoever applied the workflow version
+    its trigger ran."""
+    if cause.WhichOneof("kind") == "principal" and cause.principal:
+        return cause.principal
+    return applied_by
 
 
 def cancel(
@@ -212,7 +242,13 @@ def report(
     node = event.node_id or current.node_id
     if isinstance(event, Placed):
         if current.state == TASK_STATE_REQUESTED:
-            step.move(current, TASK_STATE_PLACED, node_id=node)
+            step.move(
+                current,
+                TASK_STATE_PLACED,
+                node_id=node,
+                limits=event.limits,
+                reserved=event.reserved,
+            )
     elif isinstance(event, Started):
         if current.state != TASK_STATE_RUNNING:
             step.move(current, TASK_STATE_RUNNING, node_id=node, started_at=now)
@@ -223,9 +259,15 @@ def report(
             node_id=node,
             outputs=dict(event.outputs or {}),
             finished_at=now,
+            peak_usage=event.peak_usage or current.peak_usage,
         )
     elif isinstance(event, Failed):
-        step.fail(replace(current, node_id=node), event.message, retryable=event.retryable)
+        peak = event.peak_usage or current.peak_usage
+        step.fail(
+            replace(current, node_id=node, peak_usage=peak),
+            event.message,
+            retryable=event.retryable,
+        )
     elif isinstance(event, Lost):
         step.fail(replace(current, node_id=node), f"lost: {event.reason}", retryable=True)
     return step.settle()
@@ -324,6 +366,9 @@ class _Step:
             node_id="",
             message="",
             started_at=None,
+            limits=None,
+            reserved=None,
+            peak_usage=None,
         )
 
     def _settle_pending(self, plan: TaskPlan, task: TaskStatus) -> None:
