@@ -319,7 +319,9 @@ def _request(
         outputs[task_id].update(values)
     return TaskRequested(
         attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id=function, attempt=1),
-        workflow_name="agent-test",
+        # A workflow of its own: the provisioner sizes attempts from the past usage of the
+        # same (workflow, task), and the stack (with that history) outlives the session.
+        workflow_name=f"agent-test-{uuid.uuid4().hex[:8]}",
         entrypoint=f"agent_test_tasks:{function}",
         bundle=reference(TASKS_BUNDLE, S3),
         args=arguments,

@@ -17,6 +17,14 @@ the agent is reported cancelled here instead. Reports on attempts go through
 LOST; once its lease expires :mod:`strata.provisioner.node_loss` declares it
 lost, and a message on the old session then ends it (the agent registers anew).
 
+Queues: ``ApplyQueue`` stores a queue's quota, weight and per-user cap
+(:func:`strata.provisioner.domain.queues.queue_policy` checks them; a bad one is
+INVALID_ARGUMENT naming the field); ``GetQueue`` and ``ListQueues`` show each
+queue with what it uses now, ``GetQueue`` also every waiting attempt with why it
+waits and what it will reserve. A queue never applied ("default" among them)
+has no quota, weight 1 and no cap. ``ListNodeClasses`` is the fleet's
+(:mod:`strata.provisioner.fleet`); without one there are no node classes.
+
 Methods not written yet (DrainNode, ListPlacements) are inherited from the
 generated base class and answer UNIMPLEMENTED.
 """
@@ -42,12 +50,22 @@ from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceSer
 from strata.core.errors import InvalidArgumentError, NotFoundError
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.lease import USAGE_INTERVAL, heartbeat_interval
+from strata.provisioner.domain.placement import QueueUse
+from strata.provisioner.domain.queues import DEFAULT_QUEUE, QueueError, QueuePolicy, queue_policy
 from strata.provisioner.domain.reconcile import CANCEL_GRACE, NOT_CURRENT, AttemptKey, to_cancel
 from strata.provisioner.domain.registration import Registration, check
 from strata.provisioner.domain.reports import REPORTS
 from strata.provisioner.domain.resources import Resources
+from strata.provisioner.placing import Fleet
 from strata.provisioner.reports import Reports
-from strata.provisioner.store import NodeStore, QueueStore, StoredNode, StoredPlacement
+from strata.provisioner.store import (
+    NodeStore,
+    Queued,
+    QueuePolicies,
+    QueueStore,
+    StoredNode,
+    StoredPlacement,
+)
 from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
@@ -66,9 +84,12 @@ class ProvisionerApi(ProvisionerServiceServicer):
         wakeups: Wakeups,
         delivery_poll: float,
         lease: timedelta,
+        fleet: Fleet | None = None,
     ) -> None:
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
+        self._policies = QueuePolicies(context.pool, context.schema)
+        self._fleet = fleet
         self._reports = Reports(context, wakeups)
         self._wakeups = wakeups
         self._delivery_poll = delivery_poll
@@ -201,24 +222,87 @@ class ProvisionerApi(ProvisionerServiceServicer):
 
     @override
     async def GetQueue(self, request: pb.GetQueueRequest, context: object) -> pb.GetQueueResponse:
-        name = request.name or "default"
+        name = request.name or DEFAULT_QUEUE
+        policy = await self._policies.get(name)
+        use = (await self._queue.use()).get(name, QueueUse())
         waiting = await self._queue.waiting(queue=name)
-        return pb.GetQueueResponse(
-            queue=pb.Queue(
-                name=name,
-                pending=[
-                    pb.PendingTask(
-                        attempt=q.request.attempt,
-                        workflow_name=q.request.workflow_name,
-                        priority=q.request.priority,
-                        limits=q.request.resources,
-                        requested_at=_timestamp(q.attempt.requested_at),
-                        waiting_for=q.waiting_for,
-                    )
-                    for q in waiting
-                ],
+        queue = _queue(policy, use, len(waiting))
+        queue.pending.extend(_pending(q) for q in waiting)
+        return pb.GetQueueResponse(queue=queue)
+
+    @override
+    async def ApplyQueue(
+        self, request: pb.ApplyQueueRequest, context: object
+    ) -> pb.ApplyQueueResponse:
+        try:
+            policy = queue_policy(
+                request.name,
+                dict(request.quota),
+                request.weight,
+                request.max_running_per_user,
             )
+        except QueueError as exc:
+            raise InvalidArgumentError(exc.field, exc.message) from None
+        await self._policies.apply(policy)
+        log.info("queue applied", queue=policy.name, quota=str(policy.quota))
+        use = (await self._queue.use()).get(policy.name, QueueUse())
+        waiting = (await self._queue.waiting_counts()).get(policy.name, 0)
+        return pb.ApplyQueueResponse(queue=_queue(policy, use, waiting))
+
+    @override
+    async def ListQueues(
+        self, request: pb.ListQueuesRequest, context: object
+    ) -> pb.ListQueuesResponse:
+        policies = await self._policies.all()
+        use = await self._queue.use()
+        waiting = await self._queue.waiting_counts()
+        names = sorted({DEFAULT_QUEUE, *policies, *use, *waiting})
+        return pb.ListQueuesResponse(
+            queues=[
+                _queue(
+                    policies.get(name) or QueuePolicy(name),
+                    use.get(name, QueueUse()),
+                    waiting.get(name, 0),
+                )
+                for name in names
+            ]
         )
+
+    @override
+    async def ListNodeClasses(
+        self, request: pb.ListNodeClassesRequest, context: object
+    ) -> pb.ListNodeClassesResponse:
+        classes = await self._fleet.describe() if self._fleet is not None else []
+        return pb.ListNodeClassesResponse(node_classes=classes)
+
+
+def _queue(policy: QueuePolicy, use: QueueUse, waiting: int) -> pb.Queue:
+    """A queue as people read it: its policy, what it uses, how many wait (no pending)."""
+    quota = policy.quota.as_resources()
+    return pb.Queue(
+        name=policy.name,
+        quota=None if quota is None else _resources(quota),
+        reserved=_resources(use.reserved),
+        weight=policy.weight,
+        max_running_per_user=policy.max_running_per_user,
+        running=sum(use.running_by_user.values()),
+        waiting=waiting,
+        running_by_user=dict(use.running_by_user),
+    )
+
+
+def _pending(queued: Queued) -> pb.PendingTask:
+    request = queued.request
+    return pb.PendingTask(
+        attempt=request.attempt,
+        workflow_name=request.workflow_name,
+        priority=request.priority,
+        limits=request.resources,
+        requested_at=_timestamp(queued.attempt.requested_at),
+        waiting_for=queued.waiting_for,
+        user=request.user,
+        reserved=_resources(queued.reserve) if queued.reserve is not None else None,
+    )
 
 
 async def _first(reader: asyncio.Task[None], woken: asyncio.Event, timeout: float) -> None:
@@ -280,12 +364,13 @@ def _placement(stored: StoredPlacement) -> pb.Placement:
         attempt=request.attempt,
         workflow_name=request.workflow_name,
         node_id=stored.node_id,
-        queue=request.queue or "default",
+        queue=request.queue or DEFAULT_QUEUE,
         priority=request.priority,
-        limits=request.resources,
+        limits=_limits(stored),
         reserved=_resources(stored.reserved),
         running=stored.running,
         placed_at=_timestamp(stored.placed_at),
+        user=stored.user,
     )
 
 
@@ -298,10 +383,15 @@ def _assignment(stored: StoredPlacement) -> pb.TaskAssignment:
         bundle=request.bundle,
         args=request.args,
         upstream_outputs=dict(request.upstream_outputs),
-        limits=request.resources,
+        limits=_limits(stored),
         reserved=_resources(stored.reserved),
         timeout=request.timeout if request.HasField("timeout") else None,
     )
+
+
+def _limits(stored: StoredPlacement) -> ResourcesMessage:
+    """The hard limits of a placement: the request's, memory raised after running out."""
+    return stored.request.resources if stored.limits is None else _resources(stored.limits)
 
 
 def _cancellation(key: AttemptKey, reason: str) -> pb.TaskCancellation:

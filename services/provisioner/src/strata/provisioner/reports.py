@@ -7,9 +7,18 @@ nothing and are counted), the placement marked running or dropped (its
 reservation freed), and the event published through the outbox with the node id
 of the session it came on, never the one the agent wrote. An attempt that ended
 frees room, so the placement loop is woken once that commits.
+
+An attempt that finished, or was stopped for going past its memory limit, is
+also recorded in the task's usage history (peak usage under the memory limit it
+was given), in the same transaction: placement sizes the next attempts of the
+task from it (a report without measured usage teaches nothing). Other
+failures (an error, a timeout, a cancellation) stopped the attempt part-way, so
+their peak says nothing of what the task needs, and they are not recorded.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import Counter
@@ -18,7 +27,7 @@ from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.reports import Effect, effect
-from strata.provisioner.store import QueueStore
+from strata.provisioner.store import QueueStore, UsageHistory
 from strata.provisioner.wakeups import Wakeups
 
 log = structlog.stdlib.get_logger(__name__)
@@ -33,6 +42,7 @@ class Reports:
         self._context = context
         self._wakeups = wakeups
         self._queue = QueueStore(context.pool, context.schema)
+        self._history = UsageHistory(context.pool, context.schema)
         self._stale = Counter(
             "strata_provisioner_stale_reports",
             "Agent reports about attempts not placed on the reporting node, by report.",
@@ -91,7 +101,26 @@ class Reports:
             if outcome is Effect.STARTED:
                 await self._queue.started(conn, *key)
             elif outcome is Effect.ENDED:
+                if _measured_need(report):
+                    assert isinstance(report, pb.TaskFinished | pb.TaskFailed)
+                    await self._history.record(
+                        conn,
+                        attempt,
+                        report.peak_usage,
+                        out_of_memory=isinstance(report, pb.TaskFailed),
+                        now=datetime.now(UTC),
+                    )
                 await self._queue.ended(conn, *key)
             await self._context.outbox.publish(conn, report)
         if outcome is Effect.ENDED:
             self._wakeups.queue_changed()
+
+
+def _measured_need(report: Report) -> bool:
+    """Whether the report's peak usage says what the task needs: it was measured, and
+    the attempt finished or went past its memory limit (it needs more than that)."""
+    if not isinstance(report, pb.TaskFinished | pb.TaskFailed) or not report.HasField("peak_usage"):
+        return False
+    if isinstance(report, pb.TaskFinished):
+        return True
+    return isinstance(report, pb.TaskFailed) and report.kind == pb.FAILURE_KIND_OUT_OF_MEMORY

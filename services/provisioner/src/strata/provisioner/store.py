@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
+from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1.provisioner_pb2 import NODE_STATE_LOST, NODE_STATE_READY, NodeState
 from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
 from strata.core.migrations import DbConnection, quote_schema
 from strata.provisioner.domain.cancellation import Where
-from strata.provisioner.domain.placement import Attempt, Node, Placed
+from strata.provisioner.domain.placement import Attempt, Node, Placed, QueueUse, Waiting
+from strata.provisioner.domain.queues import DEFAULT_QUEUE, QueuePolicy, Quota
 from strata.provisioner.domain.registration import Registration
 from strata.provisioner.domain.resources import Resources
+from strata.provisioner.domain.sizing import PastAttempt
+
+HISTORY = 20
+"""Past attempts of a task that sizing looks at, newest first."""
+
+TaskKey = tuple[str, str]
+"""(workflow name, task id): what "the same task" is across runs."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,28 @@ class StoredNode:
 
 @dataclass(frozen=True)
 class Queued:
-    """One waiting attempt: the request, where it stands in the queue, and why it waits."""
+    """One waiting attempt: the request, where it stands in the queue, and why it waits.
+
+    ``reserve`` is what the last placement round sized it to reserve (None before any
+    round looked at it); ``for_capacity`` whether it waits for room on a node rather
+    than for its queue's quota or per-user cap.
+    """
 
     request: TaskRequested
     attempt: Attempt
     waiting_for: str
+    for_capacity: bool = False
+    reserve: Resources | None = None
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A queue as stored (or the defaults of one never applied) with what it uses now."""
+
+    policy: QueuePolicy
+    use: QueueUse
+    running: int
+    waiting: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,9 @@ class StoredPlacement:
     running: bool
     placed_at: datetime
     cancel_reason: str | None = None
+    limits: Resources | None = None
+    """The hard limits the agent enforces; None: the request's."""
+    user: str = ""
 
 
 def attempt_of(
@@ -82,10 +111,11 @@ def attempt_of(
         attempt=request.attempt.attempt,
         limits=Resources(r.cpu_millis, r.memory_bytes, r.gpus),
         priority=request.priority,
-        queue=request.queue or "default",
+        queue=request.queue or DEFAULT_QUEUE,
         bundle_sha256=request.bundle.sha256,
         requested_at=requested_at,
         sequence=sequence,
+        user=request.user,
     )
 
 
@@ -232,14 +262,17 @@ class QueueStore:
         if placed:
             return False
         status = await conn.execute(
-            f"INSERT INTO {self._s}.pending (run_id, task_id, attempt, queue, priority, request) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            f"INSERT INTO {self._s}.pending (run_id, task_id, attempt, queue, priority, request, "
+            "workflow_name, user_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+            "ON CONFLICT DO NOTHING",
             a.run_id,
             a.task_id,
             a.attempt,
-            request.queue or "default",
+            request.queue or DEFAULT_QUEUE,
             request.priority,
             request.SerializeToString(deterministic=True),
+            request.workflow_name,
+            request.user,
         )
         return bool(status != "INSERT 0 0")
 
@@ -252,7 +285,8 @@ class QueueStore:
     ) -> list[Queued]:
         """Waiting attempts (of ``queue``, or all) in queue order."""
         rows = await (conn or self._pool).fetch(
-            f"SELECT request, sequence, requested_at, waiting_for FROM {self._s}.pending "
+            f"SELECT request, sequence, requested_at, waiting_for, for_capacity, "
+            f"reserve_cpu_millis, reserve_memory_bytes, reserve_gpus FROM {self._s}.pending "
             "WHERE $1::text IS NULL OR queue = $1 ORDER BY priority DESC, sequence",
             queue,
         )
@@ -260,44 +294,121 @@ class QueueStore:
         for row in rows:
             request = TaskRequested.FromString(row["request"])
             attempt = attempt_of(request, row["sequence"], row["requested_at"])
-            queued.append(Queued(request, attempt, row["waiting_for"]))
+            reserve = (
+                None
+                if row["reserve_cpu_millis"] is None
+                else Resources(
+                    row["reserve_cpu_millis"], row["reserve_memory_bytes"], row["reserve_gpus"]
+                )
+            )
+            queued.append(
+                Queued(request, attempt, row["waiting_for"], row["for_capacity"], reserve)
+            )
         return queued
 
-    async def place(self, conn: DbConnection, placed: Placed, request: TaskRequested) -> None:
-        """Move one attempt from the queue to its node."""
-        a = placed.attempt
+    async def place(self, conn: DbConnection, placed: Sequence[Placed]) -> None:
+        """Move the placed attempts from the queue to their nodes, in one statement: each
+        reserves its need and keeps its (possibly raised) limits."""
+        if not placed:
+            return
+        columns: list[list[object]] = [[] for _ in range(10)]
+        for p in placed:
+            a, need = p.attempt, p.attempt.need
+            for column, value in zip(
+                columns,
+                (
+                    a.run_id,
+                    a.task_id,
+                    a.attempt,
+                    p.node_id,
+                    need.cpu_millis,
+                    need.memory_bytes,
+                    need.gpus,
+                    a.limits.cpu_millis,
+                    a.limits.memory_bytes,
+                    a.limits.gpus,
+                ),
+                strict=True,
+            ):
+                column.append(value)
         await conn.execute(
-            f"DELETE FROM {self._s}.pending WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
-            a.run_id,
-            a.task_id,
-            a.attempt,
-        )
-        await conn.execute(
+            f"WITH moved AS (DELETE FROM {self._s}.pending p USING unnest($1::text[], "
+            "$2::text[], $3::integer[], $4::text[], $5::bigint[], $6::bigint[], $7::integer[], "
+            "$8::bigint[], $9::bigint[], $10::integer[]) AS u(u_run, u_task, u_attempt, u_node, "
+            "u_cpu, u_mem, u_gpus, u_lcpu, u_lmem, u_lgpus) "
+            "WHERE p.run_id = u.u_run AND p.task_id = u.u_task AND p.attempt = u.u_attempt "
+            "RETURNING p.run_id, p.task_id, p.attempt, p.queue, p.priority, p.request, "
+            "p.workflow_name, p.user_name, u.*) "
             f"INSERT INTO {self._s}.placements (run_id, task_id, attempt, node_id, queue, "
-            "priority, request, cpu_millis, memory_bytes, gpus) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            a.run_id,
-            a.task_id,
-            a.attempt,
-            placed.node_id,
-            a.queue,
-            a.priority,
-            request.SerializeToString(deterministic=True),
-            a.limits.cpu_millis,
-            a.limits.memory_bytes,
-            a.limits.gpus,
+            "priority, request, cpu_millis, memory_bytes, gpus, workflow_name, user_name, "
+            "limit_cpu_millis, limit_memory_bytes, limit_gpus) "
+            "SELECT run_id, task_id, attempt, u_node, queue, priority, request, u_cpu, u_mem, "
+            "u_gpus, workflow_name, user_name, u_lcpu, u_lmem, u_lgpus FROM moved",
+            *columns,
         )
 
-    async def wait(self, conn: DbConnection, attempt: Attempt, reason: str) -> None:
-        """Record why ``attempt`` is not placed yet."""
+    async def wait(self, conn: DbConnection, waiting: Sequence[Waiting]) -> None:
+        """Record why each of ``waiting`` is not placed yet, whether it waits for node room,
+        and what it will reserve, in one statement; rows already saying so are not
+        rewritten."""
+        if not waiting:
+            return
+        columns: list[list[object]] = [[] for _ in range(8)]
+        for w in waiting:
+            a, need = w.attempt, w.attempt.need
+            for column, value in zip(
+                columns,
+                (
+                    a.run_id,
+                    a.task_id,
+                    a.attempt,
+                    w.reason,
+                    w.for_capacity,
+                    need.cpu_millis,
+                    need.memory_bytes,
+                    need.gpus,
+                ),
+                strict=True,
+            ):
+                column.append(value)
         await conn.execute(
-            f"UPDATE {self._s}.pending SET waiting_for = $4 "
-            "WHERE run_id = $1 AND task_id = $2 AND attempt = $3 AND waiting_for <> $4",
-            attempt.run_id,
-            attempt.task_id,
-            attempt.attempt,
-            reason,
+            f"UPDATE {self._s}.pending p SET waiting_for = u.reason, for_capacity = u.room, "
+            "reserve_cpu_millis = u.cpu, reserve_memory_bytes = u.mem, reserve_gpus = u.gpus "
+            "FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::boolean[], "
+            "$6::bigint[], $7::bigint[], $8::integer[]) "
+            "AS u(run_id, task_id, attempt, reason, room, cpu, mem, gpus) "
+            "WHERE p.run_id = u.run_id AND p.task_id = u.task_id AND p.attempt = u.attempt "
+            "AND (p.waiting_for, p.for_capacity, p.reserve_cpu_millis, p.reserve_memory_bytes, "
+            "p.reserve_gpus) IS DISTINCT FROM (u.reason, u.room, u.cpu, u.mem, u.gpus)",
+            *columns,
         )
+
+    async def use(self, conn: DbConnection | None = None) -> dict[str, QueueUse]:
+        """What each queue's placements reserve now, and how many each user has placed."""
+        rows = await (conn or self._pool).fetch(
+            f"SELECT queue, user_name, count(*) AS n, sum(cpu_millis)::bigint AS cpu, "
+            f"sum(memory_bytes)::bigint AS mem, sum(gpus)::integer AS gpus "
+            f"FROM {self._s}.placements GROUP BY queue, user_name"
+        )
+        reserved: dict[str, Resources] = {}
+        by_user: dict[str, dict[str, int]] = {}
+        for r in rows:
+            queue = r["queue"]
+            reserved[queue] = reserved.get(queue, Resources()) + Resources(
+                r["cpu"], r["mem"], r["gpus"]
+            )
+            by_user.setdefault(queue, {})[r["user_name"]] = r["n"]
+        return {
+            queue: QueueUse(reserved=reserved[queue], running_by_user=by_user[queue])
+            for queue in reserved
+        }
+
+    async def waiting_counts(self) -> dict[str, int]:
+        """How many attempts wait in each queue that has any."""
+        rows = await self._pool.fetch(
+            f"SELECT queue, count(*) AS n FROM {self._s}.pending GROUP BY queue"
+        )
+        return {r["queue"]: r["n"] for r in rows}
 
     async def lock_placement(
         self, conn: DbConnection, run_id: str, task_id: str, attempt: int
@@ -396,9 +507,125 @@ class QueueStore:
                 running=r["running"],
                 placed_at=r["placed_at"],
                 cancel_reason=r["cancel_reason"],
+                limits=Resources(r["limit_cpu_millis"], r["limit_memory_bytes"], r["limit_gpus"]),
+                user=r["user_name"],
             )
             for r in rows
         ]
+
+
+class QueuePolicies:
+    """The queues people applied (quota, weight, per-user cap) in ``schema``; a queue
+    never applied has :class:`QueuePolicy` defaults."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._s = quote_schema(schema)
+
+    async def apply(self, policy: QueuePolicy) -> None:
+        """Create the queue or replace its quota, weight and cap."""
+        q = policy.quota
+        await self._pool.execute(
+            f"INSERT INTO {self._s}.queues (name, quota_cpu_millis, quota_memory_bytes, "
+            "quota_gpus, weight, max_running_per_user, applied_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT (name) DO UPDATE SET "
+            "quota_cpu_millis = $2, quota_memory_bytes = $3, quota_gpus = $4, weight = $5, "
+            "max_running_per_user = $6, applied_at = now()",
+            policy.name,
+            q.cpu_millis,
+            q.memory_bytes,
+            q.gpus,
+            policy.weight,
+            policy.max_running_per_user,
+        )
+
+    async def all(self, conn: DbConnection | None = None) -> dict[str, QueuePolicy]:
+        """Every applied queue, by name."""
+        rows = await (conn or self._pool).fetch(f"SELECT * FROM {self._s}.queues ORDER BY name")
+        return {r["name"]: _policy(r) for r in rows}
+
+    async def get(self, name: str) -> QueuePolicy:
+        """The queue ``name`` as applied, else the defaults."""
+        row = await self._pool.fetchrow(f"SELECT * FROM {self._s}.queues WHERE name = $1", name)
+        return QueuePolicy(name) if row is None else _policy(row)
+
+
+class UsageHistory:
+    """What past attempts of each task used, newest first: what sizing learns from."""
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self._s = quote_schema(schema)
+
+    async def record(
+        self,
+        conn: DbConnection,
+        attempt: TaskAttemptRef,
+        peak: ResourceUsage,
+        out_of_memory: bool,
+        now: datetime,
+    ) -> None:
+        """Record the end of a placed attempt (call before its placement is dropped): its
+        peak usage under the memory limit it was given."""
+        await conn.execute(
+            f"INSERT INTO {self._s}.task_usage (workflow_name, task_id, run_id, attempt, "
+            "peak_memory_bytes, peak_cpu_millis, limit_memory_bytes, out_of_memory, ended_at) "
+            "SELECT workflow_name, task_id, run_id, attempt, $4, $5, limit_memory_bytes, $6, $7 "
+            f"FROM {self._s}.placements WHERE run_id = $1 AND task_id = $2 AND attempt = $3 "
+            "ON CONFLICT DO NOTHING",
+            attempt.run_id,
+            attempt.task_id,
+            attempt.attempt,
+            peak.memory_bytes,
+            peak.cpu_millis,
+            out_of_memory,
+            now,
+        )
+
+    async def of(
+        self, conn: DbConnection, tasks: Collection[TaskKey]
+    ) -> Mapping[TaskKey, list[PastAttempt]]:
+        """The last :data:`HISTORY` attempts of each of ``tasks``, newest first, in one
+        query; a task never run has none."""
+        if not tasks:
+            return {}
+        workflows, task_ids = zip(*tasks, strict=True)
+        rows = await conn.fetch(
+            "SELECT k.workflow_name, k.task_id, h.peak_memory_bytes, h.peak_cpu_millis, "
+            "h.limit_memory_bytes, h.out_of_memory "
+            "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(workflow_name, task_id, i) "
+            "CROSS JOIN LATERAL (SELECT * FROM "
+            f"{self._s}.task_usage u WHERE u.workflow_name = k.workflow_name "
+            "AND u.task_id = k.task_id ORDER BY u.ended_at DESC LIMIT $3) AS h "
+            "ORDER BY k.i, h.ended_at DESC",
+            list(workflows),
+            list(task_ids),
+            HISTORY,
+        )
+        history: dict[TaskKey, list[PastAttempt]] = {}
+        for r in rows:
+            history.setdefault((r["workflow_name"], r["task_id"]), []).append(
+                PastAttempt(
+                    peak_memory_bytes=r["peak_memory_bytes"],
+                    peak_cpu_millis=r["peak_cpu_millis"],
+                    limit_memory_bytes=r["limit_memory_bytes"],
+                    out_of_memory=r["out_of_memory"],
+                )
+            )
+        return history
+
+
+def _policy(row: asyncpg.Record) -> QueuePolicy:
+    return QueuePolicy(
+        name=row["name"],
+        quota=Quota(
+            cpu_millis=row["quota_cpu_millis"],
+            memory_bytes=row["quota_memory_bytes"],
+            gpus=row["quota_gpus"],
+        ),
+        weight=row["weight"],
+        max_running_per_user=row["max_running_per_user"],
+    )
 
 
 def _node(row: asyncpg.Record) -> StoredNode:

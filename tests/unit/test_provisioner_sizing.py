@@ -1,0 +1,94 @@
+"""Sizing an attempt from its task's past attempts (strata.provisioner.domain.sizing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from strata.provisioner.domain.resources import Resources
+from strata.provisioner.domain.sizing import PastAttempt, SizingPolicy, size_attempt
+
+GIB = 2**30
+MIB = 2**20
+ASKED = Resources(cpu_millis=2000, memory_bytes=4 * GIB)
+LARGEST = 32 * GIB
+
+
+def _ran(peak_mib: int, cpu_millis: int = 500, limit: int = 4 * GIB) -> PastAttempt:
+    return PastAttempt(peak_mib * MIB, cpu_millis, limit, out_of_memory=False)
+
+
+def _oom(limit: int) -> PastAttempt:
+    return PastAttempt(limit, 100, limit, out_of_memory=True)
+
+
+def test_without_enough_history_the_request_is_reserved() -> None:
+    sizing = size_attempt(ASKED, [_ran(1000), _ran(1100)], LARGEST)
+
+    assert sizing.limits == ASKED
+    assert sizing.reserve == ASKED
+    assert "fewer than 3" in sizing.reason
+
+
+def test_the_reserve_is_the_high_quantile_of_past_peaks_plus_the_margin() -> None:
+    history = [_ran(mib, cpu_millis=400) for mib in (900, 1000, 1200, 1100)]
+
+    sizing = size_attempt(ASKED, history, LARGEST)
+
+    assert sizing.limits == ASKED  # the request stays the hard limit
+    assert sizing.reserve.memory_bytes == round(1200 * MIB * 1.15)
+    assert sizing.reserve.cpu_millis == 460
+    assert "p95 peak" in sizing.reason
+
+
+def test_the_reserve_never_exceeds_the_request() -> None:
+    history = [_ran(4000, cpu_millis=1900) for _ in range(5)]
+
+    sizing = size_attempt(ASKED, history, LARGEST)
+
+    assert sizing.reserve == ASKED
+
+
+def test_an_out_of_memory_attempt_doubles_the_limit_and_reserves_all_of_it() -> None:
+    sizing = size_attempt(ASKED, [_oom(4 * GIB), _ran(1000), _ran(1000), _ran(1000)], LARGEST)
+
+    assert sizing.limits == Resources(2000, 8 * GIB)
+    assert sizing.reserve == sizing.limits
+    assert "ran out of memory at 4" in sizing.reason
+
+
+def test_the_raised_limit_stops_at_the_largest_node() -> None:
+    sizing = size_attempt(ASKED, [_oom(24 * GIB)], LARGEST)
+
+    assert sizing.limits.memory_bytes == LARGEST
+
+
+def test_the_next_run_starts_from_the_limit_that_last_succeeded() -> None:
+    raised = 8 * GIB
+    history = [_ran(5000, limit=raised), _oom(4 * GIB)]
+
+    sizing = size_attempt(ASKED, history, LARGEST)
+
+    assert sizing.limits.memory_bytes == raised
+    assert "raised after running out of memory" in sizing.reason
+
+
+def test_a_request_larger_than_every_node_is_left_for_placement_to_refuse() -> None:
+    huge = Resources(cpu_millis=1000, memory_bytes=64 * GIB)
+
+    assert size_attempt(huge, [], LARGEST).limits == huge
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"quantile": 0}, "quantile"),
+        ({"margin": -0.1}, "margin"),
+        ({"min_samples": 0}, "min_samples"),
+        ({"oom_growth": 1.0}, "oom_growth"),
+    ],
+)
+def test_a_nonsense_policy_is_refused_naming_the_field(
+    policy: dict[str, float], field: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        SizingPolicy(**policy)  # type: ignore[arg-type]
