@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube_cluster import kube_cluster
 from tests.stack_session import local_stack
 
-__all__ = ["local_stack"]  # the tests' stack, one fixture for the whole session
+# The tests' stack and their Kubernetes control plane, one fixture each for the session.
+__all__ = ["kube_cluster", "local_stack"]
 
 TEST_STACK_HOME = Path(__file__).resolve().parent.parent / ".stack-test"
 TEST_STACK_PORTS = {

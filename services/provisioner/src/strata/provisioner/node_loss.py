@@ -1,6 +1,10 @@
 """Where nodes are declared lost: ``NodeLost`` on ``strata.nodes.events``, one ``TaskLost``
 per attempt on ``strata.tasks.events``.
 
+A node is lost when its lease lapses (below) or, for a node a provider of compute
+started, as soon as the provider says it is gone (:func:`declare_lost`, called by
+the fleet).
+
 A supervised loop looks, every second (or third of a shorter lease), for nodes past their lease
 (:mod:`strata.provisioner.domain.lease` decides). In one transaction per round
 each such node is marked LOST, its placements are dropped (their reservations
@@ -20,7 +24,9 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1.provisioner_pb2 import NodeLost, TaskLost
+from strata.core.migrations import DbConnection
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.lease import declare, lost_before
 from strata.provisioner.store import NodeStore, QueueStore
@@ -39,7 +45,6 @@ class NodeLoss:
         self._watching_since = watching_since
         self._lease = lease
         self._nodes = NodeStore(context.pool, context.schema)
-        self._queue = QueueStore(context.pool, context.schema)
 
     async def round(self, now: datetime) -> int:
         """Declare lost every node past its lease at ``now``; return how many were."""
@@ -50,27 +55,43 @@ class NodeLoss:
             lapsed = await self._nodes.lapsed(conn, before)
             for node_id, last_seen_at in lapsed:
                 loss = declare(node_id, last_seen_at, now, self._lease)
-                attempts = await self._queue.free_node(conn, node_id)
-                await self._nodes.lost(conn, node_id, now)
-                seen = Timestamp()
-                seen.FromDatetime(last_seen_at)
-                await self._context.outbox.publish(
-                    conn,
-                    *(TaskLost(attempt=a, node_id=node_id, reason=loss.reason) for a in attempts),
-                    NodeLost(
-                        node_id=node_id,
-                        reason=loss.reason,
-                        last_seen_at=seen,
-                        lost_attempts=attempts,
-                    ),
-                )
-                log.warning(
-                    "node lost",
-                    node_id=node_id,
-                    reason=loss.reason,
-                    lost_attempts=[[a.run_id, a.task_id, a.attempt] for a in attempts],
-                )
+                await declare_lost(self._context, conn, node_id, loss.reason, last_seen_at, now)
         return len(lapsed)
+
+
+async def declare_lost(
+    context: ServiceContext,
+    conn: DbConnection,
+    node_id: str,
+    reason: str,
+    last_seen_at: datetime,
+    now: datetime,
+) -> list[TaskAttemptRef]:
+    """In the caller's transaction: mark ``node_id`` lost, drop its placements and publish
+    ``TaskLost`` for each with ``NodeLost``; the lost attempts, oldest first.
+
+    The lease watch calls it for a node past its lease; the fleet
+    (:mod:`strata.provisioner.fleet`) for a node its provider reports gone, which is lost
+    at once rather than a lease later.
+    """
+    nodes = NodeStore(context.pool, context.schema)
+    queue = QueueStore(context.pool, context.schema)
+    attempts = await queue.free_node(conn, node_id)
+    await nodes.lost(conn, node_id, now)
+    seen = Timestamp()
+    seen.FromDatetime(last_seen_at)
+    await context.outbox.publish(
+        conn,
+        *(TaskLost(attempt=a, node_id=node_id, reason=reason) for a in attempts),
+        NodeLost(node_id=node_id, reason=reason, last_seen_at=seen, lost_attempts=attempts),
+    )
+    log.warning(
+        "node lost",
+        node_id=node_id,
+        reason=reason,
+        lost_attempts=[[a.run_id, a.task_id, a.attempt] for a in attempts],
+    )
+    return attempts
 
 
 def watch_leases(lease: timedelta) -> Callable[[ServiceContext], Awaitable[None]]:
