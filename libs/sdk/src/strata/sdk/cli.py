@@ -1,7 +1,8 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
 ``strata workflow apply|list|run|status|logs|cancel|backfill``,
 ``strata features apply|list|get|online|training-set|delete|backfill``,
-``strata models list|show|promote|audit``, ``strata nodes list``,
+``strata models list|show|promote|audit``, ``strata nodes list|classes``,
+``strata queues list|show|apply``,
 ``strata lineage``, ``strata skew``, ``strata predict batch``.
 
 The stack's modules (and the clients they import: aiokafka, asyncpg, boto) load
@@ -57,6 +58,11 @@ nodes = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(nodes, name="nodes")
+queues = typer.Typer(
+    help="Queues: quotas, weights and per-user caps, what they use and who waits, and why.",
+    no_args_is_help=True,
+)
+app.add_typer(queues, name="queues")
 app.add_typer(predict.predict, name="predict")
 
 
@@ -355,6 +361,52 @@ def nodes_list(
     from strata.sdk import nodes as node_commands
 
     _run(node_commands.list_nodes(state or [], _out()))
+
+
+@nodes.command("classes")
+def nodes_classes() -> None:
+    """The node classes started on demand: provider, size, min/max, nodes starting and up."""
+    from strata.sdk import queues as queue_commands
+
+    _run(queue_commands.list_node_classes(_out()))
+
+
+@queues.command("list")
+def queues_list() -> None:
+    """Every queue: quota, what it reserves, weight, per-user cap, running and waiting."""
+    from strata.sdk import queues as queue_commands
+
+    _run(queue_commands.list_queues(_out()))
+
+
+@queues.command("show")
+def queues_show(
+    name: Annotated[str, typer.Argument(help="Queue name.")] = "default",
+) -> None:
+    """One queue, who runs in it, and each waiting attempt in placement order with why."""
+    from strata.sdk import queues as queue_commands
+
+    _run(queue_commands.show_queue(name, _out()))
+
+
+@queues.command("apply")
+def queues_apply(
+    name: Annotated[str, typer.Argument(help="Queue name: lowercase letters, digits, dashes.")],
+    quota: Annotated[
+        list[str] | None,
+        typer.Option(help="A limit as RESOURCE=AMOUNT (cpu=4, memory=8Gi, gpu=1); repeatable."),
+    ] = None,
+    weight: Annotated[
+        float, typer.Option(help="Share of contended capacity against other queues.")
+    ] = 1.0,
+    max_running_per_user: Annotated[
+        int, typer.Option(help="Most attempts one user may have placed or running; 0: no cap.")
+    ] = 0,
+) -> None:
+    """Create a queue or change its quota, weight and per-user cap (admins only)."""
+    from strata.sdk import queues as queue_commands
+
+    _run(queue_commands.apply_queue(name, quota or [], weight, max_running_per_user, _out()))
 
 
 @app.command()
