@@ -217,6 +217,12 @@ async def test_a_served_predictions_lineage_reaches_its_run_partitions_views_and
         "build-training-set",
         "train-linear",
     }
+    # Each attempt with what its task asked for and what it used at its peak.
+    asked = {task.task_id: task.requested for task in run.tasks}
+    for attempt in found.task_attempts:
+        assert attempt.requested == asked[attempt.attempt.task_id], attempt
+        assert attempt.requested.memory_bytes > 0, attempt
+        assert attempt.peak_usage.memory_bytes > 0, attempt
     assert [(p.dataset, p.partition, p.checksum) for p in lineage.dataset_partitions] == [
         (project.WEEKLY_DATASET, "week=0001", f"sha256:{hashlib.sha256(export).hexdigest()}")
     ]

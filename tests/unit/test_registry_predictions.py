@@ -15,6 +15,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from strata.api.common.v1.refs_pb2 import FeatureViewRef, TaskAttemptRef
+from strata.api.common.v1.resources_pb2 import Resources, ResourceUsage
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1.gateway_pb2 import PredictionLogged
 from strata.api.registry.v1 import registry_pb2 as pb
@@ -30,6 +31,9 @@ from strata.registry.domain.predictions import (
 )
 
 SERVED = datetime(2026, 12, 1, 5, 0, 1, 250000, tzinfo=UTC)
+
+GIB = 2**30
+MIB = 2**20
 
 
 def _stamp(moment: datetime) -> Timestamp:
@@ -85,8 +89,16 @@ def test_attempts_take_node_and_times_from_the_same_attempt_of_the_same_run() ->
                 state=spb.TASK_STATE_SUCCEEDED,
                 started_at=_stamp(started),
                 finished_at=_stamp(started + timedelta(seconds=42)),
+                requested=Resources(cpu_millis=2000, memory_bytes=4 * GIB),
+                reserved=Resources(cpu_millis=600, memory_bytes=GIB),
+                peak_usage=ResourceUsage(cpu_millis=450, memory_bytes=800 * MIB),
             ),
-            spb.TaskInstance(task_id="evaluate", attempt=2, node_id="node-b"),
+            spb.TaskInstance(
+                task_id="evaluate",
+                attempt=2,
+                node_id="node-b",
+                peak_usage=ResourceUsage(memory_bytes=GIB),
+            ),
         ],
     )
 
@@ -94,7 +106,11 @@ def test_attempts_take_node_and_times_from_the_same_attempt_of_the_same_run() ->
 
     assert (train.node_id, train.state) == ("node-a", "SUCCEEDED")
     assert train.duration.ToTimedelta() == timedelta(seconds=42)
+    assert train.requested == Resources(cpu_millis=2000, memory_bytes=4 * GIB)
+    assert train.reserved == Resources(cpu_millis=600, memory_bytes=GIB)
+    assert train.peak_usage == ResourceUsage(cpu_millis=450, memory_bytes=800 * MIB)
     assert evaluate.node_id == ""  # a later attempt ran on node-b, not this one
+    assert not evaluate.HasField("peak_usage")  # nor is its usage this one's
     assert features.node_id == ""  # another run
     assert [a.attempt for a in (train, evaluate, features)] == list(lineage.task_attempts)
 

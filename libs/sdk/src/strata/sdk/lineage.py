@@ -108,7 +108,19 @@ def _attempt(attempt: pb.TaskAttempt) -> str:
         line += f", {_seconds(attempt.duration)}"
     if attempt.state:
         line += f", {attempt.state}"
+    if attempt.HasField("peak_usage"):
+        peak = attempt.peak_usage
+        line += f", peak {_gib(peak.memory_bytes)} memory, {peak.cpu_millis / 1000:g} CPU"
+        if attempt.HasField("requested"):
+            line += f" (asked {_gib(attempt.requested.memory_bytes)}"
+            if attempt.HasField("reserved"):
+                line += f", reserved {_gib(attempt.reserved.memory_bytes)}"
+            line += ")"
     return line
+
+
+def _gib(amount: int) -> str:
+    return f"{amount / 2**30:.2f} GiB"
 
 
 def _seconds(duration: Duration) -> str:

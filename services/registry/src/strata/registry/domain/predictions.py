@@ -83,7 +83,8 @@ def page_token(last: pb.PredictionRecord) -> str:
 
 
 def attempts(lineage: pb.Lineage, run: spb.Run | None) -> list[pb.TaskAttempt]:
-    """The attempts ``lineage`` names, with node and times where ``run`` has them.
+    """The attempts ``lineage`` names, with node, times and resources (asked for,
+    reserved, used at peak) where ``run`` has them.
 
     The scheduler keeps the latest attempt of each task: an earlier attempt the
     lineage names keeps only its reference.
@@ -104,5 +105,8 @@ def attempts(lineage: pb.Lineage, run: spb.Run | None) -> list[pb.TaskAttempt]:
                 attempt.duration.FromTimedelta(
                     task.finished_at.ToDatetime() - task.started_at.ToDatetime()
                 )
+            for field in ("requested", "reserved", "peak_usage"):
+                if task.HasField(field):
+                    getattr(attempt, field).CopyFrom(getattr(task, field))
         found.append(attempt)
     return found

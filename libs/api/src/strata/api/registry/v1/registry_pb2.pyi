@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from strata.api.common.v1 import refs_pb2 as _refs_pb2
+from strata.api.common.v1 import resources_pb2 as _resources_pb2
 from strata.api.features.v1 import features_pb2 as _features_pb2
 import builtins as _builtins
 import sys
@@ -1841,6 +1842,9 @@ class TaskAttempt(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    PEAK_USAGE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node it ran on; empty when the scheduler could not say."""
     state: _builtins.str
@@ -1861,6 +1865,18 @@ class TaskAttempt(_message.Message):
     def duration(self) -> _duration_pb2.Duration:
         """finished_at - started_at; unset while either is unknown."""
 
+    @_builtins.property
+    def requested(self) -> _resources_pb2.Resources:
+        """What the task asked for; unset when the scheduler could not say."""
+
+    @_builtins.property
+    def reserved(self) -> _resources_pb2.Resources:
+        """What placement reserved for the attempt (learned from past attempts)."""
+
+    @_builtins.property
+    def peak_usage(self) -> _resources_pb2.ResourceUsage:
+        """What the attempt used at its peak, as its agent measured it."""
+
     def __init__(
         self,
         *,
@@ -1870,10 +1886,13 @@ class TaskAttempt(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         duration: _duration_pb2.Duration | None = ...,
         state: _builtins.str = ...,
+        requested: _resources_pb2.Resources | None = ...,
+        reserved: _resources_pb2.Resources | None = ...,
+        peak_usage: _resources_pb2.ResourceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "node_id", b"node_id", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "finished_at", b"finished_at", "node_id", b"node_id", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
