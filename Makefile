@@ -50,6 +50,7 @@ bench: stack-up ## Bus, serving, dispatch and features, each beside its peer; wr
 	$(UV) run --frozen python -m bench.serving
 	$(UV) run --frozen python -m bench.dispatch
 	$(UV) run --frozen python -m bench.features
+	$(UV) run --frozen python -m bench.placement
 
 lint: proto-check proto-lint ## ruff, mypy and the proto checks
 	$(UV) run --frozen ruff check .
