@@ -103,8 +103,12 @@ async def platform(folder: Path) -> AsyncIterator[Platform]:
         await example.landing.create_orders_topic()
         async with contextlib.AsyncExitStack() as stack:
             services: dict[str, ServiceProcess] = {}
-            for name in ("registry", "streamer", "scheduler", "provisioner"):
+            for name in ("scheduler", "streamer", "provisioner"):
                 services[name] = await stack.enter_async_context(running(name, folder))
+            # The registry asks the scheduler where a lineage's attempts ran.
+            services["registry"] = await stack.enter_async_context(
+                running("registry", folder, STRATA_REGISTRY_SCHEDULER=services["scheduler"].address)
+            )
             ports = {
                 f"STRATA_SERVICE_{name.upper()}_PORT": s.address.rsplit(":", 1)[1]
                 for name, s in services.items()

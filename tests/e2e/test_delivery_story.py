@@ -219,7 +219,9 @@ async def test_a_served_predictions_lineage_reaches_its_run_partitions_views_and
     }
     # Each attempt with what its task asked for and what it used at its peak.
     asked = {task.task_id: task.requested for task in run.tasks}
+    assert not found.attempts_note
     for attempt in found.task_attempts:
+        assert attempt.node_id, attempt
         assert attempt.requested == asked[attempt.attempt.task_id], attempt
         assert attempt.requested.memory_bytes > 0, attempt
         assert attempt.peak_usage.memory_bytes > 0, attempt
