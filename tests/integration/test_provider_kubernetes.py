@@ -17,11 +17,22 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from service_processes import running
 
+from strata.api.common.v1.envelope_pb2 import Envelope
+from strata.api.common.v1.refs_pb2 import BundleRef, TaskAttemptRef
+from strata.api.common.v1.resources_pb2 import Resources as CommonResources
+from strata.api.provisioner.v1 import provisioner_pb2 as pb
+from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
+from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
+from strata.core.bus import Bus
+from strata.core.settings import KafkaSettings, load
+from strata.core.topics import TASKS_EVENTS
 from strata.provisioner.domain.resources import Resources
 from strata.provisioner.providers import NodeClassSpec, NodePhase, ObservedNode
 from strata.provisioner.providers.kubernetes import (
@@ -38,6 +49,8 @@ GIB = 1024**3
 SMALL = NodeClassSpec("small", "kubernetes", Resources(2000, 8 * GIB))
 LARGE = NodeClassSpec("large", "kubernetes", Resources(8000, 32 * GIB))
 POOL_LABEL = "strata.test/pool"
+TOKENS = {"agent-token": {"principal": "agent-1", "roles": ["agent"]}}
+AGENT = (("authorization", "Bearer agent-token"),)
 WAIT = 30.0
 """Most seconds a pod may take to reach a phase before the test fails (a hang, not a
 measure: kwok reacts within milliseconds)."""
@@ -357,3 +370,82 @@ async def test_the_provisioner_may_only_manage_pods_where_its_role_is_bound(
     assert why is not None
     assert "403 Forbidden" in why
     assert f'cannot list resource "pods" in API group "" in the namespace "{elsewhere}"' in why
+
+
+async def test_a_deleted_agent_pod_loses_its_node_at_once_and_its_attempt(
+    kube_cluster: KubeControlPlane, core: k8s.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """The whole path under a real provisioner: an attempt waits for room, the fleet
+    creates an agent pod of the class, the pod's agent (played here over Connect with
+    the pod's name) takes the attempt, the pod is deleted, and the attempt is lost now,
+    not a lease (10 minutes) later."""
+    gpus = 7  # no other test's attempt asks for 7 GPUs: only this test's fits the class
+    classes = {"kube": {"provider": "kubernetes", "cpu": "1", "memory": "1Gi", "gpu": gpus}}
+    lost: asyncio.Queue[pb.TaskLost] = asyncio.Queue()
+
+    async def on_lost(event: pb.TaskLost, envelope: Envelope) -> None:
+        lost.put_nowait(event)
+
+    bus = Bus("kubernetes-fleet-test", kafka=load(KafkaSettings))
+    consumer = bus.consumer(TASKS_EVENTS, group=f"kube-fleet-{uuid.uuid4().hex[:8]}")
+    consumer.handle(pb.TaskLost, on_lost)
+    async with (
+        running(
+            "provisioner",
+            tmp_path,
+            STRATA_AUTH_TOKENS=json.dumps(TOKENS),
+            STRATA_PROVISIONER_LEASE="PT10M",
+            STRATA_PROVISIONER_FLEET_POLL="0.3",
+            STRATA_PROVISIONER_NODE_CLASSES=json.dumps(classes),
+            STRATA_PROVISIONER_KUBERNETES_KUBECONFIG=str(kube_cluster.provisioner_kubeconfig),
+            STRATA_PROVISIONER_KUBERNETES_NAMESPACE=namespace,
+        ) as provisioner,
+        bus,
+        grpc.aio.insecure_channel(provisioner.address) as channel,
+    ):
+        request = TaskRequested(
+            attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id="train", attempt=1),
+            workflow_name="kubernetes-fleet",
+            entrypoint="pipeline.tasks:train",
+            bundle=BundleRef(uri="s3://bundles/abc.tar.gz", sha256="abc"),
+            resources=CommonResources(cpu_millis=500, memory_bytes=GIB // 2, gpus=gpus),
+            queue=f"q-{uuid.uuid4().hex[:8]}",
+        )
+        await bus.publish(request)
+
+        pod = await until_a_pod(core, namespace)
+        stub = ProvisionerServiceStub(channel)
+        agent = stub.Connect(metadata=AGENT)
+        await agent.write(
+            pb.ConnectRequest(
+                registration=pb.AgentRegistration(
+                    node_id=pod,
+                    hostname=pod,
+                    capacity=CommonResources(cpu_millis=1000, memory_bytes=GIB, gpus=gpus),
+                    agent_version="test",
+                )
+            )
+        )
+        async with asyncio.timeout(WAIT):
+            while not (reply := await agent.read()).HasField("assignment"):
+                pass
+        assert reply.assignment.attempt == request.attempt
+
+        core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+        async with asyncio.timeout(WAIT):
+            while (event := await lost.get()).attempt != request.attempt:
+                pass
+        assert event.node_id == pod
+        assert f"node {pod} is gone" in event.reason, event.reason
+        agent.cancel()
+
+
+async def until_a_pod(core: k8s.CoreV1Api, namespace: str) -> str:
+    """The name of the first pod in ``namespace``; fails after ``WAIT``."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(namespace).items
+        if pods and pods[0].metadata is not None and pods[0].metadata.name:
+            return pods[0].metadata.name
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no pod was created in {namespace} within {WAIT:.0f} s")

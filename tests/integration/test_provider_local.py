@@ -7,8 +7,9 @@ rely on: with node classes configured and no node of a class, an attempt that
 only that class can hold makes the provisioner start an agent of that class
 (its capacity, its node id, its log under the provider's folder), and the attempt
 runs on it; once the node has been idle for ``idle_after`` it is drained and its
-process stopped, while a class's min nodes stay however idle; a node class larger
-than the local budget refuses the start, naming the class.
+process stopped, while a class's min nodes stay however idle; an agent process that
+dies is a lost node at once (not a lease later) and the retried attempt gets a new
+node; a node class larger than the local budget refuses the start, naming the class.
 
 The classes ask for a fake GPU: no other test's attempt fits them, so nothing else
 lands on these nodes or makes the fleet start one.
@@ -19,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import psutil
 import pytest
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
 from service_processes import ServiceProcess, running
 
 from strata.api.common.v1.envelope_pb2 import Envelope
@@ -56,6 +60,7 @@ VIEWER = (("authorization", "Bearer viewer-token"),)
 MIB = 1024**2
 GIB = 1024**3
 S3 = BlobSettings(backend="s3")
+M = TypeVar("M", bound=Message)
 NODE_CLASSES = {
     "gpu": {"provider": "local", "cpu": "500m", "memory": "1Gi", "gpu": 1, "max": 2},
     "warm": {"provider": "local", "cpu": "250m", "memory": "512Mi", "gpu": 1, "min": 1, "max": 1},
@@ -75,9 +80,13 @@ def _packed_tasks() -> Bundle:
             textwrap.dedent(
                 """
                 import os
+                import time
 
                 def where():
                     return {"node_id": os.environ.get("STRATA_AGENT_NODE_ID", "")}
+
+                def hold(seconds):
+                    time.sleep(seconds)
                 """
             )
         )
@@ -94,11 +103,18 @@ async def tasks_bundle() -> None:
 
 
 @pytest.fixture
-async def provisioner(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+def lease() -> str:
+    """The provisioner's lease (its default unless a test says otherwise)."""
+    return "PT15S"
+
+
+@pytest.fixture
+async def provisioner(tmp_path: Path, lease: str) -> AsyncIterator[ServiceProcess]:
     async with running(
         "provisioner",
         tmp_path,
         STRATA_AUTH_TOKENS=json.dumps(TOKENS),
+        STRATA_PROVISIONER_LEASE=lease,
         STRATA_PROVISIONER_NODE_CLASSES=json.dumps(NODE_CLASSES),
         STRATA_PROVISIONER_IDLE_AFTER="PT2S",
         STRATA_PROVISIONER_FLEET_POLL="0.3",
@@ -125,7 +141,7 @@ async def heard() -> AsyncIterator[tuple[Bus, asyncio.Queue[Message]]]:
     async def on_event(event: Message, envelope: Envelope) -> None:
         events.put_nowait(event)
 
-    for kind in (pb.TaskStarted, pb.TaskFinished, pb.TaskFailed):
+    for kind in (pb.TaskStarted, pb.TaskFinished, pb.TaskFailed, pb.TaskLost):
         consumer.handle(kind, on_event)
     async with bus:
         yield bus, events
@@ -206,6 +222,51 @@ async def test_an_agent_is_started_for_a_waiting_attempt_and_stopped_once_idle(
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
         assert classes["warm"].connected == 1
         assert [n for n in _agents(provisioner) if n.startswith("warm-")]
+
+
+@pytest.mark.parametrize("lease", ["PT10M"])
+async def test_an_agent_process_that_dies_is_a_lost_node_at_once_and_the_retry_gets_another(
+    provisioner: ServiceProcess, heard: tuple[Bus, asyncio.Queue[Message]]
+) -> None:
+    bus, events = heard
+    arguments = Struct()
+    arguments.update({"seconds": 300})
+    request = TaskRequested(
+        attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id="hold", attempt=1),
+        workflow_name="local-provider",
+        entrypoint="local_provider_tasks:hold",
+        bundle=reference(TASKS_BUNDLE, S3),
+        args=arguments,
+        resources=Resources(cpu_millis=100, memory_bytes=768 * MIB, gpus=1),
+        queue=f"q-{uuid.uuid4().hex[:8]}",
+    )
+    await bus.publish(request)
+    started = await _next(events, request.attempt, pb.TaskStarted)
+    os.kill(_agents(provisioner)[started.node_id], signal.SIGKILL)
+
+    # Lost now, though the lease (10 minutes) is far from over: the provider saw it go.
+    lost = await _next(events, request.attempt, pb.TaskLost)
+    assert lost.node_id == started.node_id
+    assert f"node {started.node_id} is gone" in lost.reason, lost.reason
+    assert "exited with code -9" in lost.reason, lost.reason
+
+    # The scheduler's retry: the fleet starts another node for it, and it runs there.
+    retry = TaskRequested()
+    retry.CopyFrom(request)
+    retry.attempt.attempt = 2
+    await bus.publish(retry)
+    again = await _next(events, retry.attempt, pb.TaskStarted)
+    assert again.node_id.startswith("gpu-")
+    assert again.node_id != started.node_id
+
+
+async def _next(events: asyncio.Queue[Message], attempt: TaskAttemptRef, kind: type[M]) -> M:
+    """The first event of ``kind`` about ``attempt``; others are passed over."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            event = await events.get()
+            if isinstance(event, kind) and getattr(event, "attempt", None) == attempt:
+                return event
 
 
 async def test_a_class_larger_than_the_local_budget_refuses_the_start_naming_it(
