@@ -20,6 +20,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_health.v1.health_pb2_grpc import HealthStub
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from service_processes import running
@@ -51,6 +53,8 @@ LARGE = NodeClassSpec("large", "kubernetes", Resources(8000, 32 * GIB))
 POOL_LABEL = "strata.test/pool"
 TOKENS = {"agent-token": {"principal": "agent-1", "roles": ["agent"]}}
 AGENT = (("authorization", "Bearer agent-token"),)
+VIEWER_TOKEN = {"viewer-token": {"principal": "bob", "roles": ["viewer"]}}
+VIEWER = (("authorization", "Bearer viewer-token"),)
 WAIT = 30.0
 """Most seconds a pod may take to reach a phase before the test fails (a hang, not a
 measure: kwok reacts within milliseconds)."""
@@ -449,3 +453,67 @@ async def until_a_pod(core: k8s.CoreV1Api, namespace: str) -> str:
             return pods[0].metadata.name
         await asyncio.sleep(0.1)
     raise AssertionError(f"no pod was created in {namespace} within {WAIT:.0f} s")
+
+
+async def test_a_refused_token_is_that_providers_health_not_the_provisioners(
+    kube_cluster: KubeControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """The Kubernetes API refuses the provisioner's token: that provider's health is
+    NOT_SERVING and ListNodeClasses says why, with the address; the provisioner and its
+    local provider serve on."""
+    wrong_token = tmp_path / "token"
+    wrong_token.write_text("not-a-token\n")
+    classes = {
+        "kube": {"provider": "kubernetes", "cpu": "1", "memory": "1Gi", "gpu": 9},
+        "here": {"provider": "local", "cpu": "1", "memory": "1Gi", "gpu": 9},
+    }
+    async with (
+        running(
+            "provisioner",
+            tmp_path,
+            STRATA_AUTH_TOKENS=json.dumps({**TOKENS, **VIEWER_TOKEN}),
+            STRATA_PROVISIONER_FLEET_POLL="0.3",
+            STRATA_PROVISIONER_NODE_CLASSES=json.dumps(classes),
+            STRATA_PROVISIONER_LOCAL_GPUS="9",
+            STRATA_PROVISIONER_LOCAL_STATE_DIR=str(tmp_path / "local"),
+            STRATA_PROVISIONER_KUBERNETES_SERVER=kube_cluster.server,
+            STRATA_PROVISIONER_KUBERNETES_TOKEN_FILE=str(wrong_token),
+            STRATA_PROVISIONER_KUBERNETES_CA_FILE=str(kube_cluster.ca_file),
+            STRATA_PROVISIONER_KUBERNETES_NAMESPACE=namespace,
+        ) as provisioner,
+        grpc.aio.insecure_channel(provisioner.address) as channel,
+    ):
+        health = HealthStub(channel)
+        provider_health = HealthCheckRequest(service="strata.provisioner.provider.kubernetes")
+        assert await health_once_reported(health, provider_health) == NOT_SERVING
+        assert (await health.Check(HealthCheckRequest())).status == SERVING
+        local = HealthCheckRequest(service="strata.provisioner.provider.local")
+        assert (await health.Check(local)).status == SERVING
+
+        reply = await ProvisionerServiceStub(channel).ListNodeClasses(
+            pb.ListNodeClassesRequest(), metadata=VIEWER
+        )
+        by_name = {c.name: c for c in reply.node_classes}
+        assert not by_name["kube"].provider_serving
+        assert by_name["kube"].message.startswith(f"{kube_cluster.server}: 401 Unauthorized")
+        assert by_name["here"].provider_serving
+
+
+SERVING = HealthCheckResponse.SERVING
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
+
+
+async def health_once_reported(
+    health: HealthStub, request: HealthCheckRequest
+) -> HealthCheckResponse.ServingStatus.ValueType:
+    """The health of ``request.service`` once the service reports it (before its first
+    report, the name is NOT_FOUND); fails after ``WAIT``."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                reply: HealthCheckResponse = await health.Check(request)
+                return reply.status
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.1)

@@ -7,9 +7,10 @@ and what it sees, declares lost the nodes a serving provider reports gone (or no
 longer knows) with the same ``NodeLost``/``TaskLost`` as a lapsed lease, so their
 attempts are retried elsewhere now rather than a lease later; then
 :func:`strata.provisioner.domain.scaling.plan_scaling` says what to start, drain and
-stop. A provider that fails its check is reported (log, the
-``strata_dependency_up{dependency="provider <name>"}`` gauge, ``ListNodeClasses``)
-and left out of the round; the other providers keep working.
+stop. A provider that fails its check is reported (log, gRPC health NOT_SERVING under
+``strata.provisioner.provider.<name>``, the ``strata_dependency_up{dependency="provider
+<name>"}`` gauge, ``ListNodeClasses`` with the address and why) and left out of the
+round; the other providers keep working.
 
 A node to scale down is first marked DRAINING, under the placement round's lock and
 only while it has no placement (placement skips every node that is not READY);
@@ -44,6 +45,12 @@ log = structlog.stdlib.get_logger(__name__)
 START_BACKOFF = timedelta(seconds=30)
 """How long a class whose node could not be started is not tried again: a provider
 refusing a node is shown, not hammered."""
+
+
+def provider_health_name(provider: str) -> str:
+    """The gRPC health name a provider reports under: NOT_SERVING while it fails its
+    check, the provisioner itself (and its other providers) serving on."""
+    return f"strata.provisioner.provider.{provider}"
 
 
 def check_classes(
@@ -212,10 +219,10 @@ class Fleet:
                     observed[name] = {o.node_id: o for o in await provider.observe()}
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            self._serving(name, reason)
+            await self._serving(name, reason)
         return observed
 
-    def _serving(self, name: str, reason: str | None) -> None:
+    async def _serving(self, name: str, reason: str | None) -> None:
         was = self._down.get(name)
         if reason is None:
             self._down.pop(name, None)
@@ -228,6 +235,7 @@ class Fleet:
         if self._context is not None:
             gauge = self._context.metrics.dependency_up.labels(dependency=f"provider {name}")
             gauge.set(reason is None)
+            await self._context.component_health(provider_health_name(name), reason is None)
 
     async def _reconcile(
         self, node: ProvisionedNode, seen: ObservedNode | None, now: datetime

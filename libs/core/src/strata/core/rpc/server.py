@@ -121,6 +121,11 @@ class RpcServer:
         for name in ["", *self._names]:
             await self._health.set(name, status)
 
+    async def set_component(self, name: str, serving: bool) -> None:
+        """Report one part of the service under its own health name (``name``), leaving
+        the server's and its services' health as they are."""
+        await self._health.set(name, _SERVING if serving else _NOT_SERVING)
+
     async def stop(self, grace: float) -> None:
         """NOT_SERVING for good, refuse new calls, give in-flight ones ``grace`` seconds."""
         await self._health.enter_graceful_shutdown()

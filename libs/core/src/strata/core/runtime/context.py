@@ -9,7 +9,7 @@ one process never share a client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ class ServiceContext:
     _redis: redis.asyncio.Redis | None = None
     _blobs: BlobStore | None = None
     _outbox: Outbox | None = None
+    _component_health: Callable[[str, bool], Awaitable[None]] | None = None
 
     @property
     def schema(self) -> str:
@@ -80,6 +81,13 @@ class ServiceContext:
         if self._outbox is None:
             raise ConfigError(f"service {self.name!r} has no outbox: set outbox=True in its spec")
         return self._outbox
+
+    async def component_health(self, name: str, serving: bool) -> None:
+        """Report one part of the service SERVING or NOT_SERVING under the gRPC health name
+        ``name`` (``strata.provisioner.provider.kubernetes``), the service's own health
+        unchanged; a context without a server (a test's) reports nowhere."""
+        if self._component_health is not None:
+            await self._component_health(name, serving)
 
     def _need(self, value: T | None, what: str, dependency: str) -> T:
         if value is None:

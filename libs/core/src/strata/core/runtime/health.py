@@ -3,7 +3,8 @@
 SERVING means: the context is built, every *required* dependency answers and no
 supervised task is down. A *degrading* dependency that stops answering is logged
 and shows in ``strata_dependency_up`` but leaves the service SERVING: it answers
-what it can without it.
+what it can without it. A part of the service that can fail alone (one provider of
+compute) reports under a health name of its own (:meth:`Health.component`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class Health:
     async def tasks_down(self, tasks: frozenset[str]) -> None:
         self._tasks_down = tasks
         await self._report()
+
+    async def component(self, name: str, serving: bool) -> None:
+        """One part of the service (a provider of compute, say) under its own health name:
+        clients that need that part ask for it; the service's own health is unchanged."""
+        await self._server.set_component(name, serving)
 
     async def _report(self) -> None:
         serving = self.serving

@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Coroutine, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -250,7 +250,8 @@ class _Life:
                 break
             try:
                 opening = open_context(self.spec, self.settings, self.metrics)
-                return await stack.enter_async_context(opening)
+                context = await stack.enter_async_context(opening)
+                return replace(context, _component_health=self.health.component)
             except UnreachableError as exc:
                 log.warning(f"{exc}; waiting for it again", component=exc.component)
         return None
