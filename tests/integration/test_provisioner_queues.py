@@ -50,13 +50,32 @@ ADMIN = (("authorization", "Bearer admin-token"),)
 GIB = 1024**3
 MIB = 1024**2
 ONE_CPU = Resources(cpu_millis=1000, memory_bytes=64 * MIB)
+LEASE = "PT3S"
+HEARTBEAT = 0.5
+"""Seconds between the test agents' heartbeats, well inside the lease."""
 
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
+    """A provisioner with a short lease, so that no node but a test's own takes its
+    attempts: the stack outlives test modules, and a node another test registered stays
+    a place for attempts until its lease lapses (this module's agents heartbeat)."""
     folder: Path = tmp_path_factory.mktemp("queues")
-    async with running("provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
+    async with running(
+        "provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS), STRATA_PROVISIONER_LEASE=LEASE
+    ) as service:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            await _until_no_node_takes_work(ProvisionerServiceStub(channel))
         yield service
+
+
+async def _until_no_node_takes_work(stub: ProvisionerServiceStub) -> None:
+    ready = pb.ListNodesRequest(states=[pb.NODE_STATE_READY])
+    async with asyncio.timeout(BOUND):
+        while True:
+            if not (await stub.ListNodes(ready, metadata=VIEWER)).nodes:
+                return
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -112,6 +131,16 @@ class Agent:
 
     call: grpc.aio.StreamStreamCall
     node_id: str
+    stub: ProvisionerServiceStub
+    heartbeats: asyncio.Task[None] | None = None
+
+    def start_heartbeats(self) -> None:
+        self.heartbeats = asyncio.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.call.write(pb.ConnectRequest(heartbeat=pb.Heartbeat(node_id=self.node_id)))
+            await asyncio.sleep(HEARTBEAT)
 
     async def assigned(self) -> pb.TaskAssignment:
         """The next assignment sent to the node."""
@@ -125,7 +154,18 @@ class Agent:
         await self.call.write(pb.ConnectRequest(task_finished=pb.TaskFinished(attempt=attempt)))
 
     async def close(self) -> None:
+        """Leave, and return once the node is lost: until then it could take the next
+        test's attempts."""
+        if self.heartbeats is not None:
+            self.heartbeats.cancel()
         await self.call.done_writing()
+        request = pb.GetNodeRequest(node_id=self.node_id)
+        async with asyncio.timeout(BOUND):
+            while True:
+                reply = await self.stub.GetNode(request, metadata=VIEWER)
+                if reply.node.state == pb.NODE_STATE_LOST:
+                    return
+                await asyncio.sleep(0.2)
 
 
 async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
@@ -141,7 +181,9 @@ async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
     async with asyncio.timeout(BOUND):
         reply: pb.ConnectResponse = await call.read()
     assert reply.HasField("accepted"), reply
-    return Agent(call, node_id)
+    agent = Agent(call, node_id, stub)
+    agent.start_heartbeats()
+    return agent
 
 
 async def _apply(stub: ProvisionerServiceStub, request: pb.ApplyQueueRequest) -> pb.Queue:
