@@ -45,7 +45,7 @@ test-stack-down: ## Stop the tests' own stack, which `make test` leaves running
 test-unit: ## Unit tests only (no servers needed)
 	$(UV) run --frozen pytest tests/unit
 
-bench: stack-up ## Bus, serving, dispatch and features, each beside its peer; writes bench/results/
+bench: stack-up ## Bus, serving, dispatch, features and placement, each beside its peer; writes bench/results/
 	$(UV) run --frozen python -m bench.bus
 	$(UV) run --frozen python -m bench.serving
 	$(UV) run --frozen python -m bench.dispatch
