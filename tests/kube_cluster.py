@@ -72,12 +72,19 @@ def new_namespace(core: k8s.CoreV1Api, prefix: str) -> str:
 
 
 def kwok_node(
-    core: k8s.CoreV1Api, name: str, labels: dict[str, str], cpu: str, memory: str
+    core: k8s.CoreV1Api,
+    name: str,
+    labels: dict[str, str],
+    cpu: str,
+    memory: str,
+    gpus: int = 0,
 ) -> None:
     """A fake node kwok plays the kubelet of: it turns Ready and runs what is bound to it."""
     from kubernetes import client as k8s
 
     amounts = {"cpu": cpu, "memory": memory, "pods": "110"}
+    if gpus:
+        amounts["nvidia.com/gpu"] = str(gpus)
     core.create_node(
         k8s.V1Node(
             metadata=k8s.V1ObjectMeta(

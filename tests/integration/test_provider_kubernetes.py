@@ -150,9 +150,9 @@ async def provider(
     await provider.close()
 
 
-def add_node(core: k8s.CoreV1Api, pool: str, cpu: str, memory: str) -> str:
+def add_node(core: k8s.CoreV1Api, pool: str, cpu: str, memory: str, gpus: int = 0) -> str:
     name = f"kwok-{pool}-{uuid.uuid4().hex[:6]}"
-    kwok_node(core, name, {POOL_LABEL: pool}, cpu, memory)
+    kwok_node(core, name, {POOL_LABEL: pool}, cpu, memory, gpus)
     return name
 
 
@@ -385,6 +385,9 @@ async def test_a_deleted_agent_pod_loses_its_node_at_once_and_its_attempt(
     not a lease (10 minutes) later."""
     gpus = 7  # no other test's attempt asks for 7 GPUs: only this test's fits the class
     classes = {"kube": {"provider": "kubernetes", "cpu": "1", "memory": "1Gi", "gpu": gpus}}
+    # A node that can hold the class: the provisioner refuses a class larger than every
+    # node of the cluster (other tests' nodes have no GPU).
+    add_node(core, uuid.uuid4().hex[:10], "4", "16Gi", gpus=8)
     lost: asyncio.Queue[pb.TaskLost] = asyncio.Queue()
 
     async def on_lost(event: pb.TaskLost, envelope: Envelope) -> None:
