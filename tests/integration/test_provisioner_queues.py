@@ -289,6 +289,7 @@ async def test_applied_queues_are_listed_with_their_quota_and_weight(
     assert "default" in by_name
     queue = by_name[name]
     assert queue.quota == Resources(cpu_millis=500, memory_bytes=8 * GIB)
+    assert dict(queue.quota_limits) == {"cpu": "500m", "memory": "8Gi"}  # no GPU limit
     assert queue.weight == 3.0
     assert (queue.running, queue.waiting) == (0, 0)
     shown = await stub.GetQueue(pb.GetQueueRequest(name=name), metadata=VIEWER)
@@ -357,7 +358,7 @@ async def test_the_cli_applies_a_queue_and_shows_who_waits_and_why(
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if name in line)
         cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
-        assert cells[1:] == ["1 CPU, 0.0Gi", "1 CPU, 0.1Gi", "2", "none", "1", "1"], row
+        assert cells[1:] == ["cpu 1", "1 CPU, 0.1Gi", "2", "none", "1", "1"], row
 
         shown = _strata(provisioner, "viewer-token", "queues", "show", name)
         assert shown.returncode == 0, shown.stderr

@@ -70,3 +70,17 @@ def test_a_queue_policy_defaults_weight_one_and_checks_every_field() -> None:
         with pytest.raises(QueueError) as refused:
             queue_policy(name, {}, weight, cap)
         assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    "quota",
+    [
+        {"cpu": "500m", "memory": "8Gi"},
+        {"cpu": "4", "gpu": "0"},
+        {"memory": "1536Mi"},
+        {"memory": "1000"},
+        {},
+    ],
+)
+def test_a_quota_reads_back_as_applied(quota: dict[str, str]) -> None:
+    assert parse_quota(quota).as_quantities() == quota

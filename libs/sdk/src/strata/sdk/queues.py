@@ -87,7 +87,7 @@ def queue_table(queues: Sequence[pb.Queue]) -> Table:
     for queue in queues:
         table.add_row(
             queue.name,
-            _amounts(queue.quota) if queue.HasField("quota") else "no limit",
+            _limits(queue.quota_limits),
             _amounts(queue.reserved),
             f"{queue.weight:g}",
             str(queue.max_running_per_user) if queue.max_running_per_user else "none",
@@ -162,6 +162,15 @@ def _quota(items: Sequence[str]) -> dict[str, str]:
             )
         quota[kind.strip()] = amount.strip()
     return quota
+
+
+def _limits(limits: Mapping[str, str]) -> str:
+    """``cpu 4, memory 8Gi``: the limited kinds as applied; the others have no limit."""
+    if not limits:
+        return "no limit"
+    return ", ".join(
+        f"{kind} {limits[kind]}" for kind in ("cpu", "memory", "gpu") if kind in limits
+    )
 
 
 def _amounts(resources: resources_pb2.Resources) -> str:

@@ -288,6 +288,7 @@ def _queue(policy: QueuePolicy, use: QueueUse, waiting: int) -> pb.Queue:
         running=sum(use.running_by_user.values()),
         waiting=waiting,
         running_by_user=dict(use.running_by_user),
+        quota_limits=policy.quota.as_quantities(),
     )
 
 

@@ -82,6 +82,19 @@ class Quota:
             return None
         return Resources(self.cpu_millis or 0, self.memory_bytes or 0, self.gpus or 0)
 
+    def as_quantities(self) -> dict[str, str]:
+        """The limited kinds as Kubernetes quantities, as ApplyQueue takes them back:
+        ``{"cpu": "500m", "memory": "8Gi"}``; an unlimited kind is left out."""
+        quantities = {}
+        if self.cpu_millis is not None:
+            whole, millis = divmod(self.cpu_millis, 1000)
+            quantities["cpu"] = f"{self.cpu_millis}m" if millis else str(whole)
+        if self.memory_bytes is not None:
+            quantities["memory"] = _binary_quantity(self.memory_bytes)
+        if self.gpus is not None:
+            quantities["gpu"] = str(self.gpus)
+        return quantities
+
     @property
     def unlimited(self) -> bool:
         return self.cpu_millis is None and self.memory_bytes is None and self.gpus is None
@@ -176,3 +189,12 @@ def _whole(field: str, text: str, amount: Fraction, expected: str) -> int:
     if amount.denominator != 1:
         raise QueueError(field, f"{text!r} is too fine: expected {expected}")
     return int(amount)
+
+
+def _binary_quantity(amount: int) -> str:
+    """``amount`` bytes in the largest binary suffix that states it exactly."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = int(_SUFFIXES[suffix])
+        if amount and amount % unit == 0:
+            return f"{amount // unit}{suffix}"
+    return str(amount)

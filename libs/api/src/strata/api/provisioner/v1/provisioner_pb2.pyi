@@ -720,6 +720,26 @@ class Queue(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class QuotaLimitsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
@@ -729,6 +749,7 @@ class Queue(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
     RUNNING_BY_USER_FIELD_NUMBER: _builtins.int
+    QUOTA_LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Queue name."""
     weight: _builtins.float
@@ -757,6 +778,13 @@ class Queue(_message.Message):
     def running_by_user(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Running attempts per user, for the per-user cap."""
 
+    @_builtins.property
+    def quota_limits(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The quota by resource name in Kubernetes quantity notation, as ApplyQueue takes
+        it ("cpu": "4", "memory": "8Gi"); a resource left out has no limit (where
+        quota above reads 0).
+        """
+
     def __init__(
         self,
         *,
@@ -769,10 +797,11 @@ class Queue(_message.Message):
         running: _builtins.int = ...,
         waiting: _builtins.int = ...,
         running_by_user: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        quota_limits: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_running_per_user", b"max_running_per_user", "name", b"name", "pending", b"pending", "quota", b"quota", "reserved", b"reserved", "running", b"running", "running_by_user", b"running_by_user", "waiting", b"waiting", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_running_per_user", b"max_running_per_user", "name", b"name", "pending", b"pending", "quota", b"quota", "quota_limits", b"quota_limits", "reserved", b"reserved", "running", b"running", "running_by_user", b"running_by_user", "waiting", b"waiting", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
