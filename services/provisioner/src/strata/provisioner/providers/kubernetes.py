@@ -49,6 +49,10 @@ T = TypeVar("T")
 
 REQUEST_TIMEOUT = 10.0
 """Seconds one API call may take."""
+NODES_REFRESH = 60.0
+"""Most seconds between two reads of the cluster's nodes (for :meth:`largest`): a check
+runs every fleet round, and listing every node of a large cluster each time is a heavy
+answer for a figure that changes rarely."""
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "strata-provisioner"
 NODE_CLASS_LABEL = "strata.dev/node-class"
@@ -113,6 +117,7 @@ class KubernetesProvider:
         self._stopped: set[str] = set()
         """Pods it deleted that may still be terminating: not reported."""
         self._largest: Resources | None = None
+        self._nodes_read_at: float | None = None
 
     @classmethod
     def from_settings(cls, settings: ProvisionerSettings) -> KubernetesProvider:
@@ -256,7 +261,8 @@ class KubernetesProvider:
 
     def largest(self) -> Resources | None:
         """The most CPU, memory and GPUs any one Ready node offers (allocatable), as last
-        seen by :meth:`check`; None before, or when nodes cannot be listed."""
+        read (at start, then by :meth:`check` at most every ``NODES_REFRESH`` seconds);
+        None before, or when nodes cannot be listed."""
         return self._largest
 
     async def close(self) -> None:
@@ -364,7 +370,9 @@ class KubernetesProvider:
         return items
 
     async def _refresh_largest(self) -> None:
-        await asyncio.to_thread(self.read_nodes)
+        read_at = self._nodes_read_at
+        if read_at is None or time.monotonic() - read_at >= NODES_REFRESH:
+            await asyncio.to_thread(self.read_nodes)
 
     def read_nodes(self) -> None:
         """Update :meth:`largest` from the cluster's nodes (blocking); a refusal or an
@@ -374,6 +382,7 @@ class KubernetesProvider:
         except (ApiException, urllib3.exceptions.HTTPError):
             return
         self._largest = largest_ready(nodes.items)
+        self._nodes_read_at = time.monotonic()
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(method, *args, **kwargs)
