@@ -13,8 +13,12 @@ ASKED = Resources(cpu_millis=2000, memory_bytes=4 * GIB)
 LARGEST = 32 * GIB
 
 
-def _ran(peak_mib: int, cpu_millis: int = 500, limit: int = 4 * GIB) -> PastAttempt:
-    return PastAttempt(peak_mib * MIB, cpu_millis, limit, out_of_memory=False)
+def _ran(
+    peak_mib: int, cpu_millis: int = 500, limit: int = 4 * GIB, mean_mib: int = 0
+) -> PastAttempt:
+    return PastAttempt(
+        peak_mib * MIB, cpu_millis, limit, out_of_memory=False, mean_memory_bytes=mean_mib * MIB
+    )
 
 
 def _oom(limit: int) -> PastAttempt:
@@ -37,7 +41,7 @@ def test_the_reserve_is_the_high_quantile_of_past_peaks_plus_the_margin() -> Non
     assert sizing.limits == ASKED  # the request stays the hard limit
     assert sizing.reserve.memory_bytes == round(1200 * MIB * 1.15)
     assert sizing.reserve.cpu_millis == 460
-    assert "p95 peak" in sizing.reason
+    assert "p95 peak memory 1.172 GiB, 0.4 CPU" in sizing.reason
 
 
 def test_the_reserve_never_exceeds_the_request() -> None:
@@ -78,6 +82,32 @@ def test_a_request_larger_than_every_node_is_left_for_placement_to_refuse() -> N
     assert size_attempt(huge, [], LARGEST).limits == huge
 
 
+MEANS = SizingPolicy(memory_from="mean")
+
+
+def test_reserving_means_sizes_a_briefly_peaking_task_by_what_it_usually_holds() -> None:
+    # Peaks near the whole request for a moment, holds about 1.5 GiB otherwise.
+    history = [_ran(3900, mean_mib=mib) for mib in (1400, 1500, 1600, 1450)]
+
+    by_mean = size_attempt(ASKED, history, LARGEST, MEANS)
+    by_peak = size_attempt(ASKED, history, LARGEST)
+
+    assert by_mean.reserve.memory_bytes == round(1600 * MIB * 1.15)
+    assert "p95 mean memory" in by_mean.reason
+    assert by_peak.reserve.memory_bytes == ASKED.memory_bytes
+    assert by_mean.limits == by_peak.limits == ASKED  # the request stays the hard limit
+
+
+def test_reserving_means_falls_back_to_peaks_while_few_attempts_measured_a_mean() -> None:
+    # Older agents report no mean (0): the peaks are all there is to go on.
+    history = [_ran(1200, mean_mib=500), _ran(1000), _ran(1100), _ran(900)]
+
+    sizing = size_attempt(ASKED, history, LARGEST, MEANS)
+
+    assert sizing.reserve.memory_bytes == round(1200 * MIB * 1.15)
+    assert "p95 peak memory" in sizing.reason
+
+
 @pytest.mark.parametrize(
     ("policy", "field"),
     [
@@ -85,6 +115,7 @@ def test_a_request_larger_than_every_node_is_left_for_placement_to_refuse() -> N
         ({"margin": -0.1}, "margin"),
         ({"min_samples": 0}, "min_samples"),
         ({"oom_growth": 1.0}, "oom_growth"),
+        ({"memory_from": "median"}, "memory_from"),
     ],
 )
 def test_a_nonsense_policy_is_refused_naming_the_field(

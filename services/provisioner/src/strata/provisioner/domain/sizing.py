@@ -6,6 +6,15 @@ attempts of the same task really used: a high quantile of their peaks plus a
 margin, never more than the limit. Too few past attempts to judge: the
 request is reserved.
 
+Memory can instead be reserved from what attempts *usually* hold: a high
+quantile of each past attempt's time-weighted mean memory (``memory_from =
+"mean"``). A task at 4 GiB for a tenth of its run and 1.5 GiB otherwise then
+reserves about 2 GiB, not 4: peaks of different attempts on one node rarely
+meet. When they do, the node is over-committed and the attempt furthest above
+its reservation is evicted and retried (what the kubelet does under memory
+pressure); the limit still stops any one attempt at its request. Reserving
+peaks never over-commits; reserving means packs tasks that peak briefly.
+
 An attempt killed for memory is retried with more: the memory limit grows by
 ``oom_growth`` (up to the largest node), and the next run starts from the
 raised limit once an attempt succeeded under it, so one out-of-memory does not
@@ -17,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from strata.provisioner.domain.resources import Resources, cpu, memory
 
@@ -29,6 +39,12 @@ class PastAttempt:
     peak_cpu_millis: int
     limit_memory_bytes: int
     out_of_memory: bool
+    mean_memory_bytes: int = 0
+    """Memory held on average over the attempt's samples (time-weighted); 0: not measured."""
+
+
+MemoryFrom = Literal["peak", "mean"]
+"""Which figure of past attempts memory reservations are taken from."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,9 @@ class SizingPolicy:
     """Fewer successful past attempts than this: reserve the request."""
     oom_growth: float = 2.0
     """Memory limit * this after an attempt ran out of memory."""
+    memory_from: MemoryFrom = "peak"
+    """``peak``: reserve the quantile of past peaks (never over-commits a node);
+    ``mean``: of past time-weighted means (over-commits; relies on eviction)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.quantile <= 1:
@@ -52,6 +71,8 @@ class SizingPolicy:
             raise ValueError(f"min_samples: {self.min_samples} is not 1 or more")
         if not (math.isfinite(self.oom_growth) and self.oom_growth > 1):
             raise ValueError(f"oom_growth: {self.oom_growth} is not a factor above 1")
+        if self.memory_from not in ("peak", "mean"):
+            raise ValueError(f"memory_from: {self.memory_from!r} is not 'peak' or 'mean'")
 
 
 @dataclass(frozen=True)
@@ -116,16 +137,21 @@ def size_attempt(
         return Sizing(limits, limits, "; ".join(reasons))
 
     grow = 1 + policy.margin
-    peak_memory = _quantile([p.peak_memory_bytes for p in measured], policy.quantile)
+    label = f"p{policy.quantile * 100:g}"
+    means = [p.mean_memory_bytes for p in measured if p.mean_memory_bytes > 0]
+    if policy.memory_from == "mean" and len(means) >= policy.min_samples:
+        held, what = _quantile(means, policy.quantile), "mean memory"
+    else:
+        held = _quantile([p.peak_memory_bytes for p in measured], policy.quantile)
+        what = "peak memory"
     peak_cpu = _quantile([p.peak_cpu_millis for p in measured], policy.quantile)
     reserve = Resources(
         min(limits.cpu_millis, math.ceil(peak_cpu * grow)),
-        min(limits.memory_bytes, math.ceil(peak_memory * grow)),
+        min(limits.memory_bytes, math.ceil(held * grow)),
         limits.gpus,
     )
-    label = f"p{policy.quantile * 100:g}"
     reasons.append(
-        f"{label} peak {memory(peak_memory)}, {cpu(peak_cpu)} "
+        f"{label} {what} {memory(held)}, {cpu(peak_cpu)} "
         f"+ {policy.margin * 100:g}% of {len(measured)} past attempts"
     )
     return Sizing(limits, reserve, "; ".join(reasons))
