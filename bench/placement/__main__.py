@@ -1,13 +1,16 @@
 """Run the placement benchmark: ``python -m bench.placement [--quick] [--no-kube]``.
 
+``--simulation-only [--seed N]`` runs the simulated week alone (no stack, no
+binaries) and prints its table.
+
 For each fleet (1,000 and 5,000 nodes): kube-scheduler binds a burst of 20,000
 pending pods on a throw-away control plane of its own (the binaries of ``make
 setup``), then Strata's placement round places the same burst on the same nodes
 through the provisioner's store in the local stack's Postgres (a schema of its
-own, dropped at the end). Then a seeded week of tasks is simulated twice, placed
-on requests and on measured usage. Prints the tables and, unless ``--quick``,
-writes them with the raw numbers to ``bench/results/``. Needs the local stack's
-Postgres (``make stack-up``; ``make bench`` starts it).
+own, dropped at the end). Then a seeded week of tasks is simulated three times:
+placed on requests, on measured peaks and on measured means. Prints the tables
+and, unless ``--quick``, writes them with the raw numbers to ``bench/results/``.
+Needs the local stack's Postgres (``make stack-up``; ``make bench`` starts it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bench.bus.machine import facts, load_average
 from bench.placement.kube_side import Binding, KubeSide
 from bench.placement.plan import FULL, QUICK, Plan
 from bench.placement.report import TUNED_QPS, Report
-from bench.placement.simulation import simulate
+from bench.placement.simulation import POLICIES, Outcome, simulate
 from bench.placement.strata_side import Round, StrataSide, place_alone
 from bench.placement.trace import week
 from strata.core.errors import StrataError
@@ -76,9 +79,7 @@ async def run(plan: Plan, folder: Path) -> Report:
             await strata.drop()
     finally:
         await pool.close()
-    print("simulating ...", file=sys.stderr, flush=True)
-    trace = week(plan.sim_seed, plan.sim_days)
-    simulated = (simulate(trace, "request"), simulate(trace, "usage"))
+    simulated, runs = simulate_week(plan)
     machine["load at end"] = load_average()
     return Report(
         started=started,
@@ -91,8 +92,34 @@ async def run(plan: Plan, folder: Path) -> Report:
         bindings=bindings,
         kube_version=kube_version,
         simulated=simulated,
-        trace_runs=len(trace.runs),
+        trace_runs=runs,
     )
+
+
+def simulate_week(plan: Plan) -> tuple[tuple[Outcome, ...], int]:
+    """The plan's seeded week placed each way (request, peaks, means); its number of runs."""
+    print("simulating ...", file=sys.stderr, flush=True)
+    trace = week(plan.sim_seed, plan.sim_days)
+    return tuple(simulate(trace, policy) for policy in POLICIES), len(trace.runs)
+
+
+def _simulation_only(plan: Plan) -> str:
+    started, clock = datetime.now(UTC), time.perf_counter()
+    simulated, runs = simulate_week(plan)
+    report = Report(
+        started=started,
+        seconds=time.perf_counter() - clock,
+        command=shlex.join(sys.orig_argv),
+        machine={},
+        plan=plan,
+        rounds={},
+        place_cpu={},
+        bindings=[],
+        kube_version="not run",
+        simulated=simulated,
+        trace_runs=runs,
+    )
+    return "\n".join(report.simulation_table())
 
 
 async def _kube(plan: Plan, nodes: int, home: Path) -> tuple[list[Binding], str]:
@@ -137,6 +164,14 @@ def main() -> None:
         help="skip kube-scheduler (no control plane binaries needed); writes nothing",
     )
     parser.add_argument(
+        "--simulation-only",
+        action="store_true",
+        help="only the simulated week (no stack, no kube binaries); writes nothing",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed of the simulated week (default: the plan's, 12)"
+    )
+    parser.add_argument(
         "--keep-logs",
         type=Path,
         help="folder to keep the control planes' logs in (default: a temporary one)",
@@ -149,6 +184,11 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     if args.no_kube:
         plan = dataclasses.replace(plan, kube=False)
+    if args.seed is not None:
+        plan = dataclasses.replace(plan, sim_seed=args.seed)
+    if args.simulation_only:
+        print(_simulation_only(plan))
+        return
     try:
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -161,7 +201,7 @@ def main() -> None:
     except (StrataError, StartError) as exc:
         sys.exit(f"bench.placement: {exc}")
     print(report.markdown())
-    if not args.quick and not args.no_kube:
+    if not args.quick and not args.no_kube and args.seed is None:
         for path in report.write():
             print(f"wrote {path}", file=sys.stderr)
 

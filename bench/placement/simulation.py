@@ -1,4 +1,4 @@
-"""A trace of tasks placed two ways: on their requests, or on their measured usage.
+"""A trace of tasks placed three ways: on their requests, or on their measured usage.
 
 Pure: no clock, no I/O, one seeded trace (:mod:`bench.placement.trace`) in, one
 :class:`Outcome` out; the same trace gives the same figures. Both ways use the
@@ -9,8 +9,12 @@ attempts on the nodes. The two differ only in what placement reserves:
 
 - ``request``: the attempt's limits (its request, raised after it ran out of
   memory), as kube-scheduler reserves a pod's requests;
-- ``usage``: the sizing's ``reserve`` (a high quantile of past peaks plus a
-  margin, never above the limits).
+- ``peak``: the sizing's ``reserve`` with memory from past peaks (a high
+  quantile of them plus a margin, never above the limits): the provisioner's
+  default, ``SizingPolicy(memory_from="peak")``;
+- ``mean``: the sizing's ``reserve`` with memory from past attempts'
+  time-weighted mean memory, ``SizingPolicy(memory_from="mean")`` (the agent
+  reports it with each attempt's end, averaged over its samples).
 
 The node's memory is over-committed when its attempts together use more than it
 has (a reservation is not a limit): then the attempt furthest above its
@@ -39,7 +43,14 @@ from strata.provisioner.domain.placement import Attempt, Node, place
 from strata.provisioner.domain.resources import GIB, Resources
 from strata.provisioner.domain.sizing import PastAttempt, SizingPolicy, size_attempt
 
-Policy = Literal["request", "usage"]
+Policy = Literal["request", "peak", "mean"]
+POLICIES: tuple[Policy, ...] = ("request", "peak", "mean")
+SIZING: dict[Policy, SizingPolicy] = {
+    "request": SizingPolicy(),
+    "peak": SizingPolicy(memory_from="peak"),
+    "mean": SizingPolicy(memory_from="mean"),
+}
+"""The provisioner's sizing each way uses (``request`` only takes its limits)."""
 HISTORY = 20
 """Past attempts of a task handed to the sizing, newest first (as the provisioner loads)."""
 
@@ -115,6 +126,12 @@ class _Running:
     started: float
     using: int
     cpu: int
+    memory_seconds: float = 0.0
+    """Bytes held x seconds so far: the agent's time-weighted mean, times the run time."""
+
+    def mean_memory(self, now: float) -> int:
+        span = now - self.started
+        return round(self.memory_seconds / span) if span > 0 else self.using
 
 
 @dataclass
@@ -145,7 +162,7 @@ class _Simulation:
 
     def __init__(self, trace: Trace, policy: Policy, fleet: Fleet) -> None:
         self.trace, self.policy, self.fleet = trace, policy, fleet
-        self.sizing = SizingPolicy()
+        self.sizing = SIZING[policy]
         self.events: list[tuple[float, int, str, str]] = []
         self.order = itertools.count()
         self.nodes: dict[str, _Node] = {}
@@ -215,6 +232,7 @@ class _Simulation:
             s = self.stats
             s["node_s"] += span * len(self.nodes)
             for r in self.running.values():
+                r.memory_seconds += span * r.using
                 s["mem_s"] += span * r.using
                 s["cpu_s"] += span * r.cpu
                 s["res_s"] += span * r.attempt.need.memory_bytes
@@ -225,8 +243,10 @@ class _Simulation:
     def _queue(self, run: Run, number: int) -> None:
         key = f"{run.index}/{number}"
         history = list(self.history.get(run.kind.name, ()))
-        sizing = size_attempt(run.kind.request, history, self.fleet.capacity.memory_bytes)
-        reserve = sizing.reserve if self.policy == "usage" else sizing.limits
+        sizing = size_attempt(
+            run.kind.request, history, self.fleet.capacity.memory_bytes, self.sizing
+        )
+        reserve = sizing.limits if self.policy == "request" else sizing.reserve
         attempt = Attempt(
             run_id=str(run.index),
             task_id=run.kind.name,
@@ -327,6 +347,7 @@ class _Simulation:
                 peak_cpu_millis=running.run.cpu_millis,
                 limit_memory_bytes=running.attempt.limits.memory_bytes,
                 out_of_memory=out_of_memory,
+                mean_memory_bytes=running.mean_memory(self.now),
             )
         )
 
