@@ -1446,8 +1446,14 @@ class TaskFinished(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     PEAK_USAGE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
+    MEAN_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node it ran on."""
+    mean_memory_bytes: _builtins.int
+    """Memory held on average over the attempt: the mean of its samples weighted by the
+    time each held (0: not measured). Placement reserves it instead of the peak for a
+    task that peaks briefly, when the provisioner is set to (sizing memory_from=mean).
+    """
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt; its run id is the Kafka key."""
@@ -1474,10 +1480,11 @@ class TaskFinished(_message.Message):
         outputs: _struct_pb2.Struct | None = ...,
         peak_usage: _resources_pb2.ResourceUsage | None = ...,
         duration: _duration_pb2.Duration | None = ...,
+        mean_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "outputs", b"outputs", "peak_usage", b"peak_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "mean_memory_bytes", b"mean_memory_bytes", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1496,6 +1503,7 @@ class TaskFailed(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     PEAK_USAGE_FIELD_NUMBER: _builtins.int
     TRACEBACK_FIELD_NUMBER: _builtins.int
+    MEAN_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Node it ran on; empty when it never reached one (unschedulable)."""
     kind: Global___FailureKind.ValueType
@@ -1506,6 +1514,8 @@ class TaskFailed(_message.Message):
     """Exit code of the worker process, when it exited."""
     traceback: _builtins.str
     """Python traceback of the exception the entrypoint raised, when it raised one."""
+    mean_memory_bytes: _builtins.int
+    """Memory held on average until the failure, weighted by time (0: not measured)."""
     @_builtins.property
     def attempt(self) -> _refs_pb2.TaskAttemptRef:
         """The attempt; its run id is the Kafka key."""
@@ -1524,10 +1534,11 @@ class TaskFailed(_message.Message):
         exit_code: _builtins.int = ...,
         peak_usage: _resources_pb2.ResourceUsage | None = ...,
         traceback: _builtins.str = ...,
+        mean_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "peak_usage", b"peak_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "kind", b"kind", "message", b"message", "node_id", b"node_id", "peak_usage", b"peak_usage", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "kind", b"kind", "mean_memory_bytes", b"mean_memory_bytes", "message", b"message", "node_id", b"node_id", "peak_usage", b"peak_usage", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
