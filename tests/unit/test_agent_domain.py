@@ -79,7 +79,7 @@ REF = TaskAttemptRef(run_id="r", task_id="t", attempt=2)
 
 
 def test_a_finished_attempt_is_reported_with_outputs_usage_and_duration() -> None:
-    outcome = Finished({"rows": 3, "ok": True}, Usage(2048, 0.5, 1.0))
+    outcome = Finished({"rows": 3, "ok": True}, Usage(2048, 0.5, 1.0, mean_rss_bytes=1024))
     message = report(REF, "node-a", outcome)
     finished = message.task_finished
     assert finished.attempt == REF
@@ -87,13 +87,15 @@ def test_a_finished_attempt_is_reported_with_outputs_usage_and_duration() -> Non
     assert dict(finished.outputs) == {"rows": 3, "ok": True}
     assert finished.peak_usage.memory_bytes == 2048
     assert finished.peak_usage.cpu_millis == 500
+    assert finished.mean_memory_bytes == 1024
     assert finished.duration.ToNanoseconds() == 1_000_000_000
 
 
 def test_a_failed_attempt_is_reported_with_one_line_and_its_traceback() -> None:
-    outcome = Failed("ValueError", "column 'eta' missing\nmore", "Traceback ...", Usage(1, 0, 1))
+    outcome = Failed("ValueError", "column 'eta' missing\nmore", "Traceback ...", Usage(1, 0, 1, 7))
     failed = report(REF, "node-a", outcome).task_failed
     assert failed.kind == pb.FAILURE_KIND_ERROR
+    assert failed.mean_memory_bytes == 7
     assert failed.message == "ValueError: column 'eta' missing"
     assert failed.traceback == "Traceback ..."
     assert Failed("KeyError", "", "", Usage(0, 0, 0)).summary == "KeyError"

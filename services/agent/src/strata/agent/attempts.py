@@ -284,6 +284,7 @@ def report(ref: TaskAttemptRef, node_id: str, outcome: Outcome | Unusable) -> pb
                 outputs=outputs,
                 peak_usage=_peak(outcome.usage),
                 duration=_duration(outcome.usage.wall_seconds),
+                mean_memory_bytes=outcome.usage.mean_rss_bytes,
             )
         )
     if isinstance(outcome, Stopped):
@@ -294,6 +295,7 @@ def report(ref: TaskAttemptRef, node_id: str, outcome: Outcome | Unusable) -> pb
                 kind=_STOP_KINDS[outcome.kind],
                 message=outcome.message,
                 peak_usage=_peak(outcome.usage),
+                mean_memory_bytes=outcome.usage.mean_rss_bytes,
             )
         )
     return pb.ConnectRequest(task_failed=_failed(ref, node_id, outcome))
@@ -308,6 +310,7 @@ def _failed(ref: TaskAttemptRef, node_id: str, outcome: Failed) -> pb.TaskFailed
         exit_code=outcome.exit_code,
         peak_usage=_peak(outcome.usage),
         traceback=outcome.traceback,
+        mean_memory_bytes=outcome.usage.mean_rss_bytes,
     )
 
 

@@ -49,7 +49,7 @@ import psutil
 from strata.agent.domain.entrypoint import Entrypoint, call_arguments
 from strata.agent.domain.limits import Limits, breach
 from strata.agent.domain.outcome import Failed, Finished, Outcome, Stopped, Usage
-from strata.agent.domain.usage import Sample
+from strata.agent.domain.usage import HeldMemory, Sample
 from strata.agent.stopping import Stop
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -152,7 +152,9 @@ async def run_in_worker(
         if not answering.done():
             await asyncio.to_thread(_terminate, process, stop.grace)
             await answering
-            usage = Usage(watch.peak_rss_bytes, 0.0, time.monotonic() - started)
+            usage = Usage(
+                watch.peak_rss_bytes, 0.0, time.monotonic() - started, watch.held.mean_bytes
+            )
             return Stopped(stop.kind, stop.message, usage)
         answer = answering.result()
         await asyncio.to_thread(process.join)
@@ -172,15 +174,16 @@ async def run_in_worker(
             "WorkerDied",
             f"the worker process exited with code {code} before answering",
             "",
-            Usage(0, 0.0, wall),
+            Usage(0, 0.0, wall, watch.held.mean_bytes),
             exit_code=code,
         )
-    return _outcome(answer, wall)
+    return _outcome(answer, wall, watch.held.mean_bytes)
 
 
 class Watch:
     """Samples a worker's memory (its resident set and its children's) every
-    :data:`WATCH_INTERVAL`, keeps the peak, and asks the stop once a limit is passed."""
+    :data:`WATCH_INTERVAL`, keeps the peak and the time-weighted mean, and asks the stop
+    once a limit is passed."""
 
     def __init__(
         self,
@@ -196,6 +199,7 @@ class Watch:
         self._started = started
         self._sampled = sampled
         self.peak_rss_bytes = 0
+        self.held = HeldMemory()
 
     async def run(self) -> None:
         """Until the worker is gone or stopped (or the task is cancelled)."""
@@ -207,6 +211,7 @@ class Watch:
                 sample = _sample(worker)
                 rss = sample.rss_bytes
                 self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+                self.held = self.held.add(sample)
                 self._sampled(sample)
                 over = breach(self._limits, rss, sample.at - self._started)
                 if over is not None:
@@ -261,8 +266,8 @@ def booted(worker: Worker) -> bool:
         return False
 
 
-def _outcome(answer: dict[str, Any], wall: float) -> Outcome:
-    usage = Usage(answer["peak_rss_bytes"], answer["cpu_seconds"], wall)
+def _outcome(answer: dict[str, Any], wall: float, mean_rss_bytes: int) -> Outcome:
+    usage = Usage(answer["peak_rss_bytes"], answer["cpu_seconds"], wall, mean_rss_bytes)
     if answer["ok"]:
         return Finished(answer["outputs"], usage)
     return Failed(answer["error_type"], answer["message"], answer["traceback"], usage)

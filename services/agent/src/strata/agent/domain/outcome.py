@@ -14,6 +14,9 @@ class Usage:
     peak_rss_bytes: int
     cpu_seconds: float
     wall_seconds: float
+    mean_rss_bytes: int = 0
+    """Time-weighted mean of the agent's samples (:class:`~strata.agent.domain.usage.HeldMemory`);
+    0: never sampled."""
 
     @property
     def average_cpu_millis(self) -> int:
