@@ -66,6 +66,15 @@ def grab(mib, marker=None):
     while marker is not None and not pathlib.Path(marker).exists():
         time.sleep(0.05)
     return {"held_mib": len(held)}
+
+
+def burst(base_mib, peak_mib):
+    # Hold a little for 2 s, then much more for a moment: a task that peaks briefly.
+    held = [b"x" * (1024 * 1024) for _ in range(int(base_mib))]
+    time.sleep(2.0)
+    held += [b"x" * (1024 * 1024) for _ in range(int(peak_mib))]
+    time.sleep(0.3)
+    return {"held_mib": len(held)}
 """
 S3 = BlobSettings(backend="s3")
 
@@ -165,13 +174,15 @@ async def events(provisioner: str) -> AsyncIterator[tuple[Bus, Heard]]:
         yield bus, heard
 
 
-def _request(workflow: str, memory_bytes: int, args: dict[str, Any]) -> TaskRequested:
+def _request(
+    workflow: str, memory_bytes: int, args: dict[str, Any], function: str = "grab"
+) -> TaskRequested:
     arguments = Struct()
     arguments.update(args)
     return TaskRequested(
-        attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id="grab", attempt=1),
+        attempt=TaskAttemptRef(run_id=str(uuid.uuid4()), task_id=function, attempt=1),
         workflow_name=workflow,
-        entrypoint="sizing_test_tasks:grab",
+        entrypoint=f"sizing_test_tasks:{function}",
         bundle=reference(BUNDLE, S3),
         args=arguments,
         resources=Resources(cpu_millis=HUGE - 1, memory_bytes=memory_bytes),

@@ -25,6 +25,7 @@ from strata.core.errors import ConfigError
 from strata.core.runtime import KAFKA, POSTGRES, Endpoint, Loop, ServiceSpec, run_service
 from strata.core.settings import ServiceSettings, load
 from strata.provisioner.api import ProvisionerApi
+from strata.provisioner.domain.sizing import SizingPolicy
 from strata.provisioner.fleet import Fleet
 from strata.provisioner.handlers import task_requests
 from strata.provisioner.node_loss import watch_leases
@@ -53,7 +54,16 @@ def spec(settings: ProvisionerSettings, fleet: Fleet | None = None) -> ServiceSp
     """The provisioner, its parts sharing one :class:`Wakeups`; with ``fleet``, its loop."""
     wakeups = Wakeups()
     loops = [
-        Loop("place", placement_loop(wakeups, settings.placement_poll, settings.lease, fleet)),
+        Loop(
+            "place",
+            placement_loop(
+                wakeups,
+                settings.placement_poll,
+                settings.lease,
+                fleet,
+                SizingPolicy(memory_from=settings.reserve_memory_from),
+            ),
+        ),
         Loop("node-loss", watch_leases(settings.lease)),
     ]
     if fleet is not None:

@@ -1,18 +1,18 @@
 """Where attempts get a node: one placement round, in one transaction.
 
 The round reads the READY nodes heard from within their lease (with what their
-placements reserve), the waiting attempts, the queues' quotas, weights and
-per-user caps with what each queue uses now, and the usage history of the tasks
-waiting (one query). Each attempt is sized from its task's history
+placements reserve), the waiting attempts, the queues' quotas, weights and per-user
+caps with what each queue uses now, and the usage history of the tasks waiting (one
+query). Each attempt is sized from its task's history
 (:func:`strata.provisioner.domain.sizing.size_attempt`: its memory limit raised
-after an out-of-memory attempt, and what placement reserves learned from past
-peaks), then :func:`strata.provisioner.domain.placement.place` says what goes
-where. Every placed attempt moves from the queue to its node together with the
-``TaskPlaced`` events announcing them (outbox), and the others record why they
-wait, each in one set-based statement: a round costs a few round trips whatever
-its size. The agent's Connect session sends the assignment from the stored
-placement, so nothing placed is lost if the provisioner stops before the agent
-got it.
+after an out-of-memory attempt, and what placement reserves learned from past peaks,
+or past mean memory when the sizing policy says so), then
+:func:`strata.provisioner.domain.placement.place` says what goes where. Every placed
+attempt moves from the queue to its node together with the ``TaskPlaced`` events
+announcing them (outbox), and the others record why they wait, each in one set-based
+statement: a round costs a few round trips whatever its size. The agent's Connect
+session sends the assignment from the stored placement, so nothing placed is lost if
+the provisioner stops before the agent got it.
 
 The loop runs a round when :class:`~strata.provisioner.wakeups.Wakeups` says the
 queue changed (an attempt queued, room freed, a node registered), or after the
@@ -35,7 +35,7 @@ from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.lease import alive_since
 from strata.provisioner.domain.placement import Attempt, place
 from strata.provisioner.domain.resources import Resources
-from strata.provisioner.domain.sizing import PastAttempt, size_attempt
+from strata.provisioner.domain.sizing import PastAttempt, SizingPolicy, size_attempt
 from strata.provisioner.store import (
     NodeStore,
     Queued,
@@ -70,11 +70,16 @@ class Placement:
     """Placement rounds over the nodes and queue of one provisioner schema."""
 
     def __init__(
-        self, context: ServiceContext, lease: timedelta, fleet: Fleet | None = None
+        self,
+        context: ServiceContext,
+        lease: timedelta,
+        fleet: Fleet | None = None,
+        sizing: SizingPolicy | None = None,
     ) -> None:
         self._context = context
         self._lease = lease
         self._fleet = fleet
+        self._sizing = sizing or SizingPolicy()
         self._nodes = NodeStore(context.pool, context.schema)
         self._queue = QueueStore(context.pool, context.schema)
         self._policies = QueuePolicies(context.pool, context.schema)
@@ -98,7 +103,7 @@ class Placement:
             use = await self._queue.use(conn)
             history = await self._history.of(conn, {_task(q) for q in waiting})
             largest = self._largest_memory_bytes(nodes)
-            sized = [_sized(q, history.get(_task(q), ()), largest) for q in waiting]
+            sized = [_sized(q, history.get(_task(q), ()), largest, self._sizing) for q in waiting]
             plan = place([n.node for n in nodes], sized, policies, use)
             await self._queue.place(conn, plan.placed)
             refs = {_key(q.attempt): q.request.attempt for q in waiting}
@@ -126,11 +131,16 @@ class Placement:
         return max(connected, supplied)
 
 
-def _sized(queued: Queued, history: Sequence[PastAttempt], largest_memory_bytes: int) -> Attempt:
+def _sized(
+    queued: Queued,
+    history: Sequence[PastAttempt],
+    largest_memory_bytes: int,
+    policy: SizingPolicy,
+) -> Attempt:
     """The attempt with its limits and reserve sized from its task's past attempts."""
     attempt = queued.attempt
     sizing = size_attempt(
-        attempt.limits, history, max(largest_memory_bytes, attempt.limits.memory_bytes)
+        attempt.limits, history, max(largest_memory_bytes, attempt.limits.memory_bytes), policy
     )
     return replace(attempt, limits=sizing.limits, reserve=sizing.reserve)
 
@@ -150,16 +160,20 @@ def _message(amounts: Resources) -> ResourcesMessage:
 
 
 def placement_loop(
-    wakeups: Wakeups, poll: float, lease: timedelta, fleet: Fleet | None = None
+    wakeups: Wakeups,
+    poll: float,
+    lease: timedelta,
+    fleet: Fleet | None = None,
+    sizing: SizingPolicy | None = None,
 ) -> Callable[[ServiceContext], Awaitable[None]]:
     """The placement loop, until cancelled: a round each time the queue changes, or
     every ``poll`` seconds at the latest; each placement wakes its node's session.
     Only nodes heard from within ``lease`` get attempts; ``fleet`` (when node classes
     are configured) says how large a node can be, which bounds memory raised after an
-    out-of-memory attempt."""
+    out-of-memory attempt; ``sizing`` how attempts are sized from their tasks' history."""
 
     async def run(context: ServiceContext) -> None:
-        placement = Placement(context, lease, fleet)
+        placement = Placement(context, lease, fleet, sizing)
         while True:
             wakeups.placed_on(await placement.round())
             await wakeups.until_queue_changed(poll)

@@ -8,12 +8,13 @@ reservation freed), and the event published through the outbox with the node id
 of the session it came on, never the one the agent wrote. An attempt that ended
 frees room, so the placement loop is woken once that commits.
 
-An attempt that finished, or was stopped for going past its memory limit, is
-also recorded in the task's usage history (peak usage under the memory limit it
-was given), in the same transaction: placement sizes the next attempts of the
-task from it (a report without measured usage teaches nothing). Other
-failures (an error, a timeout, a cancellation) stopped the attempt part-way, so
-their peak says nothing of what the task needs, and they are not recorded.
+An attempt that finished, or was stopped for going past its memory limit, is also
+recorded in the task's usage history (peak usage under the memory limit it was
+given, and the memory it held on average), in the same transaction: placement sizes
+the next attempts of the task from it (a report without measured usage teaches
+nothing). Other failures (an error, a timeout, a cancellation) stopped the attempt
+part-way, so their peak says nothing of what the task needs, and they are not
+recorded.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Reports:
                         report.peak_usage,
                         out_of_memory=isinstance(report, pb.TaskFailed),
                         now=datetime.now(UTC),
+                        mean_memory_bytes=report.mean_memory_bytes,
                     )
                 await self._queue.ended(conn, *key)
             await self._context.outbox.publish(conn, report)

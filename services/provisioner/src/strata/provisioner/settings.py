@@ -19,7 +19,7 @@ import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -115,6 +115,14 @@ class ProvisionerSettings(BaseSettings):
         gt=timedelta(0),
         description="How long a started node may sit without attempts before it is drained "
         "and stopped (beyond its class's min), as an ISO 8601 duration (PT5M).",
+    )
+    reserve_memory_from: Literal["peak", "mean"] = Field(
+        "peak",
+        description="What placement reserves memory from, once a task has 3 measured past "
+        "attempts: 'peak' (p95 of their peaks + 15 %: a node is never over-committed) or "
+        "'mean' (p95 of the memory they held on average, time-weighted, + 15 %: a task that "
+        "peaks briefly reserves what it usually holds; nodes are over-committed when peaks "
+        "meet). Either way at most the request, which stays the attempt's hard limit.",
     )
     fleet_poll: float = Field(
         2.0, gt=0, description="Most seconds between the fleet's looks at waiting attempts."
