@@ -23,11 +23,14 @@ above its request under memory pressure), and its usage when killed joins its
 task's history. An attempt using more than its own limit is killed for out of
 memory, retried with a larger limit. Both count as retried for memory.
 
-Nodes come and go by a simple scaler (:class:`Fleet`): every ``tick`` it packs
-the attempts waiting for room, largest first, into the free room of nodes still
-starting and then into new nodes, and starts those (ready after ``boot``); a
-node idle for ``idle_after`` is stopped, down to ``min_nodes``. A node counts
-from the moment it is asked for until it is stopped.
+Nodes come and go by the provisioner's own scaling decisions
+(:func:`~strata.provisioner.domain.scaling.plan_scaling`, one node class of
+:class:`Fleet`'s size): every ``tick`` it packs the attempts waiting for room,
+largest first, into the free room of nodes still starting and then into new
+nodes, which are started (ready after ``boot``); a node without attempts for
+``idle_after`` is drained (it takes no more) and stopped at the next tick, down
+to ``min_nodes``. A node counts from the moment it is asked for until it is
+stopped.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from bench.placement.trace import Run, Trace
 from strata.provisioner.domain.placement import Attempt, Node, place
 from strata.provisioner.domain.resources import GIB, Resources
+from strata.provisioner.domain.scaling import FleetNode, plan_scaling
 from strata.provisioner.domain.sizing import PastAttempt, SizingPolicy, size_attempt
+from strata.provisioner.providers import NodeClassSpec
 
 Policy = Literal["request", "peak", "mean"]
 POLICIES: tuple[Policy, ...] = ("request", "peak", "mean")
@@ -53,6 +59,8 @@ SIZING: dict[Policy, SizingPolicy] = {
 """The provisioner's sizing each way uses (``request`` only takes its limits)."""
 HISTORY = 20
 """Past attempts of a task handed to the sizing, newest first (as the provisioner loads)."""
+EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
+"""Simulated second 0, for the scaling's clock."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ class Fleet:
     tick: float = 30.0
     min_nodes: int = 1
     max_nodes: int = 500
+
+    @property
+    def node_class(self) -> NodeClassSpec:
+        return NodeClassSpec("sim", "sim", self.capacity, self.min_nodes, self.max_nodes)
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class _Node:
     asked_at: float
     ready: bool = False
     idle_since: float = 0.0
+    draining: bool = False
     running: dict[str, _Running] = field(default_factory=dict)
 
     def reserved(self) -> Resources:
@@ -262,7 +275,7 @@ class _Simulation:
         nodes = [
             Node(n.node_id, self.fleet.capacity, n.reserved())
             for n in self.nodes.values()
-            if n.ready
+            if n.ready and not n.draining
         ]
         plan = place(nodes, [attempt for _, attempt in self.waiting.values()])
         for placed in plan.placed:
@@ -354,34 +367,32 @@ class _Simulation:
     # nodes
 
     def _scale(self) -> None:
-        """Start nodes for what waits for room; stop nodes idle too long."""
+        """What the provisioner's scaling says: start nodes for what waits for room,
+        drain nodes idle too long, stop drained ones."""
         fleet = self.fleet
-        room = [fleet.capacity for n in self.nodes.values() if not n.ready]
-        new = 0
-        for attempt in sorted(
-            self.for_capacity, key=lambda a: (-a.need.memory_bytes, -a.need.cpu_millis)
-        ):
-            need = attempt.need
-            if not need.fits_in(fleet.capacity):
-                continue  # no node of the class could take it
-            for i, free in enumerate(room):
-                if need.fits_in(free):
-                    room[i] = free - need
-                    break
-            else:
-                room.append(fleet.capacity - need)
-                new += 1
-        for _ in range(min(new, fleet.max_nodes - len(self.nodes))):
-            self._ask_node(ready=False)
-        idle = sorted(
-            (n for n in self.nodes.values() if n.ready and not n.running),
-            key=lambda n: n.idle_since,
+        plan = plan_scaling(
+            [fleet.node_class],
+            [
+                FleetNode(
+                    n.node_id,
+                    fleet.node_class.name,
+                    connected=n.ready,
+                    placements=len(n.running),
+                    draining=n.draining,
+                    idle_since=None if n.running else EPOCH + timedelta(seconds=n.idle_since),
+                )
+                for n in self.nodes.values()
+            ],
+            [attempt.need for attempt in self.for_capacity],
+            EPOCH + timedelta(seconds=self.now),
+            timedelta(seconds=fleet.idle_after),
         )
-        for node in idle:
-            if len(self.nodes) <= fleet.min_nodes:
-                break
-            if self.now - node.idle_since >= fleet.idle_after:
-                del self.nodes[node.node_id]
+        for node_id in plan.stop:
+            del self.nodes[node_id]
+        for node_id in plan.drain:
+            self.nodes[node_id].draining = True
+        for _ in plan.start:
+            self._ask_node(ready=False)
 
     def _ask_node(self, *, ready: bool) -> None:
         node = _Node(next(self.node_names), self.now, ready=ready, idle_since=self.now)
