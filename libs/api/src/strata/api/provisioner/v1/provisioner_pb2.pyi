@@ -78,6 +78,12 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """
     FAILURE_KIND_CANCELLED: _FailureKind.ValueType  # 6
     """Stopped by a TaskCancellation; never retried."""
+    FAILURE_KIND_EVICTED: _FailureKind.ValueType  # 7
+    """Stopped by its agent because the node's attempts together held more memory than
+    the node has (reservations below peaks over-commit it): the attempt furthest above
+    its reservation is evicted. Not the task's fault: retried without spending one of
+    its retries, up to the scheduler's cap on evictions per task run.
+    """
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
     """FailureKind classifies why an attempt failed."""
@@ -98,6 +104,12 @@ never retried.
 """
 FAILURE_KIND_CANCELLED: FailureKind.ValueType  # 6
 """Stopped by a TaskCancellation; never retried."""
+FAILURE_KIND_EVICTED: FailureKind.ValueType  # 7
+"""Stopped by its agent because the node's attempts together held more memory than
+the node has (reservations below peaks over-commit it): the attempt furthest above
+its reservation is evicted. Not the task's fault: retried without spending one of
+its retries, up to the scheduler's cap on evictions per task run.
+"""
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
 @_typing.final
