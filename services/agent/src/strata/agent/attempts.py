@@ -10,6 +10,11 @@ attempt's code comes from its bundle (:mod:`strata.agent.bundles`), fetched and
 checked before a worker gets the job: a bundle that cannot be fetched, does not
 match its sha256 or cannot be extracted fails the attempt
 (``FAILURE_KIND_BUNDLE_UNAVAILABLE``, the reason in the message) and nothing runs.
+
+Every memory sample of an attempt is also weighed against the node's: once the
+attempts together hold more than the node offers less ``eviction_margin``, the one
+furthest above its reservation is stopped like an out-of-memory kill and reported
+``FAILURE_KIND_EVICTED`` (:mod:`strata.agent.domain.pressure`).
 Its stdout and stderr are kept in the blob store (:mod:`strata.agent.output`)
 before its end is reported; while it runs, its usage is reported every
 ``usage_interval``.
@@ -38,7 +43,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from strata.agent.bundles import BundleError, Bundles
-from strata.agent.domain.limits import Limits
+from strata.agent.domain.limits import GRACE, Limits
 from strata.agent.domain.outcome import (
     Failed,
     Finished,
@@ -48,6 +53,7 @@ from strata.agent.domain.outcome import (
     Unusable,
     Usage,
 )
+from strata.agent.domain.pressure import Held, eviction
 from strata.agent.domain.usage import Sample, cpu_millis, due
 from strata.agent.output import AttemptOutput
 from strata.agent.spares import Spares
@@ -69,16 +75,21 @@ _STOP_KINDS = {
     StopKind.CANCELLED: pb.FAILURE_KIND_CANCELLED,
     StopKind.OUT_OF_MEMORY: pb.FAILURE_KIND_OUT_OF_MEMORY,
     StopKind.TIMEOUT: pb.FAILURE_KIND_TIMEOUT,
+    StopKind.EVICTED: pb.FAILURE_KIND_EVICTED,
 }
 
 
 @dataclass(frozen=True)
 class Running:
-    """One attempt running here: its ref, the task awaiting its worker, and its stop."""
+    """One attempt running here: its ref, the task awaiting its worker, its stop, and
+    what memory pressure weighs: the memory placement reserved for it and its arrival
+    (larger is newer)."""
 
     ref: TaskAttemptRef
     task: asyncio.Task[None]
     stop: Stop
+    reserved_bytes: int
+    arrival: int
 
 
 DEFAULT_USAGE_INTERVAL = 5.0
@@ -158,8 +169,13 @@ class Attempts:
         blobs: BlobStore,
         bundles: Bundles,
         spares: int,
+        *,
+        memory_bytes: int,
+        eviction_margin: float,
     ) -> None:
-        """``spares``: how many workers to keep started ahead (call from the event loop)."""
+        """``spares``: how many workers to keep started ahead; ``memory_bytes``: the node's
+        memory offered to attempts, of which ``eviction_margin`` (a share) is kept free by
+        evicting an attempt (call from the event loop)."""
         self._node_id = node_id
         self._blobs = blobs
         self._bundles = bundles
@@ -167,6 +183,11 @@ class Attempts:
         self._spares.fill()
         self._outgoing = outgoing
         self._running: dict[AttemptKey, Running] = {}
+        self._rss: dict[AttemptKey, int] = {}
+        """Each running attempt's resident memory at its latest sample."""
+        self._arrivals = 0
+        self._memory_bytes = memory_bytes
+        self._eviction_margin = eviction_margin
         self._leaving = False
         self.usage_interval = DEFAULT_USAGE_INTERVAL
         """Seconds between TaskUsage reports of a running attempt, as the provisioner says."""
@@ -187,7 +208,9 @@ class Attempts:
         ref.CopyFrom(assignment.attempt)
         stop = Stop()
         task = asyncio.create_task(self._run(ref, assignment, stop), name=f"attempt {key}")
-        self._running[key] = Running(ref, task, stop)
+        self._arrivals += 1
+        reserved = assignment.reserved.memory_bytes
+        self._running[key] = Running(ref, task, stop, reserved, self._arrivals)
 
     def cancel(self, cancellation: pb.TaskCancellation) -> None:
         """Stop the attempt named (SIGTERM, SIGKILL after the grace), to be reported
@@ -235,6 +258,12 @@ class Attempts:
         output = AttemptOutput(self._blobs, ref)
         uploading = asyncio.create_task(output.upload_while_running())
         usage = UsageReports(ref, self._node_id, self._outgoing, self.usage_interval)
+
+        def sampled(sample: Sample) -> None:
+            usage.sampled(sample)
+            self._rss[_key(ref)] = sample.rss_bytes
+            self._relieve_pressure()
+
         try:
             code = await self._bundle(assignment)
             if isinstance(code, Unusable):
@@ -243,14 +272,30 @@ class Attempts:
                 worker = await self._spares.start(
                     job(assignment.entrypoint, args, upstream, output.folder, code)
                 )
-                outcome = await run_in_worker(worker, stop, _limits(assignment), usage.sampled)
+                outcome = await run_in_worker(worker, stop, _limits(assignment), sampled)
         finally:
             self._running.pop(_key(ref), None)
+            self._rss.pop(_key(ref), None)
             uploading.cancel()
             await asyncio.gather(uploading, return_exceptions=True)
             await output.close()
         self._outgoing.put(report(ref, self._node_id, outcome))
         log.info("attempt ended", attempt=list(_key(ref)), outcome=type(outcome).__name__)
+
+    def _relieve_pressure(self) -> None:
+        """Evict the attempt :func:`~strata.agent.domain.pressure.eviction` names, if the
+        attempts here together hold more memory than the node may give them."""
+        held = [
+            Held(key, self._rss.get(key, 0), entry.reserved_bytes, entry.arrival, entry.stop.asked)
+            for key, entry in self._running.items()
+        ]
+        chosen = eviction(self._memory_bytes, self._eviction_margin, held)
+        if chosen is None:
+            return
+        self._running[chosen.key].stop.ask(
+            StopKind.EVICTED, chosen.message, GRACE[StopKind.EVICTED]
+        )
+        log.warning("attempt evicted", attempt=list(chosen.key), reason=chosen.message)
 
     async def _bundle(self, assignment: pb.TaskAssignment) -> Path | Unusable | None:
         """The folder of the assignment's bundle (None: it names none), or why it is unusable."""

@@ -54,7 +54,15 @@ async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings)
     """
     outgoing = Outgoing()
     bundles = Bundles(settings.state_dir / "bundles", context.blobs, context.settings.blobs)
-    attempts = Attempts(settings.node_id, outgoing, context.blobs, bundles, settings.spare_workers)
+    attempts = Attempts(
+        settings.node_id,
+        outgoing,
+        context.blobs,
+        bundles,
+        settings.spare_workers,
+        memory_bytes=settings.memory_bytes,
+        eviction_margin=settings.eviction_margin,
+    )
     connected = asyncio.create_task(_stay_connected(context, settings, attempts, outgoing))
     try:
         await asyncio.shield(connected)

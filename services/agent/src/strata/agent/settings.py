@@ -50,6 +50,19 @@ class AgentSettings(BaseSettings):
         gt=0,
         description="Memory offered to tasks, in bytes; default: the machine's physical memory.",
     )
+    eviction_margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of memory_bytes kept free of attempts: once the attempts together hold "
+            "more than the rest, the one furthest above its reservation is evicted (stopped, "
+            "reported EVICTED, retried). The agent samples attempts every 0.1 s, so a task "
+            "allocating fast overruns by what it allocates in between, and the agent, the "
+            "system and the page cache live in the node's memory too: 5 % keeps the kernel's "
+            "out-of-memory killer, which picks by its own score, out of it."
+        ),
+    )
     gpus: int = Field(0, ge=0, description="GPUs offered to tasks.")
     labels: dict[str, str] = Field(
         default_factory=dict, description='JSON labels placement selects on, e.g. {"zone": "a"}.'

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from strata.agent.domain.outcome import StopKind
 
 MIB = 1024**2
-GRACE = {StopKind.OUT_OF_MEMORY: 0.0, StopKind.TIMEOUT: 5.0}
-"""Seconds from SIGTERM to SIGKILL: none for memory (the node needs it back now); a
-little for a timeout, so the task can clean up."""
+GRACE = {StopKind.OUT_OF_MEMORY: 0.0, StopKind.TIMEOUT: 5.0, StopKind.EVICTED: 0.0}
+"""Seconds from SIGTERM to SIGKILL: none for memory, the attempt's own or the node's (the
+node needs it back now); a little for a timeout, so the task can clean up."""
 
 
 @dataclass(frozen=True)

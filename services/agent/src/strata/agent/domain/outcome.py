@@ -61,6 +61,9 @@ class StopKind(Enum):
     CANCELLED = "cancelled"
     OUT_OF_MEMORY = "out of memory"
     TIMEOUT = "timeout"
+    EVICTED = "evicted"
+    """The node's attempts together outgrew its memory and this one was furthest above
+    its reservation (:mod:`strata.agent.domain.pressure`)."""
 
 
 @dataclass(frozen=True)
