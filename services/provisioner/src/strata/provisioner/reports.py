@@ -8,13 +8,15 @@ reservation freed), and the event published through the outbox with the node id
 of the session it came on, never the one the agent wrote. An attempt that ended
 frees room, so the placement loop is woken once that commits.
 
-An attempt that finished, or was stopped for going past its memory limit, is also
-recorded in the task's usage history (peak usage under the memory limit it was
-given, and the memory it held on average), in the same transaction: placement sizes
-the next attempts of the task from it (a report without measured usage teaches
-nothing). Other failures (an error, a timeout, a cancellation) stopped the attempt
-part-way, so their peak says nothing of what the task needs, and they are not
-recorded.
+An attempt that finished, was stopped for going past its memory limit, or was
+evicted for node memory pressure is also recorded in the task's usage history (peak
+usage under the memory limit it was given, and the memory it held on average), in
+the same transaction: placement sizes the next attempts of the task from it (a
+report without measured usage teaches nothing). Only running out of memory grows the
+next limit: an evicted attempt stayed under its own, its neighbours' peaks met, and
+what it held until then is what it needs so far. Other failures (an error, a
+timeout, a cancellation) stopped the attempt part-way for reasons of its own, so
+their peak says nothing of what the task needs, and they are not recorded.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class Reports:
                         conn,
                         attempt,
                         report.peak_usage,
-                        out_of_memory=isinstance(report, pb.TaskFailed),
+                        out_of_memory=_out_of_memory(report),
                         now=datetime.now(UTC),
                         mean_memory_bytes=report.mean_memory_bytes,
                     )
@@ -118,11 +120,20 @@ class Reports:
             self._wakeups.queue_changed()
 
 
+_MEASURED_FAILURES = frozenset({pb.FAILURE_KIND_OUT_OF_MEMORY, pb.FAILURE_KIND_EVICTED})
+
+
 def _measured_need(report: Report) -> bool:
     """Whether the report's peak usage says what the task needs: it was measured, and
-    the attempt finished or went past its memory limit (it needs more than that)."""
+    the attempt finished, went past its memory limit (it needs more than that), or was
+    evicted (it needed that much until then)."""
     if not isinstance(report, pb.TaskFinished | pb.TaskFailed) or not report.HasField("peak_usage"):
         return False
     if isinstance(report, pb.TaskFinished):
         return True
+    return report.kind in _MEASURED_FAILURES
+
+
+def _out_of_memory(report: Report) -> bool:
+    """Whether the attempt ran out of its own memory limit: the next one gets more."""
     return isinstance(report, pb.TaskFailed) and report.kind == pb.FAILURE_KIND_OUT_OF_MEMORY
