@@ -46,14 +46,24 @@ def _attempt(decision: Decision, task_id: str) -> int:
 class Run:
     """A run driven through the domain functions, as the store would between steps."""
 
-    def __init__(self, plan: RunPlan, params: dict[str, object] | None = None) -> None:
+    def __init__(
+        self, plan: RunPlan, params: dict[str, object] | None = None, max_evictions: int = 3
+    ) -> None:
         self.plan = plan
         self.params = params or {}
         self.now = T0
+        self.max_evictions = max_evictions
         self.decision = start(plan, self.params, self.now)
 
     def tell(self, event: Report) -> Decision:
-        self.decision = report(self.plan, self.params, self.decision.tasks, event, self.now)
+        self.decision = report(
+            self.plan,
+            self.params,
+            self.decision.tasks,
+            event,
+            self.now,
+            max_evictions=self.max_evictions,
+        )
         return self.decision
 
     def succeed(self, task_id: str, outputs: dict[str, object] | None = None) -> Decision:
@@ -193,6 +203,39 @@ def test_a_lost_attempt_is_retried_and_its_late_result_is_fenced_out() -> None:
     run.succeed("a")
     assert not run.decision.stale
     assert _states(run.decision)["b"] == "REQUESTED"
+
+
+def _evicted(task_id: str, attempt: int) -> Failed:
+    return Failed(task_id, attempt, message="EVICTED: node memory pressure", evicted=True)
+
+
+def test_evicted_attempts_are_retried_without_spending_the_tasks_retries() -> None:
+    run = Run(_plan(_task("a", retry=_retry(2, 10))))
+    run.tell(_evicted("a", 1))
+    assert _states(run.decision) == {"a": "RETRY_WAIT"}
+    assert run.later(10).requested[0].attempt == 2
+    run.tell(_evicted("a", 2))
+    assert run.later(19).requested == ()
+    assert run.later(1).requested[0].attempt == 3
+    # Two evictions spent nothing: the task still has its two attempts of its own.
+    run.tell(Failed("a", 3, message="ValueError: boom"))
+    assert run.later(10).requested[0].attempt == 4
+    run.tell(Failed("a", 4, message="ValueError: boom"))
+    assert _states(run.decision) == {"a": "FAILED"}
+    assert run.decision.tasks[0].evictions == 2
+
+
+def test_past_its_cap_on_evictions_a_task_fails_naming_them() -> None:
+    run = Run(_plan(_task("a", retry=_retry(5, 0))), max_evictions=2)
+    for attempt in (1, 2):
+        run.tell(_evicted("a", attempt))
+        assert _attempt(run.later(0), "a") == attempt + 1
+    run.tell(_evicted("a", 3))
+    assert _states(run.decision) == {"a": "FAILED"}
+    assert run.decision.message == (
+        "task 'a' failed: evicted 3 times for node memory pressure, more than the 2 a task "
+        "run may be (STRATA_SCHEDULER_MAX_EVICTIONS); last: EVICTED: node memory pressure"
+    )
 
 
 def test_a_report_for_a_task_waiting_for_its_retry_is_stale() -> None:

@@ -40,6 +40,17 @@ def test_only_failures_a_retry_can_help_are_retryable(
     assert report.message.endswith(": boom")
 
 
+@pytest.mark.parametrize(
+    ("kind", "evicted"),
+    [(prov.FAILURE_KIND_EVICTED, True), (prov.FAILURE_KIND_OUT_OF_MEMORY, False)],
+)
+def test_only_an_eviction_is_read_as_one(kind: prov.FailureKind.ValueType, evicted: bool) -> None:
+    _, report = report_of(prov.TaskFailed(attempt=REF, kind=kind, message="pressure"))
+    assert isinstance(report, Failed)
+    assert report.evicted is evicted
+    assert report.retryable
+
+
 def test_a_lost_event_keeps_its_reason() -> None:
     _, report = report_of(prov.TaskLost(attempt=REF, node_id="n1", reason="no heartbeat"))
     assert report == Lost("train", 2, node_id="n1", reason="no heartbeat")

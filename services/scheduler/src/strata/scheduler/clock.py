@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strata.core.errors import ConfigError
 from strata.core.settings import Mode, ModeSettings, load
+from strata.scheduler.domain.runs import MAX_EVICTIONS
 
 Clock = Callable[[], datetime]
 
@@ -34,6 +35,12 @@ class SchedulerSettings(BaseSettings):
         gt=timedelta(0),
         description="How long WatchRun's changes of a finished run are kept, as an ISO 8601 "
         "duration (P1D, PT30S); the run and its tasks stay.",
+    )
+    max_evictions: int = Field(
+        MAX_EVICTIONS,
+        ge=0,
+        description="Attempts of one task run that may be evicted for node memory pressure "
+        "and retried without spending a retry; the eviction after fails the task.",
     )
 
 

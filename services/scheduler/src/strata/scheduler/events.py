@@ -21,6 +21,7 @@ from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1.provisioner_pb2 import (
     FAILURE_KIND_CANCELLED,
+    FAILURE_KIND_EVICTED,
     FAILURE_KIND_UNSCHEDULABLE,
     FailureKind,
     TaskFailed,
@@ -82,6 +83,7 @@ def report_of(event: Message) -> tuple[str, Report]:
             message=f"{kind}: {event.message}",
             retryable=event.kind not in _NOT_RETRYABLE,
             peak_usage=_usage(event),
+            evicted=event.kind == FAILURE_KIND_EVICTED,
         )
     if isinstance(event, TaskLost):
         return event.attempt.run_id, Lost(

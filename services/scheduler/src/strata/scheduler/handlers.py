@@ -37,7 +37,13 @@ GROUP = "scheduler"
 
 def register_task_events(context: ServiceContext) -> None:
     """Advance runs on the task events of ``strata.tasks.events``."""
-    runs = Runs(context, stale=stale_reports_counter(context), clock=clock_of())
+    settings = load(SchedulerSettings)
+    runs = Runs(
+        context,
+        stale=stale_reports_counter(context),
+        clock=clock_of(settings),
+        max_evictions=settings.max_evictions,
+    )
     events = context.bus.consumer(TASKS_EVENTS, group=GROUP)
 
     async def on_reports(batch: Sequence[tuple[Message, Envelope]]) -> None:

@@ -76,8 +76,12 @@ class Runs:
         *,
         stale: Counter | None = None,
         clock: Clock = lambda: datetime.now(UTC),
+        max_evictions: int = transitions.MAX_EVICTIONS,
     ) -> None:
+        """``max_evictions``: how many times a task run may be evicted for node memory
+        pressure (see :mod:`strata.scheduler.domain.runs`)."""
         self._context = context
+        self._max_evictions = max_evictions
         self._pool = context.pool
         self._workflows = WorkflowStore(context.pool, context.schema)
         self.store = RunStore(context.pool, context.schema)
@@ -219,6 +223,7 @@ class Runs:
                     event,
                     self._clock(),
                     cancel_reason=cancel_reason,
+                    max_evictions=self._max_evictions,
                 )
             except ValueError as error:
                 raise InvalidArgumentError("attempt.task_id", str(error)) from None

@@ -31,6 +31,13 @@ settled in DAG order by their trigger rule and then their condition:
 A task allowed to run whose condition is false is SKIPPED; one whose condition
 cannot be evaluated (it reads an output that is absent) FAILED, naming why.
 
+Evictions: an attempt its agent evicted for node memory pressure (the node's attempts
+together outgrew it; placement reserved below their peaks) failed through no fault of
+the task, so it is retried without spending one of the task's retries: the task
+counts its evictions, and only attempts not evicted count against the retry policy's
+``max_attempts``. So that a task cannot be evicted forever, a task run may be evicted
+at most ``max_evictions`` times; the next eviction fails it, naming them.
+
 Each task also carries what it asked for (from the plan), and for its latest attempt
 the limits and reservation the provisioner placed it with and its peak usage once it
 ended; a new attempt starts without them, so they never describe an older attempt.
@@ -87,6 +94,8 @@ _FAILED = frozenset({TASK_STATE_FAILED, TASK_STATE_UPSTREAM_FAILED})
 RUN_TERMINAL = frozenset({RUN_STATE_SUCCEEDED, RUN_STATE_FAILED, RUN_STATE_CANCELLED})
 RUN_ACTIVE = frozenset({RUN_STATE_RUNNING, RUN_STATE_CANCELLING})
 """Run states that count against their lane's limit."""
+MAX_EVICTIONS = 3
+"""Evictions a task run may have by default; the one after fails the task."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ class TaskStatus:
     """What placement reserved for the latest attempt, once placed."""
     peak_usage: Usage | None = None
     """Peak usage of the latest attempt, once it ended and its agent measured it."""
+    evictions: int = 0
+    """Attempts of this task run evicted for node memory pressure: they spend no retry."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,8 @@ class Failed(Report):
     retryable: bool = True
     """False for failures a retry cannot help (unschedulable, cancelled)."""
     peak_usage: Usage | None = None
+    evicted: bool = False
+    """Evicted for node memory pressure: retried without spending a retry."""
 
 
 @dataclass(frozen=True)
@@ -228,12 +241,21 @@ def report(
     now: datetime,
     *,
     cancel_reason: str | None = None,
+    max_evictions: int = MAX_EVICTIONS,
 ) -> Decision:
     """Apply one attempt's report; ValueError if it names a task the workflow lacks.
 
-    ``cancel_reason`` is set when the run is CANCELLING.
+    ``cancel_reason`` is set when the run is CANCELLING; ``max_evictions``: how many
+    evictions a task run may have (see the module docstring).
     """
-    step = _Step(plan, params, now, {t.task_id: t for t in tasks}, cancel_reason=cancel_reason)
+    step = _Step(
+        plan,
+        params,
+        now,
+        {t.task_id: t for t in tasks},
+        cancel_reason=cancel_reason,
+        max_evictions=max_evictions,
+    )
     current = step.tasks.get(event.task_id)
     if current is None:
         raise ValueError(f"task {event.task_id!r} is not a task of workflow {plan.workflow.name!r}")
@@ -267,6 +289,7 @@ def report(
             replace(current, node_id=node, peak_usage=peak),
             event.message,
             retryable=event.retryable,
+            evicted=event.evicted,
         )
     elif isinstance(event, Lost):
         step.fail(replace(current, node_id=node), f"lost: {event.reason}", retryable=True)
@@ -308,8 +331,10 @@ class _Step:
         tasks: dict[str, TaskStatus],
         *,
         cancel_reason: str | None = None,
+        max_evictions: int = MAX_EVICTIONS,
     ) -> None:
         self.cancel_reason = cancel_reason
+        self.max_evictions = max_evictions
         self.plan = plan
         self.params = params
         self.now = now
@@ -327,16 +352,38 @@ class _Step:
             self.requested.append(task.task_id)
         return moved
 
-    def fail(self, task: TaskStatus, message: str, *, retryable: bool) -> None:
+    def fail(
+        self, task: TaskStatus, message: str, *, retryable: bool, evicted: bool = False
+    ) -> None:
         if self.cancel_reason is not None:
             self.move(task, TASK_STATE_CANCELLED, message=message, finished_at=self.now)
             return
         retry = self.plan.tasks[task.task_id].retry
-        if retryable and task.attempt < retry.max_attempts:
-            due = self.now + retry.backoff(task.attempt)
+        if evicted:
+            self._evicted(replace(task, evictions=task.evictions + 1), message)
+            return
+        spent = task.attempt - task.evictions
+        if retryable and spent < retry.max_attempts:
+            due = self.now + retry.backoff(spent)
             self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
         else:
             self.move(task, TASK_STATE_FAILED, message=message, finished_at=self.now)
+
+    def _evicted(self, task: TaskStatus, message: str) -> None:
+        """Retry an evicted attempt without spending a retry, unless the task run has
+        been evicted more than :attr:`max_evictions` times."""
+        if task.evictions <= self.max_evictions:
+            due = self.now + self.plan.tasks[task.task_id].retry.backoff(task.evictions)
+            self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
+            return
+        self.move(
+            task,
+            TASK_STATE_FAILED,
+            message=f"evicted {task.evictions} times for node memory pressure, more than the "
+            f"{self.max_evictions} a task run may be (STRATA_SCHEDULER_MAX_EVICTIONS); "
+            f"last: {message}",
+            finished_at=self.now,
+        )
 
     def settle(self, *, stale: bool = False) -> Decision:
         """Release due retries and settle pending tasks, in DAG order, in one pass."""
