@@ -56,5 +56,15 @@ def test_an_attempt_already_stopping_counts_as_freed_so_one_overrun_evicts_one()
     assert chosen.key == ("run", "a", 1)
 
 
+def test_attempts_within_their_reservations_are_never_evicted() -> None:
+    # Past the margin, but placement reserved all of it: nothing is over-committed.
+    attempts = [held("a", 500, 500, 1), held("b", 480, 500, 2)]
+    assert eviction(NODE, 0.05, attempts) is None
+    # One above its reservation, even by little, is the one evicted.
+    chosen = eviction(NODE, 0.05, [held("a", 500, 500, 1), held("b", 480, 470, 2)])
+    assert chosen is not None
+    assert chosen.key == ("run", "b", 1)
+
+
 def test_no_attempts_nothing_to_evict() -> None:
     assert eviction(NODE, 0.05, []) is None

@@ -57,10 +57,11 @@ class AgentSettings(BaseSettings):
         description=(
             "Share of memory_bytes kept free of attempts: once the attempts together hold "
             "more than the rest, the one furthest above its reservation is evicted (stopped, "
-            "reported EVICTED, retried). The agent samples attempts every 0.1 s, so a task "
-            "allocating fast overruns by what it allocates in between, and the agent, the "
-            "system and the page cache live in the node's memory too: 5 % keeps the kernel's "
-            "out-of-memory killer, which picks by its own score, out of it."
+            "reported EVICTED, retried; an attempt within its reservation never is). The "
+            "agent samples attempts every 0.1 s, so a task allocating fast overruns by what "
+            "it allocates in between, and the agent, the system and the page cache live in "
+            "the node's memory too: 5 % keeps the kernel's out-of-memory killer, which picks "
+            "by its own score, out of it."
         ),
     )
     gpus: int = Field(0, ge=0, description="GPUs offered to tasks.")

@@ -12,6 +12,12 @@ kubelet evicts under memory pressure; between equals, the newest (it has lost th
 least work). The evicted attempt is retried elsewhere without spending the task's
 retries: being evicted says nothing about the task itself.
 
+Only an attempt holding more than its reservation is ever evicted: placement fills
+the node's whole memory with reservations, so attempts within theirs may together
+pass the margin without any over-commit, and stopping one of them would punish a task
+for nothing; they are left to run (as they were before reservations could be lower
+than peaks).
+
 An attempt already being stopped still holds its memory until its worker exits; it is
 counted as freed, so one overrun evicts one attempt, not every attempt sampled before
 the first is gone.
@@ -58,13 +64,14 @@ def threshold(capacity_bytes: int, margin: float) -> int:
 
 def eviction(capacity_bytes: int, margin: float, attempts: Sequence[Held]) -> Eviction | None:
     """The attempt to evict when ``attempts`` together hold more than the node's
-    :func:`threshold`; None while they fit (or none can be evicted)."""
+    :func:`threshold`; None while they fit, or when none holds more than its reservation."""
     kept = [a for a in attempts if not a.stopping]
     held = sum(a.rss_bytes for a in kept)
     most = threshold(capacity_bytes, margin)
-    if held <= most or not kept:
+    over = [a for a in kept if a.over_reservation > 0]
+    if held <= most or not over:
         return None
-    chosen = max(kept, key=lambda a: (a.over_reservation, a.started))
+    chosen = max(over, key=lambda a: (a.over_reservation, a.started))
     return Eviction(
         chosen.key,
         f"node memory pressure: its attempts held {held / MIB:.0f} MiB, more than the "
