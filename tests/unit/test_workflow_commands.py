@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf import json_format
 
+from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.sdk.client import CommandError
-from strata.sdk.workflows.commands import _params, _timestamp
+from strata.sdk.workflows.commands import _attempt, _params, _Row, _timestamp
 
 
 def test_run_parameters_are_typed_when_they_are_json_and_strings_otherwise() -> None:
@@ -39,3 +40,9 @@ def test_a_backfill_time_without_offset_is_utc() -> None:
 def test_a_time_that_is_not_iso_names_the_option() -> None:
     with pytest.raises(CommandError, match="--to 'tomorrow': expected an ISO 8601 time"):
         _timestamp("tomorrow", "--to")
+
+
+def test_a_task_evicted_shows_how_often_beside_its_attempt() -> None:
+    evicted = pb.TaskInstance(task_id="train", attempt=3, evictions=2)
+    assert _attempt(_Row.of(evicted)) == "3 (2 evicted)"
+    assert _attempt(_Row.of(pb.TaskInstance(task_id="train", attempt=1))) == "1"

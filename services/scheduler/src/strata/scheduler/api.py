@@ -258,6 +258,7 @@ def _task(task: TaskStatus) -> pb.TaskInstance:
         limits=resources_message(task.limits),
         reserved=resources_message(task.reserved),
         peak_usage=usage_message(task.peak_usage),
+        evictions=task.evictions,
     )
 
 

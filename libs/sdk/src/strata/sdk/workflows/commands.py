@@ -250,6 +250,8 @@ class _Row:
     started_at: datetime | None
     finished_at: datetime | None
     message: str
+    evictions: int = 0
+    """Attempts evicted for node memory pressure (they spent no retry)."""
 
     @classmethod
     def of(cls, task: pb.TaskInstance) -> _Row:
@@ -261,6 +263,7 @@ class _Row:
             started_at=_moment(task, "started_at"),
             finished_at=_moment(task, "finished_at"),
             message=task.message,
+            evictions=task.evictions,
         )
 
     def moved(self, change: pb.TaskStateChanged, at: datetime) -> _Row:
@@ -341,12 +344,19 @@ def _tasks_table(rows: Sequence[_Row], now: datetime) -> Table:
         table.add_row(
             row.task_id,
             _task_state(row.state),
-            str(row.attempt),
+            _attempt(row),
             row.node_id or "-",
             row.duration(now),
             row.message,
         )
     return table
+
+
+def _attempt(row: _Row) -> str:
+    """The attempt number, and how many attempts were evicted (they spent no retry)."""
+    if row.evictions:
+        return f"{row.attempt} ({row.evictions} evicted)"
+    return str(row.attempt)
 
 
 def _heading(run: pb.Run) -> str:

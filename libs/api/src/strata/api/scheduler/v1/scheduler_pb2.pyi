@@ -866,6 +866,7 @@ class TaskInstance(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     PEAK_USAGE_FIELD_NUMBER: _builtins.int
+    EVICTIONS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id from the workflow spec."""
     state: Global___TaskState.ValueType
@@ -876,6 +877,10 @@ class TaskInstance(_message.Message):
     """Node running (or that ran) the latest attempt; empty before placement."""
     message: _builtins.str
     """Why the latest attempt failed, was lost or skipped; empty otherwise."""
+    evictions: _builtins.int
+    """Attempts of this task in this run that their agent evicted for node memory
+    pressure (FAILURE_KIND_EVICTED): retried without spending the task's retries.
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the latest attempt started on its node."""
@@ -923,10 +928,11 @@ class TaskInstance(_message.Message):
         limits: _resources_pb2.Resources | None = ...,
         reserved: _resources_pb2.Resources | None = ...,
         peak_usage: _resources_pb2.ResourceUsage | None = ...,
+        evictions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "limits", b"limits", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "limits", b"limits", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "evictions", b"evictions", "finished_at", b"finished_at", "limits", b"limits", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
