@@ -57,12 +57,12 @@ TOKENS = {
 DEV = (("authorization", "Bearer dev-token"),)
 MIB = 1024**2
 NODE_MEMORY = 1024 * MIB
-"""The agent's memory: 972 MiB for attempts once its 5 % margin is kept free."""
+"""What the agent offers attempts (STRATA_AGENT_MEMORY_BYTES): they never hold more."""
 NODE_CPU = 4000
 ASKED = Resources(cpu_millis=1000, memory_bytes=768 * MIB)
 """Either alone fits the node's memory; both at their limits would not."""
-GROW_MIB = {"a": 600, "b": 400}
-"""Together (with the interpreters) past 972 MiB; a is further above its reservation."""
+GROW_MIB = {"a": 680, "b": 400}
+"""Together past 1 GiB, either alone within it; a is further above its reservation."""
 
 TASKS = '''
 import pathlib

@@ -12,8 +12,8 @@ match its sha256 or cannot be extracted fails the attempt
 (``FAILURE_KIND_BUNDLE_UNAVAILABLE``, the reason in the message) and nothing runs.
 
 Every memory sample of an attempt is also weighed against the node's: once the
-attempts together hold more than the node offers less ``eviction_margin``, the one
-furthest above its reservation is stopped like an out-of-memory kill and reported
+attempts together hold more than the node offers them, the one furthest above its
+reservation is stopped like an out-of-memory kill and reported
 ``FAILURE_KIND_EVICTED`` (:mod:`strata.agent.domain.pressure`).
 Its stdout and stderr are kept in the blob store (:mod:`strata.agent.output`)
 before its end is reported; while it runs, its usage is reported every
@@ -171,11 +171,10 @@ class Attempts:
         spares: int,
         *,
         memory_bytes: int,
-        eviction_margin: float,
     ) -> None:
-        """``spares``: how many workers to keep started ahead; ``memory_bytes``: the node's
-        memory offered to attempts, of which ``eviction_margin`` (a share) is kept free by
-        evicting an attempt (call from the event loop)."""
+        """``spares``: how many workers to keep started ahead; ``memory_bytes``: the memory
+        the node offers attempts, which they never hold more of together (one is evicted);
+        call from the event loop."""
         self._node_id = node_id
         self._blobs = blobs
         self._bundles = bundles
@@ -187,7 +186,6 @@ class Attempts:
         """Each running attempt's resident memory at its latest sample."""
         self._arrivals = 0
         self._memory_bytes = memory_bytes
-        self._eviction_margin = eviction_margin
         self._leaving = False
         self.usage_interval = DEFAULT_USAGE_INTERVAL
         """Seconds between TaskUsage reports of a running attempt, as the provisioner says."""
@@ -289,7 +287,7 @@ class Attempts:
             Held(key, self._rss.get(key, 0), entry.reserved_bytes, entry.arrival, entry.stop.asked)
             for key, entry in self._running.items()
         ]
-        chosen = eviction(self._memory_bytes, self._eviction_margin, held)
+        chosen = eviction(self._memory_bytes, held)
         if chosen is None:
             return
         self._running[chosen.key].stop.ask(

@@ -61,7 +61,6 @@ async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings)
         bundles,
         settings.spare_workers,
         memory_bytes=settings.memory_bytes,
-        eviction_margin=settings.eviction_margin,
     )
     connected = asyncio.create_task(_stay_connected(context, settings, attempts, outgoing))
     try:

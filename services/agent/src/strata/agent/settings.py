@@ -1,7 +1,7 @@
 """The agent's own settings (``STRATA_AGENT_*``): where the provisioner is, what the node offers.
 
-Capacity defaults to the machine (every CPU, all physical memory); set it lower to
-keep room for other work on the node.
+Capacity defaults to the machine (every CPU, its physical memory less a margin for
+the agent and the system); set it lower to keep room for other work on the node.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ def _machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _offered_memory_bytes(margin: float) -> int:
+    return int(_machine_memory_bytes() * (1 - margin))
+
+
 class AgentSettings(BaseSettings):
     """What one node agent offers and where it reports."""
 
@@ -45,23 +49,26 @@ class AgentSettings(BaseSettings):
         gt=0,
         description="CPU offered to tasks, in millicores; default: every CPU of the machine.",
     )
-    memory_bytes: int = Field(
-        default_factory=_machine_memory_bytes,
-        gt=0,
-        description="Memory offered to tasks, in bytes; default: the machine's physical memory.",
-    )
-    eviction_margin: float = Field(
+    memory_margin: float = Field(
         0.05,
         ge=0,
         lt=1,
         description=(
-            "Share of memory_bytes kept free of attempts: once the attempts together hold "
-            "more than the rest, the one furthest above its reservation is evicted (stopped, "
-            "reported EVICTED, retried; an attempt within its reservation never is). The "
-            "agent samples attempts every 0.1 s, so a task allocating fast overruns by what "
-            "it allocates in between, and the agent, the system and the page cache live in "
-            "the node's memory too: 5 % keeps the kernel's out-of-memory killer, which picks "
-            "by its own score, out of it."
+            "Share of the machine's physical memory not offered to tasks when memory_bytes "
+            "is unset. Attempts together never hold more than the node offers (past it, the "
+            "one furthest above its reservation is evicted), but the agent samples them every "
+            "0.1 s, so a task allocating fast overshoots by what it allocates in between, and "
+            "the agent, the system and the page cache need memory too: 5 % keeps them, and "
+            "the kernel's out-of-memory killer (which picks by its own score), out of reach."
+        ),
+    )
+    memory_bytes: int = Field(
+        default_factory=lambda data: _offered_memory_bytes(data["memory_margin"]),
+        gt=0,
+        description=(
+            "Memory offered to tasks, in bytes: placement fills it with reservations, and "
+            "attempts holding more together are evicted; default: the machine's physical "
+            "memory less memory_margin."
         ),
     )
     gpus: int = Field(0, ge=0, description="GPUs offered to tasks.")
