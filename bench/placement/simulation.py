@@ -17,11 +17,13 @@ attempts on the nodes. The two differ only in what placement reserves:
   reports it with each attempt's end, averaged over its samples).
 
 The node's memory is over-committed when its attempts together use more than it
-has (a reservation is not a limit): then the attempt furthest above its
-reservation is killed and queued again (what the kubelet does to the pod furthest
-above its request under memory pressure), and its usage when killed joins its
-task's history. An attempt using more than its own limit is killed for out of
-memory, retried with a larger limit. Both count as retried for memory.
+offers them (a reservation is not a limit): then the agent's own rule
+(:func:`~strata.agent.domain.pressure.eviction`) evicts the attempt furthest above
+its reservation, which
+is queued again (what the kubelet does to the pod furthest above its request under
+memory pressure), and its usage when evicted joins its task's history. An
+attempt using more than its own limit is killed for out of memory, retried with a
+larger limit. Both count as retried for memory.
 
 Nodes come and go by the provisioner's own scaling decisions
 (:func:`~strata.provisioner.domain.scaling.plan_scaling`, one node class of
@@ -43,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from bench.placement.trace import Run, Trace
+from strata.agent.domain.pressure import Held, eviction
 from strata.provisioner.domain.placement import Attempt, Node, place
 from strata.provisioner.domain.resources import GIB, Resources
 from strata.provisioner.domain.scaling import FleetNode, plan_scaling
@@ -331,14 +334,21 @@ class _Simulation:
             self._kill(key, rising)
             return
         node = self.nodes[rising.node_id]
-        while node.using() > self.fleet.capacity.memory_bytes:
-            victim_key, victim = max(
-                node.running.items(),
-                key=lambda item: (item[1].using - item[1].attempt.need.memory_bytes, item[0]),
-            )
+        while (victim_key := self._evicted(node)) is not None:
+            victim = node.running[victim_key]
             self.stats["evicted"] += 1
             self._remember(victim, victim.using, out_of_memory=False)
             self._kill(victim_key, victim)
+
+    def _evicted(self, node: _Node) -> str | None:
+        """The attempt the node's agent evicts now, if any (by the agent's own rule)."""
+        keys = {(r.attempt.run_id, "", r.attempt.attempt): k for k, r in node.running.items()}
+        held = [
+            Held(key, r.using, r.attempt.need.memory_bytes, r.started)
+            for key, r in ((key, node.running[k]) for key, k in keys.items())
+        ]
+        chosen = eviction(self.fleet.capacity.memory_bytes, held)
+        return None if chosen is None else keys[chosen.key]
 
     def _kill(self, key: str, running: _Running) -> None:
         self._stop(key)
