@@ -10,11 +10,12 @@ attempts on the nodes. The two differ only in what placement reserves:
 - ``request``: the attempt's limits (its request, raised after it ran out of
   memory), as kube-scheduler reserves a pod's requests;
 - ``peak``: the sizing's ``reserve`` with memory from past peaks (a high
-  quantile of them plus a margin, never above the limits): the provisioner's
-  default, ``SizingPolicy(memory_from="peak")``;
+  quantile of them plus a margin, never above the limits),
+  ``SizingPolicy(memory_from="peak")``;
 - ``mean``: the sizing's ``reserve`` with memory from past attempts'
-  time-weighted mean memory, ``SizingPolicy(memory_from="mean")`` (the agent
-  reports it with each attempt's end, averaged over its samples).
+  time-weighted mean memory: the provisioner's default,
+  ``SizingPolicy(memory_from="mean")`` (the agent reports it with each attempt's
+  end, averaged over its samples).
 
 The node's memory is over-committed when its attempts together use more than it
 offers them (a reservation is not a limit): then the agent's own rule

@@ -7,7 +7,9 @@ failure, the next attempt, as the scheduler's retry does) and reads
 memory limit. What users rely on: an attempt stopped for going past its memory
 is retried with more (and succeeds), the request staying what was asked; a task
 whose past attempts used a third of what it asks is placed on its measured need,
-its request staying the hard limit.
+its request staying the hard limit. The provisioner reserves past peaks here
+(``STRATA_PROVISIONER_RESERVE_MEMORY_FROM=peak``); the default, means, is
+test_provisioner_sizing_means.py's.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ BUNDLE = _packed()
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A provisioner and one agent offering 64 GiB (and more CPU than any other node)."""
+    """A provisioner reserving peaks, and one agent offering 64 GiB (and more CPU than any
+    other node)."""
     async with open_blob_store(S3) as blobs:
         await store(BUNDLE, blobs, S3)
     folder = tmp_path_factory.mktemp("sizing")
@@ -114,6 +117,7 @@ async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
             folder,
             STRATA_AUTH_TOKENS=tokens,
             STRATA_SERVICE_PROVISIONER_PORT=str(port),
+            STRATA_PROVISIONER_RESERVE_MEMORY_FROM="peak",
         ) as service,
         running("agent", folder, **agent_env),
     ):

@@ -1,5 +1,5 @@
-"""Reserving means (``STRATA_PROVISIONER_RESERVE_MEMORY_FROM=mean``) on a real
-``python -m strata.provisioner`` with a real ``python -m strata.agent``.
+"""Reserving means (``STRATA_PROVISIONER_RESERVE_MEMORY_FROM=mean``, the default) on a
+real ``python -m strata.provisioner`` with a real ``python -m strata.agent``.
 
 What users rely on: a task that holds little memory most of its run and much more
 for a moment is placed on what it usually holds (the memory its past attempts held
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A provisioner reserving means, and one agent offering 64 GiB (and more CPU than any
-    other node)."""
+    """A provisioner as it starts by default (reserving means), and one agent offering
+    64 GiB (and more CPU than any other node)."""
     async with open_blob_store(S3) as blobs:
         await store(BUNDLE, blobs, S3)
     folder = tmp_path_factory.mktemp("sizing-means")
@@ -55,7 +55,6 @@ async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
             folder,
             STRATA_AUTH_TOKENS=tokens,
             STRATA_SERVICE_PROVISIONER_PORT=str(port),
-            STRATA_PROVISIONER_RESERVE_MEMORY_FROM="mean",
         ) as service,
         running("agent", folder, **agent_env),
     ):

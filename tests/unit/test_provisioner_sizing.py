@@ -83,19 +83,21 @@ def test_a_request_larger_than_every_node_is_left_for_placement_to_refuse() -> N
 
 
 MEANS = SizingPolicy(memory_from="mean")
+PEAKS = SizingPolicy(memory_from="peak")
 
 
 def test_reserving_means_sizes_a_briefly_peaking_task_by_what_it_usually_holds() -> None:
     # Peaks near the whole request for a moment, holds about 1.5 GiB otherwise.
     history = [_ran(3900, mean_mib=mib) for mib in (1400, 1500, 1600, 1450)]
 
-    by_mean = size_attempt(ASKED, history, LARGEST, MEANS)
-    by_peak = size_attempt(ASKED, history, LARGEST)
+    by_mean = size_attempt(ASKED, history, LARGEST)
+    by_peak = size_attempt(ASKED, history, LARGEST, PEAKS)
 
     assert by_mean.reserve.memory_bytes == round(1600 * MIB * 1.15)
     assert "p95 mean memory" in by_mean.reason
     assert by_peak.reserve.memory_bytes == ASKED.memory_bytes
     assert by_mean.limits == by_peak.limits == ASKED  # the request stays the hard limit
+    assert size_attempt(ASKED, history, LARGEST, MEANS) == by_mean  # means are the default
 
 
 def test_reserving_means_falls_back_to_peaks_while_few_attempts_measured_a_mean() -> None:

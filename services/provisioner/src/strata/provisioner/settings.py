@@ -117,12 +117,14 @@ class ProvisionerSettings(BaseSettings):
         "and stopped (beyond its class's min), as an ISO 8601 duration (PT5M).",
     )
     reserve_memory_from: Literal["peak", "mean"] = Field(
-        "peak",
+        "mean",
         description="What placement reserves memory from, once a task has 3 measured past "
-        "attempts: 'peak' (p95 of their peaks + 15 %: a node is never over-committed) or "
-        "'mean' (p95 of the memory they held on average, time-weighted, + 15 %: a task that "
-        "peaks briefly reserves what it usually holds; nodes are over-committed when peaks "
-        "meet). Either way at most the request, which stays the attempt's hard limit.",
+        "attempts: 'mean' (p95 of the memory they held on average, time-weighted, + 15 %: a "
+        "task that peaks briefly reserves what it usually holds; when the peaks of a node's "
+        "attempts meet past its memory, its agent evicts the attempt furthest above its "
+        "reservation, retried without spending a retry) or 'peak' (p95 of their peaks + "
+        "15 %: a node is never over-committed, and more nodes run). Either way at most the "
+        "request, which stays the attempt's hard limit.",
     )
     fleet_poll: float = Field(
         2.0, gt=0, description="Most seconds between the fleet's looks at waiting attempts."

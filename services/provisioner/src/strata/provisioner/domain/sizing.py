@@ -8,12 +8,13 @@ request is reserved.
 
 Memory can instead be reserved from what attempts *usually* hold: a high
 quantile of each past attempt's time-weighted mean memory (``memory_from =
-"mean"``). A task at 4 GiB for a tenth of its run and 1.5 GiB otherwise then
-reserves about 2 GiB, not 4: peaks of different attempts on one node rarely
-meet. When they do, the node is over-committed and the attempt furthest above
-its reservation is evicted and retried (what the kubelet does under memory
-pressure); the limit still stops any one attempt at its request. Reserving
-peaks never over-commits; reserving means packs tasks that peak briefly.
+"mean"``, the default). A task at 4 GiB for a tenth of its run and 1.5 GiB
+otherwise then reserves about 2 GiB, not 4: peaks of different attempts on one
+node rarely meet. When they do, the node is over-committed and its agent evicts
+the attempt furthest above its reservation, retried without spending a retry
+(what the kubelet does under memory pressure); the limit still stops any one
+attempt at its request. Reserving peaks (``"peak"``) never over-commits;
+reserving means packs tasks that peak briefly.
 
 An attempt killed for memory is retried with more: the memory limit grows by
 ``oom_growth`` (up to the largest node), and the next run starts from the
@@ -58,9 +59,9 @@ class SizingPolicy:
     """Fewer successful past attempts than this: reserve the request."""
     oom_growth: float = 2.0
     """Memory limit * this after an attempt ran out of memory."""
-    memory_from: MemoryFrom = "peak"
-    """``peak``: reserve the quantile of past peaks (never over-commits a node);
-    ``mean``: of past time-weighted means (over-commits; relies on eviction)."""
+    memory_from: MemoryFrom = "mean"
+    """``mean``: reserve the quantile of past time-weighted means (over-commits; relies
+    on the agents' eviction); ``peak``: of past peaks (never over-commits a node)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.quantile <= 1:
