@@ -20,7 +20,8 @@ its time and reports them as they end; a worker still running then is killed
 and its attempt is NOT reported. The provisioner declares the node lost when its
 lease expires, the attempt lost with it, and the scheduler runs it again: it is
 retried like any attempt of a lost node, not ended as cancelled by someone who
-never asked. An assignment arriving while the agent leaves is left the same way.
+never asked. The session told the provisioner it leaves before this starts, so
+no new assignment should come; one already on its way is left the same way.
 """
 
 from __future__ import annotations
@@ -174,6 +175,11 @@ class Attempts:
     @property
     def running(self) -> list[TaskAttemptRef]:
         return [entry.ref for entry in self._running.values()]
+
+    async def until_empty(self) -> None:
+        """Until no attempt runs here (each ended and its report queued)."""
+        while self._running:
+            await asyncio.wait([entry.task for entry in self._running.values()])
 
     def start(self, assignment: pb.TaskAssignment) -> None:
         """Run ``assignment`` unless this very attempt already runs (a re-sent assignment)."""
