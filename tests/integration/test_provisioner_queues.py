@@ -17,65 +17,52 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import STRATA
+from provisioner_peer import (
+    ADMIN,
+    BOUND,
+    TOKENS,
+    VIEWER,
+    Agent,
+    Scheduler,
+    connect,
+    until_no_node_takes_work,
+)
 from service_processes import ServiceProcess, running
 
-from strata.api.common.v1.refs_pb2 import BundleRef, TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
-from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
 from strata.core.bus import Bus
 from strata.core.rpc.status import field_violations
 from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
 
-BOUND = 60.0
-"""Bound on every wait: a guard against hanging, not a timing check."""
-TOKENS = {
-    "agent-token": {"principal": "agent-1", "roles": ["agent"]},
-    "viewer-token": {"principal": "bob", "roles": ["viewer"]},
-    "admin-token": {"principal": "ops", "roles": ["admin"]},
-}
-AGENT = (("authorization", "Bearer agent-token"),)
-VIEWER = (("authorization", "Bearer viewer-token"),)
-ADMIN = (("authorization", "Bearer admin-token"),)
 GIB = 1024**3
 MIB = 1024**2
 ONE_CPU = Resources(cpu_millis=1000, memory_bytes=64 * MIB)
 LEASE = "PT3S"
-HEARTBEAT = 0.5
-"""Seconds between the test agents' heartbeats, well inside the lease."""
 
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
     """A provisioner with a short lease, so that no node but a test's own takes its
-    attempts: the stack outlives test modules, and a node another test registered stays
+    attempts: the stack outlives test modules, and a node another module's provisioner
+    left READY (it was stopped with its streams open, so nothing marked the node) stays
     a place for attempts until its lease lapses (this module's agents heartbeat)."""
     folder: Path = tmp_path_factory.mktemp("queues")
     async with running(
         "provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS), STRATA_PROVISIONER_LEASE=LEASE
     ) as service:
         async with grpc.aio.insecure_channel(service.address) as channel:
-            await _until_no_node_takes_work(ProvisionerServiceStub(channel))
+            await until_no_node_takes_work(ProvisionerServiceStub(channel))
         yield service
-
-
-async def _until_no_node_takes_work(stub: ProvisionerServiceStub) -> None:
-    ready = pb.ListNodesRequest(states=[pb.NODE_STATE_READY])
-    async with asyncio.timeout(BOUND):
-        while True:
-            if not (await stub.ListNodes(ready, metadata=VIEWER)).nodes:
-                return
-            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -86,104 +73,17 @@ async def stub(provisioner: ServiceProcess) -> AsyncIterator[ProvisionerServiceS
 
 @pytest.fixture
 async def scheduler() -> AsyncIterator[Scheduler]:
-    """The test's scheduler: what it requested is cancelled afterwards, so nothing it left
-    waiting is placed on a later test's node (the stack outlives the session)."""
+    """The test's scheduler: what it requested is cancelled afterwards."""
     async with Bus("queues-test", kafka=load(KafkaSettings)) as bus:
-        requested = Scheduler(bus)
+        requested = Scheduler(bus, ONE_CPU, "queues-test")
         try:
             yield requested
         finally:
-            for request in requested.sent:
-                await bus.publish(TaskCancelRequested(attempt=request.attempt, reason="test over"))
-
-
-@dataclass
-class Scheduler:
-    bus: Bus
-    sent: list[TaskRequested] = field(default_factory=list)
-
-    async def request(self, queue: str, users: Iterable[str]) -> list[TaskRequested]:
-        """One run's tasks in ``queue``, one a CPU for each of ``users``, in that order: one
-        run id is one Kafka key, so the provisioner queues them in this order."""
-        run_id = str(uuid.uuid4())
-        published = [_request(run_id, f"t-{i:02d}", queue, user) for i, user in enumerate(users)]
-        for request in published:
-            self.sent.append(request)
-            await self.bus.publish(request)
-        return published
-
-
-def _request(run_id: str, task_id: str, queue: str, user: str) -> TaskRequested:
-    return TaskRequested(
-        attempt=TaskAttemptRef(run_id=run_id, task_id=task_id, attempt=1),
-        workflow_name="queues-test",
-        entrypoint="pipeline.tasks:train",
-        bundle=BundleRef(uri="s3://bundles/abc.tar.gz", sha256="abc"),
-        resources=ONE_CPU,
-        queue=queue,
-        user=user,
-    )
-
-
-@dataclass
-class Agent:
-    """An agent's end of a Connect stream."""
-
-    call: grpc.aio.StreamStreamCall
-    node_id: str
-    stub: ProvisionerServiceStub
-    heartbeats: asyncio.Task[None] | None = None
-
-    def start_heartbeats(self) -> None:
-        self.heartbeats = asyncio.create_task(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await self.call.write(pb.ConnectRequest(heartbeat=pb.Heartbeat(node_id=self.node_id)))
-            await asyncio.sleep(HEARTBEAT)
-
-    async def assigned(self) -> pb.TaskAssignment:
-        """The next assignment sent to the node."""
-        async with asyncio.timeout(BOUND):
-            while True:
-                reply: pb.ConnectResponse = await self.call.read()
-                if reply.HasField("assignment"):
-                    return reply.assignment
-
-    async def finish(self, attempt: TaskAttemptRef) -> None:
-        await self.call.write(pb.ConnectRequest(task_finished=pb.TaskFinished(attempt=attempt)))
-
-    async def close(self) -> None:
-        """Leave, and return once the node is lost: until then it could take the next
-        test's attempts."""
-        if self.heartbeats is not None:
-            self.heartbeats.cancel()
-        await self.call.done_writing()
-        request = pb.GetNodeRequest(node_id=self.node_id)
-        async with asyncio.timeout(BOUND):
-            while True:
-                reply = await self.stub.GetNode(request, metadata=VIEWER)
-                if reply.node.state == pb.NODE_STATE_LOST:
-                    return
-                await asyncio.sleep(0.2)
+            await requested.cancel_all()
 
 
 async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
-    node_id = f"queues-node-{uuid.uuid4().hex[:8]}"
-    call = stub.Connect(metadata=AGENT)
-    await call.write(
-        pb.ConnectRequest(
-            registration=pb.AgentRegistration(
-                node_id=node_id, hostname=node_id, capacity=capacity, agent_version="test"
-            )
-        )
-    )
-    async with asyncio.timeout(BOUND):
-        reply: pb.ConnectResponse = await call.read()
-    assert reply.HasField("accepted"), reply
-    agent = Agent(call, node_id, stub)
-    agent.start_heartbeats()
-    return agent
+    return await connect(stub, capacity, node_id=f"queues-node-{uuid.uuid4().hex[:8]}")
 
 
 async def _apply(stub: ProvisionerServiceStub, request: pb.ApplyQueueRequest) -> pb.Queue:
