@@ -47,19 +47,17 @@ pytestmark = pytest.mark.integration
 GIB = 1024**3
 MIB = 1024**2
 ONE_CPU = Resources(cpu_millis=1000, memory_bytes=64 * MIB)
-LEASE = "PT3S"
 
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    """A provisioner with a short lease, so that no node but a test's own takes its
-    attempts: the stack outlives test modules, and a node another module's provisioner
-    left READY (it was stopped with its streams open, so nothing marked the node) stays
-    a place for attempts until its lease lapses (this module's agents heartbeat)."""
+    """A provisioner on which no node but a test's own takes its attempts: a node whose
+    stream closed takes no work, but the stack outlives test modules, and the row of a
+    node whose provisioner was killed stays READY until the new provisioner declares it
+    lost, a lease after it started; the module waits for that (at once when there is
+    none)."""
     folder: Path = tmp_path_factory.mktemp("queues")
-    async with running(
-        "provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS), STRATA_PROVISIONER_LEASE=LEASE
-    ) as service:
+    async with running("provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
         async with grpc.aio.insecure_channel(service.address) as channel:
             await until_no_node_takes_work(ProvisionerServiceStub(channel))
         yield service
@@ -223,9 +221,10 @@ async def test_only_admins_apply_queues(stub: ProvisionerServiceStub) -> None:
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def _strata(
+async def _strata(
     provisioner: ServiceProcess, token: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
+    """The CLI's run, in a thread: the test agents keep heartbeating meanwhile."""
     port = provisioner.address.rsplit(":", 1)[1]
     env = {
         **os.environ,
@@ -233,18 +232,23 @@ def _strata(
         "STRATA_AUTH_CLIENT_TOKEN": token,
         "COLUMNS": "250",
     }
-    return subprocess.run([STRATA, *args], env=env, capture_output=True, text=True, check=False)
+    command = [str(STRATA), *args]
+    return await asyncio.to_thread(
+        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    )
 
 
 async def test_the_cli_applies_a_queue_and_shows_who_waits_and_why(
     provisioner: ServiceProcess, stub: ProvisionerServiceStub, scheduler: Scheduler
 ) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    refused = _strata(provisioner, "admin-token", "queues", "apply", name, "--quota", "memory=8GB")
+    refused = await _strata(
+        provisioner, "admin-token", "queues", "apply", name, "--quota", "memory=8GB"
+    )
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"queue {name!r} refused: quota.memory: "), refused.stderr
 
-    applied = _strata(
+    applied = await _strata(
         provisioner, "admin-token", "queues", "apply", name, "--quota", "cpu=1", "--weight", "2"
     )
     assert applied.returncode == 0, applied.stderr
@@ -254,13 +258,13 @@ async def test_the_cli_applies_a_queue_and_shows_who_waits_and_why(
         assert (await agent.assigned()).attempt == first.attempt
         await _queue_until(stub, name, lambda q: _all_say_why(q, 1))
 
-        listed = _strata(provisioner, "viewer-token", "queues", "list")
+        listed = await _strata(provisioner, "viewer-token", "queues", "list")
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if name in line)
         cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
         assert cells[1:] == ["cpu 1", "1 CPU, 0.1Gi", "2", "none", "1", "1"], row
 
-        shown = _strata(provisioner, "viewer-token", "queues", "show", name)
+        shown = await _strata(provisioner, "viewer-token", "queues", "show", name)
         assert shown.returncode == 0, shown.stderr
         waiting = next(line for line in shown.stdout.splitlines() if second.attempt.run_id in line)
         assert "t-01" in waiting, waiting
