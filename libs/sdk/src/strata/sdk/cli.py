@@ -1,7 +1,8 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
 ``strata workflow apply|list|run|status|logs|cancel|backfill``,
 ``strata features apply|list|get|online|training-set|delete|backfill``,
-``strata models list|show|promote|audit``, ``strata nodes list|classes``,
+``strata models list|show|promote|audit``,
+``strata nodes list|drain|placements|classes``,
 ``strata queues list|show|apply``,
 ``strata lineage``, ``strata skew``, ``strata predict batch``.
 
@@ -361,6 +362,32 @@ def nodes_list(
     from strata.sdk import nodes as node_commands
 
     _run(node_commands.list_nodes(state or [], _out()))
+
+
+@nodes.command("drain")
+def nodes_drain(
+    node_id: Annotated[str, typer.Argument(help="Node id, as strata nodes list shows it.")],
+    reason: Annotated[str, typer.Option(help="Why, told to the agent and recorded.")] = "",
+    shutdown: Annotated[
+        bool, typer.Option(help="The agent exits once its last attempt has ended.")
+    ] = False,
+) -> None:
+    """Place nothing more on a node; what runs there finishes (admins only). The drain
+    holds when the agent reconnects, until the node is lost."""
+    from strata.sdk import nodes as node_commands
+
+    _run(node_commands.drain_node(node_id, reason, shutdown, _out()))
+
+
+@nodes.command("placements")
+def nodes_placements(
+    node: Annotated[str, typer.Option(help="Only attempts on this node.")] = "",
+    run: Annotated[str, typer.Option(help="Only attempts of this run.")] = "",
+) -> None:
+    """The attempts placed now, oldest first: node, queue, user, reserved, running or not."""
+    from strata.sdk import nodes as node_commands
+
+    _run(node_commands.list_placements(node, run, _out()))
 
 
 @nodes.command("classes")
