@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import STRATA
 from provisioner_peer import ADMIN, BOUND, TOKENS, VIEWER, Agent, Scheduler, connect
 from service_processes import ServiceProcess, running
 
@@ -230,6 +233,37 @@ async def test_list_placements_shows_what_runs_on_which_node_a_page_at_a_time(
         await stub.ListPlacements(bad, metadata=VIEWER)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in field_violations(refused.value)
+
+
+async def test_the_cli_lists_the_placements_of_a_node(
+    provisioner: ServiceProcess,
+    stub: ProvisionerServiceStub,
+    scheduler: Scheduler,
+    agents: list[Agent],
+) -> None:
+    agent = await connect(stub, NODE)
+    agents.append(agent)
+    queue = _queue()
+    (first,) = await scheduler.request(queue, ["ann"])
+    assert (await agent.assigned()).attempt == first.attempt
+    await agent.started(first.attempt)
+    await _node_until(stub, agent.node_id, lambda r: any(p.running for p in r.placements))
+
+    port = provisioner.address.rsplit(":", 1)[1]
+    env = {
+        **os.environ,
+        "STRATA_SERVICE_PROVISIONER_PORT": port,
+        "STRATA_AUTH_CLIENT_TOKEN": "viewer-token",
+        "COLUMNS": "250",
+    }
+    command = [str(STRATA), "nodes", "placements", "--node", agent.node_id]
+    listed = await asyncio.to_thread(
+        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    )
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if first.attempt.run_id in line)
+    cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
+    assert cells[1:8] == ["t-00", "1", agent.node_id, queue, "ann", "400 CPU, 1.0Gi", "running"]
 
 
 async def test_a_leaving_agent_takes_no_new_attempt_at_once_and_its_running_one_finishes(
