@@ -4,7 +4,8 @@ Every test here gets it started first; the ``pool`` fixture opens a pool on its
 Postgres, the ``online`` fixture a connection to its Redis (the online store).
 A module testing the scheduler against a played cluster takes ``address`` (a
 ``python -m strata.scheduler`` of its own, started once per module with
-``scheduler_tokens``, which a module overrides to log in other principals),
+``scheduler_tokens`` and ``scheduler_settings``, which a module overrides to log
+in other principals or set ``STRATA_SCHEDULER_*``),
 ``client`` (a stub on it) and ``cluster`` (:func:`scheduler_peer.playing_cluster`);
 a module that defines fixtures of those names uses its own.
 Helpers of these tests (link.py, service_processes.py, strata_cli.py, the example
@@ -73,17 +74,26 @@ def scheduler_tokens() -> Mapping[str, Mapping[str, object]]:
 
 
 @pytest.fixture(scope="module")
+def scheduler_settings() -> Mapping[str, str]:
+    """Environment the module's scheduler starts with, beside its tokens."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 async def address(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     scheduler_tokens: Mapping[str, Mapping[str, object]],
+    scheduler_settings: Mapping[str, str],
 ) -> AsyncIterator[str]:
     """Where the module's own scheduler answers."""
     from service_processes import running
 
     folder = tmp_path_factory.mktemp(_module_name(request))
     tokens = json.dumps(scheduler_tokens)
-    async with running("scheduler", folder, STRATA_AUTH_TOKENS=tokens) as service:
+    async with running(
+        "scheduler", folder, STRATA_AUTH_TOKENS=tokens, **scheduler_settings
+    ) as service:
         yield service.address
 
 
