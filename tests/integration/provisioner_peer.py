@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,7 @@ from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
 from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
 from strata.core.bus import Bus
+from strata.core.settings import KafkaSettings, load
 
 BOUND = 60.0
 """Bound on every wait: a guard against hanging, not a timing check."""
@@ -138,6 +140,18 @@ async def until_no_node_takes_work(stub: ProvisionerServiceStub) -> None:
             if not (await stub.ListNodes(ready, metadata=VIEWER)).nodes:
                 return
             await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def playing_scheduler(workflow_name: str, resources: Resources) -> AsyncIterator[Scheduler]:
+    """A :class:`Scheduler` asking ``resources`` for each attempt of ``workflow_name``;
+    what it requested is cancelled when the block ends."""
+    async with Bus(workflow_name, kafka=load(KafkaSettings)) as bus:
+        scheduler = Scheduler(bus, resources, workflow_name)
+        try:
+            yield scheduler
+        finally:
+            await scheduler.cancel_all()
 
 
 @dataclass

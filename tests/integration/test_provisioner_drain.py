@@ -26,16 +26,23 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import STRATA
-from provisioner_peer import ADMIN, BOUND, TOKENS, VIEWER, Agent, Scheduler, connect
+from provisioner_peer import (
+    ADMIN,
+    BOUND,
+    TOKENS,
+    VIEWER,
+    Agent,
+    Scheduler,
+    connect,
+    playing_scheduler,
+)
 from service_processes import ServiceProcess, running
 
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
-from strata.core.bus import Bus
 from strata.core.rpc.status import field_violations
-from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
 
@@ -65,13 +72,8 @@ async def stub(provisioner: ServiceProcess) -> AsyncIterator[ProvisionerServiceS
 
 @pytest.fixture
 async def scheduler() -> AsyncIterator[Scheduler]:
-    """The test's scheduler: what it requested is cancelled afterwards."""
-    async with Bus("drain-test", kafka=load(KafkaSettings)) as bus:
-        requested = Scheduler(bus, LARGE, "drain-test")
-        try:
-            yield requested
-        finally:
-            await requested.cancel_all()
+    async with playing_scheduler("drain-test", LARGE) as requested:
+        yield requested
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from provisioner_peer import (
     Agent,
     Scheduler,
     connect,
+    playing_scheduler,
     until_no_node_takes_work,
 )
 from service_processes import ServiceProcess, running
@@ -38,9 +39,7 @@ from service_processes import ServiceProcess, running
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
-from strata.core.bus import Bus
 from strata.core.rpc.status import field_violations
-from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +70,8 @@ async def stub(provisioner: ServiceProcess) -> AsyncIterator[ProvisionerServiceS
 
 @pytest.fixture
 async def scheduler() -> AsyncIterator[Scheduler]:
-    """The test's scheduler: what it requested is cancelled afterwards."""
-    async with Bus("queues-test", kafka=load(KafkaSettings)) as bus:
-        requested = Scheduler(bus, ONE_CPU, "queues-test")
-        try:
-            yield requested
-        finally:
-            await requested.cancel_all()
+    async with playing_scheduler("queues-test", ONE_CPU) as requested:
+        yield requested
 
 
 async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
