@@ -3,6 +3,10 @@
 An :class:`Agent` is a real gRPC ``Connect`` stream the test drives: it registers,
 heartbeats in the background (so its lease never lapses while the test runs), and
 reads assignments and drain requests and reports on attempts when the test says.
+Kafka outlives test sessions, so the provisioner may be handed requests no
+provisioner consumed before (a scheduler test's, say); an agent told which
+attempts are the test's finishes any other it is assigned at once, as a real
+agent would run it, so it holds no room and keeps no node from draining.
 A :class:`Scheduler` publishes ``TaskRequested`` to Kafka, and cancels what it
 requested when the test ends, so nothing it left waiting is placed on a later
 test's node (the stack outlives the session).
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,6 +55,7 @@ class Agent:
     call: grpc.aio.StreamStreamCall
     node_id: str
     stub: ProvisionerServiceStub
+    ours: Callable[[TaskAttemptRef], bool]
     heartbeats: asyncio.Task[None] | None = None
 
     def start_heartbeats(self) -> None:
@@ -67,7 +72,9 @@ class Agent:
             while True:
                 reply: pb.ConnectResponse = await self.call.read()
                 assert reply is not grpc.aio.EOF, f"{self.node_id}: the stream ended"
-                if reply.HasField(kind):
+                if reply.HasField("assignment") and not self.ours(reply.assignment.attempt):
+                    await self.finish(reply.assignment.attempt)
+                elif reply.HasField(kind):
                     return reply
 
     async def assigned(self) -> pb.TaskAssignment:
@@ -108,9 +115,11 @@ async def connect(
     capacity: Resources,
     node_id: str = "",
     running: Iterable[TaskAttemptRef] = (),
+    ours: Callable[[TaskAttemptRef], bool] = lambda attempt: True,
 ) -> Agent:
     """A heartbeating agent of ``capacity`` registered as ``node_id`` (a new one if
-    empty), listing ``running`` as what it still runs."""
+    empty), listing ``running`` as what it still runs; assigned an attempt not
+    ``ours``, it finishes it at once."""
     node_id = node_id or f"test-node-{uuid.uuid4().hex[:8]}"
     call = stub.Connect(metadata=AGENT)
     await call.write(
@@ -127,7 +136,7 @@ async def connect(
     async with asyncio.timeout(BOUND):
         reply: pb.ConnectResponse = await call.read()
     assert reply.HasField("accepted"), reply
-    agent = Agent(call, node_id, stub)
+    agent = Agent(call, node_id, stub, ours)
     agent.start_heartbeats()
     return agent
 
@@ -174,6 +183,10 @@ class Scheduler:
             self.sent.append(request)
             await self.bus.publish(request)
         return published
+
+    def requested(self, attempt: TaskAttemptRef) -> bool:
+        """Whether ``attempt`` is one this scheduler asked for."""
+        return any(r.attempt == attempt for r in self.sent)
 
     async def cancel_all(self) -> None:
         for request in self.sent:

@@ -42,6 +42,7 @@ from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
+from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
 from strata.core.rpc.status import field_violations
 
 pytestmark = pytest.mark.integration
@@ -112,9 +113,24 @@ async def _waits(stub: ProvisionerServiceStub, queue: str, attempt: TaskAttemptR
             await asyncio.sleep(0.05)
 
 
-async def _placed_on(stub: ProvisionerServiceStub, node_id: str) -> list[pb.Placement]:
+async def _placed_on(
+    stub: ProvisionerServiceStub, scheduler: Scheduler, node_id: str
+) -> list[pb.Placement]:
+    """The test's placements on ``node_id`` (see :mod:`provisioner_peer` for others')."""
     request = pb.ListPlacementsRequest(node_id=node_id)
-    return list((await stub.ListPlacements(request, metadata=VIEWER)).placements)
+    placed = (await stub.ListPlacements(request, metadata=VIEWER)).placements
+    return [p for p in placed if scheduler.requested(p.attempt)]
+
+
+async def _running_one(
+    stub: ProvisionerServiceStub, scheduler: Scheduler, queue: str
+) -> tuple[Agent, TaskRequested]:
+    """A new agent running one attempt of ``queue``, which it reported started."""
+    agent = await connect(stub, NODE, ours=scheduler.requested)
+    (request,) = await scheduler.request(queue, ["ann"])
+    assert (await agent.assigned()).attempt == request.attempt
+    await agent.started(request.attempt)
+    return agent, request
 
 
 def _queue() -> str:
@@ -125,11 +141,8 @@ async def test_a_drained_node_finishes_its_attempt_takes_no_new_one_and_reports_
     stub: ProvisionerServiceStub, scheduler: Scheduler, agents: list[Agent]
 ) -> None:
     queue = _queue()
-    agent = await connect(stub, NODE)
+    agent, first = await _running_one(stub, scheduler, queue)
     agents.append(agent)
-    (first,) = await scheduler.request(queue, ["ann"])
-    assert (await agent.assigned()).attempt == first.attempt
-    await agent.started(first.attempt)
 
     request = pb.DrainNodeRequest(node_id=agent.node_id, reason="kernel upgrade")
     drained = await stub.DrainNode(request, metadata=ADMIN)
@@ -140,7 +153,9 @@ async def test_a_drained_node_finishes_its_attempt_takes_no_new_one_and_reports_
     # The node has room for the next attempt, but takes it no more.
     (second,) = await scheduler.request(queue, ["ann"])
     assert await _waits(stub, queue, second.attempt)
-    assert [p.attempt for p in (await _placed_on(stub, agent.node_id))] == [first.attempt]
+    assert [p.attempt for p in (await _placed_on(stub, scheduler, agent.node_id))] == [
+        first.attempt
+    ]
     again = await stub.DrainNode(request, metadata=ADMIN)
     assert again.node.state == pb.NODE_STATE_DRAINING
 
@@ -152,7 +167,7 @@ async def test_a_drained_node_finishes_its_attempt_takes_no_new_one_and_reports_
     assert twice.node.state == pb.NODE_STATE_DRAINED
 
     # The waiting attempt was kept for a node that takes work.
-    other = await connect(stub, NODE)
+    other = await connect(stub, NODE, ours=scheduler.requested)
     agents.append(other)
     assert (await other.assigned()).attempt == second.attempt
 
@@ -160,7 +175,7 @@ async def test_a_drained_node_finishes_its_attempt_takes_no_new_one_and_reports_
 async def test_a_drain_holds_when_the_agent_reconnects(
     stub: ProvisionerServiceStub, scheduler: Scheduler, agents: list[Agent]
 ) -> None:
-    agent = await connect(stub, NODE)
+    agent = await connect(stub, NODE, ours=scheduler.requested)
     request = pb.DrainNodeRequest(
         node_id=agent.node_id, reason="retiring", shutdown_when_empty=True
     )
@@ -168,7 +183,7 @@ async def test_a_drain_holds_when_the_agent_reconnects(
     await agent.hang_up()
     await _node_until(stub, agent.node_id, lambda r: r.node.state == pb.NODE_STATE_LOST)
 
-    back = await connect(stub, NODE, node_id=agent.node_id)
+    back = await connect(stub, NODE, node_id=agent.node_id, ours=scheduler.requested)
     agents.append(back)
     told = (await back.next_message("drain")).drain
     assert (told.reason, told.shutdown_when_empty) == ("retiring", True)
@@ -177,7 +192,7 @@ async def test_a_drain_holds_when_the_agent_reconnects(
     queue = _queue()
     (waiting,) = await scheduler.request(queue, ["ann"])
     assert await _waits(stub, queue, waiting.attempt)
-    assert await _placed_on(stub, back.node_id) == []
+    assert await _placed_on(stub, scheduler, back.node_id) == []
 
 
 async def test_draining_an_unknown_node_is_not_found_naming_it(
@@ -202,7 +217,7 @@ async def test_draining_an_unknown_node_is_not_found_naming_it(
 async def test_list_placements_shows_what_runs_on_which_node_a_page_at_a_time(
     stub: ProvisionerServiceStub, scheduler: Scheduler, agents: list[Agent]
 ) -> None:
-    agent = await connect(stub, NODE)
+    agent = await connect(stub, NODE, ours=scheduler.requested)
     agents.append(agent)
     first, second = await scheduler.request(_queue(), ["ann", "bo"])
     assert (await agent.assigned()).attempt == first.attempt
@@ -212,13 +227,14 @@ async def test_list_placements_shows_what_runs_on_which_node_a_page_at_a_time(
 
     on_node = pb.ListPlacementsRequest(node_id=agent.node_id)
     listed = await stub.ListPlacements(on_node, metadata=VIEWER)
-    assert [p.attempt for p in listed.placements] == [first.attempt, second.attempt]
-    running = listed.placements[0]
+    assert listed.next_page_token == ""
+    assert all(p.node_id == agent.node_id for p in listed.placements)
+    running, placed = [p for p in listed.placements if scheduler.requested(p.attempt)]
+    assert (running.attempt, placed.attempt) == (first.attempt, second.attempt)
     assert (running.node_id, running.running, running.user) == (agent.node_id, True, "ann")
     assert running.reserved.cpu_millis == LARGE.cpu_millis
     assert running.HasField("placed_at")
-    assert not listed.placements[1].running
-    assert listed.next_page_token == ""
+    assert not placed.running
 
     of_run = pb.ListPlacementsRequest(run_id=first.attempt.run_id, page_size=1)
     page = await stub.ListPlacements(of_run, metadata=VIEWER)
@@ -243,12 +259,9 @@ async def test_the_cli_lists_the_placements_of_a_node(
     scheduler: Scheduler,
     agents: list[Agent],
 ) -> None:
-    agent = await connect(stub, NODE)
-    agents.append(agent)
     queue = _queue()
-    (first,) = await scheduler.request(queue, ["ann"])
-    assert (await agent.assigned()).attempt == first.attempt
-    await agent.started(first.attempt)
+    agent, first = await _running_one(stub, scheduler, queue)
+    agents.append(agent)
     await _node_until(stub, agent.node_id, lambda r: any(p.running for p in r.placements))
 
     port = provisioner.address.rsplit(":", 1)[1]
@@ -272,24 +285,23 @@ async def test_a_leaving_agent_takes_no_new_attempt_at_once_and_its_running_one_
     stub: ProvisionerServiceStub, scheduler: Scheduler, agents: list[Agent]
 ) -> None:
     queue = _queue()
-    agent = await connect(stub, NODE)
-    (first,) = await scheduler.request(queue, ["ann"])
-    assert (await agent.assigned()).attempt == first.attempt
-    await agent.started(first.attempt)
+    agent, first = await _running_one(stub, scheduler, queue)
 
     # It still heartbeats, so its lease is far from over: the word alone stops placement.
     await agent.leaving("rolling restart")
     await _node_until(stub, agent.node_id, lambda r: r.node.state == pb.NODE_STATE_DRAINING)
     (second,) = await scheduler.request(queue, ["ann"])
     assert await _waits(stub, queue, second.attempt)
-    assert [p.attempt for p in (await _placed_on(stub, agent.node_id))] == [first.attempt]
+    assert [p.attempt for p in (await _placed_on(stub, scheduler, agent.node_id))] == [
+        first.attempt
+    ]
 
     await agent.finish(first.attempt)
     await _node_until(stub, agent.node_id, lambda r: r.node.state == pb.NODE_STATE_DRAINED)
     await agent.close()
 
     # Leaving lasts for the session: the restarted agent takes work again.
-    back = await connect(stub, NODE, node_id=agent.node_id)
+    back = await connect(stub, NODE, node_id=agent.node_id, ours=scheduler.requested)
     agents.append(back)
     assert (await back.assigned()).attempt == second.attempt
 
@@ -298,21 +310,22 @@ async def test_a_closed_stream_takes_no_new_attempt_but_keeps_its_running_one_un
     stub: ProvisionerServiceStub, scheduler: Scheduler, agents: list[Agent]
 ) -> None:
     queue = _queue()
-    agent = await connect(stub, NODE)
-    (first,) = await scheduler.request(queue, ["ann"])
-    assert (await agent.assigned()).attempt == first.attempt
-    await agent.started(first.attempt)
+    agent, first = await _running_one(stub, scheduler, queue)
 
     await agent.hang_up()
     node = await _node_until(stub, agent.node_id, lambda r: r.node.state == pb.NODE_STATE_LOST)
     assert [p.attempt for p in node.placements] == [first.attempt]
     (second,) = await scheduler.request(queue, ["ann"])
     assert await _waits(stub, queue, second.attempt)
-    assert [p.attempt for p in (await _placed_on(stub, agent.node_id))] == [first.attempt]
+    assert [p.attempt for p in (await _placed_on(stub, scheduler, agent.node_id))] == [
+        first.attempt
+    ]
 
     # Back within its lease, listing the attempt: it keeps it and takes work again.
-    back = await connect(stub, NODE, node_id=agent.node_id, running=[first.attempt])
+    back = await connect(
+        stub, NODE, node_id=agent.node_id, running=[first.attempt], ours=scheduler.requested
+    )
     agents.append(back)
     assert (await back.assigned()).attempt == second.attempt
-    placed = await _placed_on(stub, back.node_id)
+    placed = await _placed_on(stub, scheduler, back.node_id)
     assert [p.attempt for p in placed] == [first.attempt, second.attempt]
