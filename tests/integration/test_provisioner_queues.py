@@ -74,8 +74,12 @@ async def scheduler() -> AsyncIterator[Scheduler]:
         yield requested
 
 
-async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
-    return await connect(stub, capacity, node_id=f"queues-node-{uuid.uuid4().hex[:8]}")
+async def _connect(
+    stub: ProvisionerServiceStub, scheduler: Scheduler, capacity: Resources
+) -> Agent:
+    """A test agent that finishes at once what the test did not request."""
+    node_id = f"queues-node-{uuid.uuid4().hex[:8]}"
+    return await connect(stub, capacity, node_id=node_id, ours=scheduler.requested)
 
 
 async def _apply(stub: ProvisionerServiceStub, request: pb.ApplyQueueRequest) -> pb.Queue:
@@ -106,7 +110,7 @@ async def test_a_flood_in_one_queue_leaves_another_queue_its_share(
     flood, team = f"flood-{suffix}", f"team-{suffix}"
     await _apply(stub, pb.ApplyQueueRequest(name=flood, quota={"cpu": "3"}))
     await _apply(stub, pb.ApplyQueueRequest(name=team, quota={"cpu": "3"}))
-    agent = await _connect(stub, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
     try:
         floods = await scheduler.request(flood, ["ann"] * 10)
         first = [(await agent.assigned()).attempt for _ in range(3)]
@@ -143,7 +147,7 @@ async def test_a_user_at_the_queue_cap_waits_while_other_users_start(
     applied = await _apply(stub, pb.ApplyQueueRequest(name=name, max_running_per_user=2))
     assert applied.max_running_per_user == 2
     assert applied.weight == 1.0
-    agent = await _connect(stub, Resources(cpu_millis=8000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=8000, memory_bytes=4 * GIB))
     try:
         *alice, bob = await scheduler.request(name, ["alice"] * 4 + ["bob"])
         started = [(await agent.assigned()).attempt for _ in range(3)]
@@ -156,7 +160,8 @@ async def test_a_user_at_the_queue_cap_waits_while_other_users_start(
         assert dict(queue.running_by_user) == {"alice": 2, "bob": 1}
         assert (queue.running, queue.waiting) == (3, 2)
         node = await stub.GetNode(pb.GetNodeRequest(node_id=agent.node_id), metadata=VIEWER)
-        assert sorted(p.user for p in node.placements) == ["alice", "alice", "bob"]
+        ours = [p for p in node.placements if scheduler.requested(p.attempt)]
+        assert sorted(p.user for p in ours) == ["alice", "alice", "bob"]
 
         # One of alice's attempts ends: her next one starts.
         await agent.finish(alice[0].attempt)
@@ -246,7 +251,7 @@ async def test_the_cli_applies_a_queue_and_shows_who_waits_and_why(
         provisioner, "admin-token", "queues", "apply", name, "--quota", "cpu=1", "--weight", "2"
     )
     assert applied.returncode == 0, applied.stderr
-    agent = await _connect(stub, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
     try:
         first, second = await scheduler.request(name, ["ann", "bo"])
         assert (await agent.assigned()).attempt == first.attempt
