@@ -4,10 +4,13 @@ again while the agent's own leaving does not."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.provisioner.domain.draining import DrainStep, NodeGoneError, drain, registered
+from strata.provisioner.fleet_store import ProvisionedNode
 
 
 def test_a_node_with_attempts_drains_and_one_without_is_drained_at_once() -> None:
@@ -37,3 +40,16 @@ def test_a_kept_drain_holds_when_the_agent_registers_again() -> None:
 
 def test_without_a_kept_drain_a_registering_node_takes_work() -> None:
     assert registered(kept=False, placements=3) == pb.NODE_STATE_READY
+
+
+def test_the_fleet_counts_a_drained_node_as_going_like_a_draining_one() -> None:
+    """A node an operator drained is stopped by the fleet once empty, not counted as room."""
+
+    def node(state: pb.NodeState.ValueType, lost: bool = False) -> ProvisionedNode:
+        now = datetime(2026, 12, 1, tzinfo=UTC)
+        return ProvisionedNode("n", "small", "local", "", now, None, state, lost, now, 0)
+
+    assert node(pb.NODE_STATE_DRAINED).draining
+    assert node(pb.NODE_STATE_DRAINING).draining
+    assert not node(pb.NODE_STATE_READY).draining
+    assert not node(pb.NODE_STATE_DRAINED, lost=True).draining
