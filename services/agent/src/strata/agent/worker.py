@@ -1,13 +1,18 @@
 """One attempt in a worker process of its own: import the entrypoint, call it, answer.
 
-The worker is started with the ``spawn`` context: a fresh interpreter that shares
-nothing with the agent (no inherited event loop, sockets or threads), so a task
-that crashes, exits or corrupts its interpreter takes down only its worker; the
-agent sees the pipe close and reports the exit code. A worker whose agent dies
-exits too. Usage is measured inside the worker by ``getrusage`` just before it
-answers (peak RSS, user + system CPU), wall time by the agent from handing it the
-attempt to its end; while it runs, the agent samples it with psutil
-(:class:`Watch`) to enforce its limits and report its usage.
+The worker is a fresh interpreter (``python -c``, the agent's end of a socket pair
+handed down as its one inherited descriptor) that shares nothing with the agent
+(no inherited event loop, sockets or threads), so a task that crashes, exits or
+corrupts its interpreter takes down only its worker; the agent sees the pipe
+close and reports the exit code. It is a :class:`subprocess.Popen`, not a
+``multiprocessing`` process: multiprocessing reaps every child it knows of from
+whichever thread starts the next process (the agent starts spares in threads),
+and a reap racing the agent's own wait lost the exit code (reported as -1);
+``Popen`` waits under a lock of its own and nothing else in the agent reaps it. A
+worker whose agent dies exits too. Usage is measured inside the worker by
+``getrusage`` just before it answers (peak RSS, user + system CPU), wall time by
+the agent from handing it the attempt to its end; while it runs, the agent samples
+it with psutil (:class:`Watch`) to enforce its limits and report its usage.
 
 A worker is started ahead of its attempt (:func:`start_worker`, kept ready by
 :mod:`strata.agent.spares`) without knowing which bundle it will run: it loads
@@ -32,6 +37,7 @@ import json
 import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -39,7 +45,6 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,7 +57,8 @@ from strata.agent.domain.outcome import Failed, Finished, Outcome, Stopped, Usag
 from strata.agent.domain.usage import Sample
 from strata.agent.stopping import Stop
 
-_SPAWN = multiprocessing.get_context("spawn")
+WORKER_MAIN = "import sys; from strata.agent.worker import main; main(sys.argv[1])"
+"""What a worker's interpreter runs: :func:`main` on the descriptor of its end of the pipe."""
 ORPHAN_CHECK = 0.5
 """Seconds between a worker's looks at whether its agent is still there."""
 EXIT_ORPHANED = 70
@@ -81,12 +87,12 @@ class Worker:
     """A started worker process and the agent's end of its pipe (the job goes down, the
     answer comes up)."""
 
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     connection: Connection
 
     def hand(self, job: Job) -> bool:
         """Give the worker its one job; False if it is gone (died while waiting)."""
-        if not self.process.is_alive():
+        if self.process.poll() is not None:
             return False
         try:
             self.connection.send(job)
@@ -97,16 +103,25 @@ class Worker:
     def discard(self) -> None:
         """Kill the worker (unused, or gone already) and close its pipe."""
         self.process.kill()
-        self.process.join()
+        self.process.wait()
         self.connection.close()
 
 
 def start_worker() -> Worker:
-    """Spawn a worker that waits for its job (blocks for the spawn: call it in a thread)."""
-    agent_end, worker_end = _SPAWN.Pipe(duplex=True)
-    process = _SPAWN.Process(target=serve_attempt, args=(worker_end,), name="strata-worker")
-    process.start()
-    worker_end.close()
+    """Start a worker that waits for its job (blocks for the start: call it in a thread)."""
+    agent_end, worker_end = multiprocessing.Pipe(duplex=True)
+    descriptor = worker_end.fileno()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", WORKER_MAIN, str(descriptor)],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(descriptor,),
+        )
+    except BaseException:
+        agent_end.close()
+        raise
+    finally:
+        worker_end.close()
     return Worker(process, agent_end)
 
 
@@ -155,10 +170,10 @@ async def run_in_worker(
             usage = Usage(watch.peak_rss_bytes, 0.0, time.monotonic() - started)
             return Stopped(stop.kind, stop.message, usage)
         answer = answering.result()
-        await asyncio.to_thread(process.join)
+        code = await asyncio.to_thread(process.wait)
     except asyncio.CancelledError:
         process.kill()
-        await asyncio.shield(asyncio.to_thread(process.join))
+        await asyncio.shield(asyncio.to_thread(process.wait))
         await asyncio.shield(answering)
         raise
     finally:
@@ -167,7 +182,6 @@ async def run_in_worker(
         receiving.close()
     wall = time.monotonic() - started
     if answer is None:
-        code = process.exitcode if process.exitcode is not None else -1
         return Failed(
             "WorkerDied",
             f"the worker process exited with code {code} before answering",
@@ -232,13 +246,14 @@ def _sample(worker: psutil.Process) -> Sample:
     return Sample(at, int(rss), cpu_seconds)
 
 
-def _terminate(process: BaseProcess, grace: float) -> None:
+def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM, then SIGKILL if the worker is still there after ``grace`` seconds."""
     process.terminate()
-    process.join(grace)
-    if process.exitcode is None:
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
         process.kill()
-        process.join()
+        process.wait()
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
@@ -268,9 +283,14 @@ def _outcome(answer: dict[str, Any], wall: float) -> Outcome:
     return Failed(answer["error_type"], answer["message"], answer["traceback"], usage)
 
 
+def main(descriptor: str) -> None:
+    """A worker's interpreter: serve one attempt on the pipe end it inherited as ``descriptor``."""
+    serve_attempt(Connection(int(descriptor)))
+
+
 def serve_attempt(connection: Connection) -> None:
-    """The worker's body (top level, so ``spawn`` can import it): wait for the job, run it,
-    answer once, exit. A pipe closed before any job (the agent stopped) ends it quietly."""
+    """The worker's body: wait for the job, run it, answer once, exit. A pipe closed
+    before any job (the agent stopped) ends it quietly."""
     _exit_with_the_agent()
     try:
         connection.send(READY)
