@@ -226,10 +226,17 @@ class _Life:
                 await self._wind_down(context, supervisor)
 
     async def _wind_down(self, context: ServiceContext, supervisor: Supervisor) -> None:
-        """Tasks and consumers stop while calls drain; the clients close after both."""
+        """Tasks and consumers stop while calls drain; the clients close after both.
+
+        The consumers' stop is bounded by what is left of the grace: leaving a group
+        waits on the broker, which holds a member that is joining until a dead member's
+        session times out, and a service must stop on time whatever the broker does.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.service.shutdown_grace
         await supervisor.stop()
         if self.spec.uses("Kafka"):
-            await context.bus.stop_consuming()
+            await context.bus.stop_consuming(within=max(deadline - loop.time(), 0.0))
         await self.calls_drained.wait()
         for gate in self.late:
             gate.close()
