@@ -27,6 +27,7 @@ from strata.agent.domain.limits import Limits
 from strata.agent.domain.outcome import Failed
 from strata.agent.stopping import Stop
 from strata.agent.worker import job, run_in_worker, start_worker
+from strata.core.task_context import TaskContext
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,8 @@ async def test_a_worker_that_exits_is_reported_with_its_code_while_spares_start(
     (tmp_path / "crashing.py").write_text("import os\n\ndef crash():\n    os._exit(3)\n")
     (tmp_path / "output").mkdir()
     worker = start_worker()
-    assert worker.hand(job("crashing:crash", {}, {}, tmp_path / "output", tmp_path))
+    context = TaskContext("run", "flow", "crash", 1, "node")
+    assert worker.hand(job("crashing:crash", {}, {}, tmp_path / "output", tmp_path, context))
     pid = worker.process.pid
     await _zombie(pid)
 

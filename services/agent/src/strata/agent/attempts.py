@@ -58,6 +58,7 @@ from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.blobs import BlobStore
+from strata.core.task_context import TaskContext
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -246,8 +247,11 @@ class Attempts:
             if isinstance(code, Unusable):
                 outcome: Outcome | Unusable = code
             else:
+                context = TaskContext(
+                    ref.run_id, assignment.workflow_name, ref.task_id, ref.attempt, self._node_id
+                )
                 worker = await self._spares.start(
-                    job(assignment.entrypoint, args, upstream, output.folder, code)
+                    job(assignment.entrypoint, args, upstream, output.folder, code, context)
                 )
                 outcome = await run_in_worker(worker, stop, _limits(assignment), usage.sampled)
         finally:

@@ -56,6 +56,7 @@ from strata.agent.domain.limits import Limits, breach
 from strata.agent.domain.outcome import Failed, Finished, Outcome, Stopped, Usage
 from strata.agent.domain.usage import Sample
 from strata.agent.stopping import Stop
+from strata.core.task_context import TaskContext
 
 WORKER_MAIN = "import sys; from strata.agent.worker import main; main(sys.argv[1])"
 """What a worker's interpreter runs: :func:`main` on the descriptor of its end of the pipe."""
@@ -73,13 +74,16 @@ limit by what it allocates in that time before it is stopped."""
 @dataclass(frozen=True)
 class Job:
     """One attempt as its worker gets it; its stdout and stderr go to files in ``output``;
-    ``bundle`` is the folder its code is imported from ("" for the agent's environment)."""
+    ``bundle`` is the folder its code is imported from ("" for the agent's environment);
+    ``environment`` is set before the entrypoint is imported: the attempt's context
+    (:mod:`strata.core.task_context`)."""
 
     entrypoint: str
     args: dict[str, Any]
     upstream_outputs: dict[str, dict[str, Any]]
     output: str
     bundle: str
+    environment: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ def job(
     upstream_outputs: Mapping[str, Mapping[str, Any]],
     output: Path,
     bundle: Path | None,
+    context: TaskContext,
 ) -> Job:
     """The job of one attempt, in plain containers the pipe can carry."""
     return Job(
@@ -139,6 +144,7 @@ def job(
         {task: dict(outputs) for task, outputs in upstream_outputs.items()},
         str(output),
         str(bundle) if bundle is not None else "",
+        context.environment(),
     )
 
 
@@ -299,6 +305,7 @@ def serve_attempt(connection: Connection) -> None:
         return
     if given.bundle:
         sys.path.insert(0, given.bundle)
+    os.environ.update(given.environment)
     _capture(Path(given.output))
     try:
         outputs = _call(Entrypoint.parse(given.entrypoint), given.args, given.upstream_outputs)
