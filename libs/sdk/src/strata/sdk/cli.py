@@ -14,6 +14,7 @@ come do not pay for them.
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -486,17 +487,34 @@ def _out() -> Console:
 
 
 def _run(command: Coroutine[None, None, None]) -> None:
-    """Run a command; its failures are one line on stderr and exit 1 (2: bad settings)."""
+    """Run a command; its failures are one line on stderr and exit 1 (2: bad settings).
+
+    Whatever the command left to the garbage collector is freed before the exit:
+    a failure's traceback holds the command's frames in reference cycles, and in them
+    its gRPC channels. Freed only at interpreter shutdown, the last channel stops
+    grpc's asyncio engine (its poller thread) mid-finalization, which can abort the
+    process (SIGABRT) instead of letting it exit with its code.
+    """
+    failure = _failure(command)
+    gc.collect()
+    if failure is not None:
+        message, code = failure
+        typer.echo(message, err=True)
+        raise typer.Exit(code)
+
+
+def _failure(command: Coroutine[None, None, None]) -> tuple[str, int] | None:
+    """Run ``command``; the message and exit code of its failure, None if it succeeded
+    (only the message outlives the exception)."""
     from strata.sdk.client import CommandError
 
     try:
         asyncio.run(command)
     except CommandError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
+        return str(error), 1
     except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
+        return str(error), 2
+    return None
 
 
 def main() -> None:
