@@ -23,7 +23,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
-import aiohttp
 import grpc
 import pyarrow.parquet as pq
 import redis.asyncio
@@ -116,23 +115,26 @@ async def _measured(plan: Plan, venv: Path, run_id: str, folder: Path, started: 
             )
             async with (
                 _topics(view, backlog_view) as topics,
-                _online_stack(folder, venv) as (client, channel, session, url, pid),
+                _online_stack(folder, venv) as (client, channel, streamer, url, pid),
             ):
                 try:
                     served = pq.read_table(files.online_rows)
                     await apply(channel, view)
                     await online.store(client, view, served)
-                    reads = online.Reads(client, view, channel, session, url)
+                    reads = online.Reads(client, view, streamer, url)
                     table = online.expected(served)
                     print("online reads ...", file=sys.stderr, flush=True)
-                    wrong = await online.check(reads, table)
-                    local, remote = await online.measure(
-                        reads,
-                        list(table),
-                        plan.online_rounds,
-                        plan.online_samples,
-                        plan.network_samples,
-                    )
+                    try:
+                        wrong = await online.check(reads, table)
+                        local, remote = await online.measure(
+                            reads,
+                            list(table),
+                            plan.online_rounds,
+                            plan.online_samples,
+                            plan.network_samples,
+                        )
+                    finally:
+                        reads.close()
                     print("streaming ...", file=sys.stderr, flush=True)
                     fresh, through = await _streaming(
                         plan, client, channel, (view, backlog_view), topics, pid
@@ -160,17 +162,17 @@ async def _measured(plan: Plan, venv: Path, run_id: str, folder: Path, started: 
 @asynccontextmanager
 async def _online_stack(
     folder: Path, venv: Path
-) -> AsyncIterator[tuple[redis.asyncio.Redis, grpc.aio.Channel, aiohttp.ClientSession, str, int]]:
-    """Redis client, the streamer and a channel to it, Feast's server and a session to it."""
+) -> AsyncIterator[tuple[redis.asyncio.Redis, grpc.aio.Channel, str, str, int]]:
+    """Redis client, the streamer (a channel to it and its address), Feast's server's URL,
+    and the streamer's pid."""
     client = strata_redis.client(load(RedisSettings))
     try:
         async with (
             streamer(folder / "streamer.log") as process,
             grpc.aio.insecure_channel(process.address) as channel,
             feature_server(venv, folder / "feast", free_port(), folder / "feast-serve.log") as url,
-            aiohttp.ClientSession() as session,
         ):
-            yield client, channel, session, url, process.pid
+            yield client, channel, process.address, url, process.pid
     finally:
         await client.aclose()
 

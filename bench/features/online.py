@@ -10,7 +10,10 @@ moments alike:
 - **over the network**: ``GetOnlineFeatures`` over gRPC against the run's streamer
   process, against Feast's own feature server (``feast serve``, HTTP
   ``/get-online-features``) over the same Redis, each called from this process
-  with a kept-alive connection.
+  with a kept-alive connection on a blocking client (the generated stub on a
+  blocking channel; ``http.client``), as an application calls them from a request
+  thread: ``grpc.aio`` and ``aiohttp`` clients add about 0.1 ms of their own to
+  every call here. Nothing else runs on the event loop while those clocks run.
 
 The values come from one table (one row per served driver): written to Redis with
 the library's ``write_online`` and, on Feast's side, materialized by Feast. Before
@@ -20,14 +23,16 @@ table.
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import grpc
 import pyarrow as pa
 import redis.asyncio
@@ -98,14 +103,19 @@ class Reads:
         self,
         client: redis.asyncio.Redis,
         view: FeatureView,
-        channel: grpc.aio.Channel,
-        session: aiohttp.ClientSession,
+        streamer: str,
         feast_url: str,
     ) -> None:
         self._client, self._view = client, view
-        self._stub = FeatureServiceStub(channel)
-        self._session, self._feast_url = session, feast_url
+        self._channel = grpc.insecure_channel(streamer)
+        self._stub = FeatureServiceStub(self._channel)
+        feast = urlsplit(feast_url)
+        self._feast = http.client.HTTPConnection(feast.hostname or "", feast.port, timeout=30)
         self._refs = [f"{view.name}:{name}" for name in FEATURES]
+
+    def close(self) -> None:
+        self._channel.close()
+        self._feast.close()
 
     async def library(self, driver: int) -> tuple[Scalar, ...]:
         (row,) = await read_online(
@@ -121,7 +131,7 @@ class Reads:
             features=self._refs,
             entities=[pb.EntityRow(keys={ENTITY: pb.Value(int64_value=driver)})],
         )
-        reply = await self._stub.GetOnlineFeatures(request, metadata=METADATA)
+        reply = self._stub.GetOnlineFeatures(request, metadata=METADATA)  # blocking: see above
         return tuple(_scalar(value.value) for value in reply.rows[0].values)
 
     async def feast(self, driver: int) -> tuple[Scalar, ...]:
@@ -129,9 +139,12 @@ class Reads:
             "features": [f"driver_now:{name}" for name in FEATURES],
             "entities": {ENTITY: [driver]},
         }
-        async with self._session.post(f"{self._feast_url}/get-online-features", json=body) as reply:
-            reply.raise_for_status()
-            answer: dict[str, Any] = await reply.json()
+        headers = {"Content-Type": "application/json"}
+        self._feast.request("POST", "/get-online-features", json.dumps(body), headers)
+        reply = self._feast.getresponse()  # blocking: see above
+        answer: dict[str, Any] = json.loads(reply.read())
+        if reply.status != 200:
+            raise RuntimeError(f"feast serve answered {reply.status}: {answer}")
         names = answer["metadata"]["feature_names"]
         values = {
             name: result["values"][0] for name, result in zip(names, answer["results"], strict=True)

@@ -17,19 +17,23 @@ then a 100-tree gradient-boosting model over them.
 The values come from one table (one row per served driver), written to Redis with
 Strata's ``write_online`` and materialized by Feast. Before the clocks run, both
 sides' answers for a sample of drivers must agree. Latency is single-client, in
-alternating rounds; throughput is ``clients`` concurrent clients for a few seconds
+alternating rounds, on blocking clients (a thread's gRPC stubs and a kept-alive
+``http.client`` connection); throughput is ``clients`` concurrent clients for a few seconds
 per side, in alternating rounds, as for ModelInfer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -48,6 +52,7 @@ from bench.serving.sidebyside import LOAD_WARMUP, Latency
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceStub
+from strata.api.inference import grpc_service_pb2 as oip
 from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from strata.transforms.definition import Column, DatasetSource, Feature, FeatureView
 from strata.transforms.online import write_online
@@ -119,31 +124,39 @@ class Chains:
         self.gateway, self.model = gateway, predict_model
         self.session, self.feast_url, self.mlserver = session, feast_url, mlserver
 
-    async def strata(self, driver: int, stub: PredictionServiceStub) -> float:
-        request = gpb.PredictRequest(
+    def predict_request(self, driver: int) -> gpb.PredictRequest:
+        return gpb.PredictRequest(
             model_name=self.model,
             rows=[gpb.PredictRow(entity_keys={ENTITY: fpb.Value(int64_value=driver)})],
         )
-        reply = await stub.Predict(request, metadata=self.gateway.metadata, timeout=BOUND)
-        value: float = reply.predictions[0].outputs["variable"].float_list_value.values[0]
-        return value
 
-    async def peers(self, driver: int, stub: GRPCInferenceServiceStub) -> float:
-        body = {
+    def feast_body(self, driver: int) -> dict[str, Any]:
+        return {
             "features": [f"{FEAST_VIEW}:{name}" for name in FEATURES],
             "entities": {ENTITY: [driver]},
         }
-        async with self.session.post(f"{self.feast_url}/get-online-features", json=body) as got:
-            got.raise_for_status()
-            answer: dict[str, Any] = await got.json()
+
+    def mlserver_request(self, answer: dict[str, Any]) -> oip.ModelInferRequest:
+        """MLServer's request for the features Feast answered with."""
         names = answer["metadata"]["feature_names"]
         found = {n: r["values"][0] for n, r in zip(names, answer["results"], strict=True)}
-        row = np.asarray([found[name] for name in FEATURES], dtype=np.float32)
-        reply = await stub.ModelInfer(
-            self.mlserver.request(row), metadata=self.mlserver.metadata, timeout=BOUND
+        return self.mlserver.request(np.asarray([found[name] for name in FEATURES], np.float32))
+
+    async def strata(self, driver: int, stub: PredictionServiceStub) -> float:
+        request = self.predict_request(driver)
+        return _predicted(
+            await stub.Predict(request, metadata=self.gateway.metadata, timeout=BOUND)
         )
-        contents = reply.outputs[0].contents
-        return float((contents.fp64_contents or contents.fp32_contents)[0])
+
+    async def peers(self, driver: int, stub: GRPCInferenceServiceStub) -> float:
+        url = f"{self.feast_url}/get-online-features"
+        async with self.session.post(url, json=self.feast_body(driver)) as got:
+            got.raise_for_status()
+            answer: dict[str, Any] = await got.json()
+        request = self.mlserver_request(answer)
+        return _inferred(
+            await stub.ModelInfer(request, metadata=self.mlserver.metadata, timeout=BOUND)
+        )
 
     def sides(
         self, strata: PredictionServiceStub, peers: GRPCInferenceServiceStub
@@ -178,12 +191,7 @@ async def measure(chains: Chains, drivers: Sequence[int], plan: Plan) -> Predict
     async with _Stubs(chains) as (strata_stub, peer_stub):
         calls = chains.sides(strata_stub, peer_stub)
         agreement = await _agreement(calls, drivers[:CHECKED])
-        samples: dict[str, list[list[float]]] = {name: [] for name in calls}
-        for _ in range(plan.latency_rounds):
-            for name, call in calls.items():
-                samples[name].append(
-                    await _sequential(call, drivers, order, plan.latency_samples, plan.warmup)
-                )
+    samples = await asyncio.to_thread(_one_client_rounds, chains, drivers, order, plan)
     rps: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(plan.load_rounds):
         for name in calls:
@@ -201,6 +209,76 @@ async def measure(chains: Chains, drivers: Sequence[int], plan: Plan) -> Predict
         clients=plan.clients,
         agreement=agreement,
     )
+
+
+class _Blocking:
+    """One client of each side on blocking connections (a thread's): the gateway's stub,
+    and Feast's server over kept-alive HTTP then MLServer's stub."""
+
+    def __init__(self, chains: Chains) -> None:
+        self._chains = chains
+        self._gateway = grpc.insecure_channel(chains.gateway.address)
+        self._mlserver = grpc.insecure_channel(chains.mlserver.address)
+        feast = urlsplit(chains.feast_url)
+        self._feast = http.client.HTTPConnection(feast.hostname or "", feast.port, timeout=BOUND)
+        self._predict = PredictionServiceStub(self._gateway).Predict
+        self._infer = GRPCInferenceServiceStub(self._mlserver).ModelInfer
+
+    def strata(self, driver: int) -> float:
+        chains = self._chains
+        request = chains.predict_request(driver)
+        return _predicted(self._predict(request, metadata=chains.gateway.metadata, timeout=BOUND))
+
+    def peers(self, driver: int) -> float:
+        chains = self._chains
+        body = json.dumps(chains.feast_body(driver))
+        headers = {"Content-Type": "application/json"}
+        self._feast.request("POST", "/get-online-features", body, headers)
+        got = self._feast.getresponse()
+        answer = json.loads(got.read())
+        if got.status != 200:
+            raise RuntimeError(f"feast serve answered {got.status}: {answer}")
+        request = chains.mlserver_request(answer)
+        metadata = chains.mlserver.metadata
+        return _inferred(self._infer(request, metadata=metadata, timeout=BOUND))
+
+    def close(self) -> None:
+        self._gateway.close()
+        self._mlserver.close()
+        self._feast.close()
+
+
+def _one_client_rounds(
+    chains: Chains, drivers: Sequence[int], order: random.Random, plan: Plan
+) -> dict[str, list[list[float]]]:
+    """Single-client rounds, alternating sides, on blocking clients: a ``grpc.aio`` or
+    ``aiohttp`` client adds about 0.1 ms of its own to each call here."""
+    client = _Blocking(chains)
+    calls: dict[str, Callable[[int], float]] = {"strata": client.strata, "peers": client.peers}
+    samples: dict[str, list[list[float]]] = {name: [] for name in calls}
+    try:
+        for _ in range(plan.latency_rounds):
+            for name, call in calls.items():
+                took = []
+                for _ in range(plan.latency_samples + plan.warmup):
+                    driver = order.choice(drivers)
+                    started = time.perf_counter()
+                    call(driver)
+                    took.append(time.perf_counter() - started)
+                samples[name].append(took[plan.warmup :])
+    finally:
+        client.close()
+    return samples
+
+
+def _predicted(reply: gpb.PredictResponse) -> float:
+    value: float = reply.predictions[0].outputs["variable"].float_list_value.values[0]
+    return value
+
+
+def _inferred(reply: oip.ModelInferResponse) -> float:
+    contents = reply.outputs[0].contents
+    return float((contents.fp64_contents or contents.fp32_contents)[0])
 
 
 class _Stubs:
@@ -229,18 +307,6 @@ async def _agreement(calls: dict[str, Call], drivers: Sequence[int]) -> float:
             )
         worst = max(worst, abs(ours - theirs))
     return worst
-
-
-async def _sequential(
-    call: Call, drivers: Sequence[int], order: random.Random, samples: int, warmup: int
-) -> list[float]:
-    took = []
-    for _ in range(samples + warmup):
-        driver = order.choice(drivers)
-        started = time.perf_counter()
-        await call(driver)
-        took.append(time.perf_counter() - started)
-    return took[warmup:]
 
 
 async def _for_seconds(

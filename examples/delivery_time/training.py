@@ -31,6 +31,7 @@ from strata.core.blobs import open_blob_store
 from strata.core.settings import BlobSettings, load
 from strata.sdk.client import service_channel
 from strata.sdk.models import ArtifactFile, log_model
+from strata.sdk.workflows import task_context
 
 HOLDOUT = 0.2
 """The latest fifth of the week, by event time, is held out for the comparison."""
@@ -89,9 +90,7 @@ def train(
     model.fit(inputs[:cut], labels[:cut])
     errors = np.abs(model.predict(inputs[cut:]) - labels[cut:])
     mae = float(errors.mean())
-    lineage = asyncio.run(
-        _lineage(f"train-{candidate}", build_training_set, dataset, partition, checksum)
-    )
+    lineage = asyncio.run(_lineage(build_training_set, dataset, partition, checksum))
     version = asyncio.run(
         log_model(
             model,
@@ -199,7 +198,6 @@ def _matrix(table: pa.Table) -> tuple[np.ndarray, np.ndarray, list[Any]]:
 
 
 async def _lineage(
-    task_id: str,
     training_set: Mapping[str, Any],
     dataset: str,
     partition: str,
@@ -207,19 +205,26 @@ async def _lineage(
 ) -> rpb.Lineage:
     """Where this model comes from: the run and attempts that made it, its data and code.
 
-    A task is not told its run id, so it finds its run by the partition that started it.
+    The agent tells the task its run, task and attempt (``task_context``); the scheduler
+    says which attempts of the upstream tasks made the data, and the workflow its code.
     """
+    context = task_context()
     async with service_channel("scheduler") as channel:
         stub = SchedulerServiceStub(channel)
-        run = await _this_run(stub, partition, checksum)
+        reply = await stub.GetRun(spb.GetRunRequest(run_id=context.run_id))
+        run = reply.run
         workflow = await stub.GetWorkflow(
             spb.GetWorkflowRequest(name=WORKFLOW, version=run.workflow_version)
         )
-    contributing = ("pull-orders", "build-training-set", task_id)
+    contributing = ("pull-orders", "build-training-set", context.task_id)
     return rpb.Lineage(
-        training_run_id=run.run_id,
+        training_run_id=context.run_id,
         task_attempts=[
-            TaskAttemptRef(run_id=run.run_id, task_id=t.task_id, attempt=max(t.attempt, 1))
+            TaskAttemptRef(
+                run_id=context.run_id,
+                task_id=t.task_id,
+                attempt=context.attempt if t.task_id == context.task_id else max(t.attempt, 1),
+            )
             for t in run.tasks
             if t.task_id in contributing
         ],
@@ -232,19 +237,6 @@ async def _lineage(
         training_set_sha256=str(training_set["sha256"]),
         code_bundle=workflow.workflow.spec.bundle,
     )
-
-
-async def _this_run(stub: SchedulerServiceStub, partition: str, checksum: str) -> spb.Run:
-    running = await stub.ListRuns(
-        spb.ListRunsRequest(workflow_name=WORKFLOW, states=[spb.RUN_STATE_RUNNING])
-    )
-    for run in running.runs:
-        cause = run.cause.data_arrival
-        if cause.partition == partition and cause.checksum == checksum:
-            reply = await stub.GetRun(spb.GetRunRequest(run_id=run.run_id))
-            found: spb.Run = reply.run
-            return found
-    raise LookupError(f"no running run of {WORKFLOW} for partition {partition} ({checksum})")
 
 
 def _report(candidate: str, mae: float, errors: np.ndarray, split: Any) -> ArtifactFile:

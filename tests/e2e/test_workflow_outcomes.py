@@ -1,9 +1,10 @@
 """How a run ends when a task does not simply succeed, as the team sees it through the CLI:
-a task that raises is retried as declared and then fails the run, its traceback in
-``strata workflow logs``; a task over its memory limit is reported out of memory in
-``strata workflow status``; ``strata workflow cancel`` stops a running attempt's
-process; a task larger than every node waits, saying so in ``status``, and runs once
-a bigger agent registers.
+each attempt is told its run, task, attempt number and node
+(``strata.sdk.workflows.task_context``), a retry its next number; a task that raises is
+retried as declared and then fails the run, its traceback in ``strata workflow logs``;
+a task over its memory limit is reported out of memory in ``strata workflow status``;
+``strata workflow cancel`` stops a running attempt's process; a task larger than every
+node waits, saying so in ``status``, and runs once a bigger agent registers.
 
 The module shares one provisioner, one small agent (one CPU) and one scheduler; the
 bigger agent joins in the last story.
@@ -72,6 +73,40 @@ async def test_a_task_that_raises_is_retried_as_declared_then_fails_the_run_with
     assert "==> parse attempt 2 stderr <==" in out
     assert out.count("Traceback (most recent call last)") == 2
     assert "ValueError: row 7 has no date (attempt 2)" in out
+
+
+async def test_each_attempt_is_told_its_run_task_attempt_and_node(
+    cluster: Platform, scheduler: ServiceProcess, tmp_path: Path
+) -> None:
+    project = write_workflow(
+        cluster.code,
+        tmp_path / "marks",
+        """
+        from strata.sdk.workflows import task_context
+
+        flow = Workflow("{name}")
+
+
+        @flow.task(retry=Retry(attempts=2, backoff=timedelta(0)))
+        def told():
+            context = task_context()
+            told = (context.run_id, context.workflow, context.task_id, context.attempt)
+            mark("told", " ".join(map(str, (*told, context.node_id))))
+            if context.attempt == 1:
+                raise RuntimeError("the first attempt fails, so a retry is told attempt 2")
+            return {}
+        """,
+    )
+    await apply(project, scheduler)
+    run_id = await trigger(scheduler, project.name)
+    run = await until(scheduler, run_id, state="SUCCEEDED")
+
+    told = task_of(run, "told")
+    assert told.attempt == 2
+    assert project.lines_of("told") == [
+        f"{run_id} {project.name} told 1 {told.node_id}",
+        f"{run_id} {project.name} told 2 {told.node_id}",
+    ]
 
 
 async def test_a_task_over_its_memory_limit_is_reported_out_of_memory(

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -221,14 +222,16 @@ def _partition(rows: list[tuple[int, float, int]], times: list[datetime]) -> pa.
     )
 
 
-async def _strata(world: World, *args: str) -> tuple[int, str, str]:
-    """Run the ``strata`` CLI against the world's services; exit code, stdout, stderr."""
+async def _strata(world: World, *args: str, **extra: str) -> tuple[int, str, str]:
+    """Run the ``strata`` CLI against the world's services (``extra`` added to its
+    environment); exit code, stdout, stderr."""
     env = {
         **os.environ,
         "STRATA_SERVICE_REGISTRY_PORT": world.registry_port,
         "STRATA_SERVICE_STREAMER_PORT": world.streamer_port,
         "STRATA_BLOB_BACKEND": "s3",
         "COLUMNS": "300",
+        **extra,
     }
     return await run_strata(*args, env=env)
 
@@ -323,3 +326,44 @@ async def test_bad_input_is_one_line_naming_what_is_wrong(
         assert code == 1, printed
         assert len(err.strip().splitlines()) == 1, err
         assert expected in err, err
+
+
+THREADS_AT_EXIT = """
+import atexit
+import os
+import threading
+
+
+def _note():
+    with open(os.environ["STRATA_TEST_THREADS_AT_EXIT"], "w") as note:
+        note.write(" ".join(sorted(thread.name for thread in threading.enumerate())))
+
+
+atexit.register(_note)
+"""
+"""A ``sitecustomize`` noting which threads are alive when the interpreter shuts down."""
+
+
+async def test_a_failed_command_leaves_no_grpc_thread_to_interpreter_shutdown(
+    world: World, local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """A gRPC channel freed during interpreter shutdown stops grpc's asyncio engine (its
+    poller thread) mid-finalization: a failed ``predict batch`` once died of SIGABRT so."""
+    at = datetime.now(UTC)
+    await _land(
+        local_stack, "no_meters=2", _partition([(1, 1.0, 1)], [at]).drop_columns(["meters"])
+    )
+    (tmp_path / "sitecustomize.py").write_text(THREADS_AT_EXIT)
+    note = tmp_path / "threads"
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+
+    code, _, err = await _strata(
+        world,
+        *("predict", "batch", MODEL, DATASET, "no_meters=2"),
+        PYTHONPATH=path,
+        STRATA_TEST_THREADS_AT_EXIT=str(note),
+    )
+
+    assert code == 1, err
+    assert "row 0, column 'meters': missing" in err
+    assert note.read_text() == "MainThread"

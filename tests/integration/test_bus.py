@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from google.protobuf.any_pb2 import Any as AnyPayload
 from google.protobuf.message import Message
@@ -40,6 +42,7 @@ from strata.core.topics import dead_letter_topic
 pytestmark = pytest.mark.integration
 
 PEER = Path(__file__).with_name("bus_peer.py")
+GROUP_PEER = Path(__file__).with_name("group_peer.py")
 WAIT = 60.0
 """Upper bound on waiting for a record to arrive: a guard against hanging, not a timing check."""
 
@@ -191,6 +194,65 @@ async def test_a_stop_commits_every_handled_offset(topic: str) -> None:
             await _next(handled)
 
     assert await _committed(group, topic) == 5
+
+
+async def test_a_stop_during_a_join_held_by_a_dead_member_is_cut_short_and_said(
+    topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rebalance waits for every member to rejoin, a SIGKILLed one until its session
+    times out (two minutes here): a consumer stopping while it rejoins gives up at its
+    bound, and says what it cut short."""
+    caplog.set_level(logging.INFO, logger="aiokafka.consumer.group_coordinator")
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    bus = _bus("consumer")
+
+    @bus.consumer(topic, group=group).on(StringValue)
+    async def on_text(payload: StringValue, envelope: Envelope) -> None:
+        pass
+
+    await bus.start()
+    dead = await _member(topic, group)
+    newcomer: asyncio.subprocess.Process | None = None
+    try:
+        assert dead.stdout is not None
+        assert await asyncio.wait_for(dead.stdout.readline(), WAIT) == b"assigned\n"
+        dead.kill()
+        await dead.wait()
+        joins = _joins(caplog, group)
+        newcomer = await _member(topic, group)
+        await _joined_again(caplog, group, after=joins)
+        with structlog.testing.capture_logs() as logged:
+            async with asyncio.timeout(WAIT):
+                await bus.stop_consuming(within=0.5)
+    finally:
+        await bus.stop()
+        if newcomer is not None:
+            newcomer.kill()
+            await newcomer.wait()
+
+    cut = [line for line in logged if line["event"].startswith("consumer stop cut short")]
+    assert [(line["cut_short"], line["group"]) for line in cut] == [("leaving the group", group)]
+
+
+async def _member(topic: str, group: str) -> asyncio.subprocess.Process:
+    """Another process joining ``group`` (:mod:`group_peer`)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(GROUP_PEER), topic, group, stdout=asyncio.subprocess.PIPE
+    )
+
+
+def _joins(caplog: pytest.LogCaptureFixture, group: str) -> int:
+    """How many JoinGroup requests this process's consumers of ``group`` sent (aiokafka
+    logs each just before sending it)."""
+    return sum(r.getMessage() == f"(Re-)joining group {group}" for r in caplog.records)
+
+
+async def _joined_again(caplog: pytest.LogCaptureFixture, group: str, after: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while True:
+            if _joins(caplog, group) > after:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_a_rebalance_hands_on_exactly_what_was_handled(topic_of_two: str) -> None:

@@ -17,65 +17,49 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import STRATA
+from provisioner_peer import (
+    ADMIN,
+    BOUND,
+    TOKENS,
+    VIEWER,
+    Agent,
+    Scheduler,
+    connect,
+    playing_scheduler,
+    until_no_node_takes_work,
+)
 from service_processes import ServiceProcess, running
 
-from strata.api.common.v1.refs_pb2 import BundleRef, TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import Resources
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceStub
-from strata.api.scheduler.v1.scheduler_pb2 import TaskCancelRequested, TaskRequested
-from strata.core.bus import Bus
 from strata.core.rpc.status import field_violations
-from strata.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.integration
 
-BOUND = 60.0
-"""Bound on every wait: a guard against hanging, not a timing check."""
-TOKENS = {
-    "agent-token": {"principal": "agent-1", "roles": ["agent"]},
-    "viewer-token": {"principal": "bob", "roles": ["viewer"]},
-    "admin-token": {"principal": "ops", "roles": ["admin"]},
-}
-AGENT = (("authorization", "Bearer agent-token"),)
-VIEWER = (("authorization", "Bearer viewer-token"),)
-ADMIN = (("authorization", "Bearer admin-token"),)
 GIB = 1024**3
 MIB = 1024**2
 ONE_CPU = Resources(cpu_millis=1000, memory_bytes=64 * MIB)
-LEASE = "PT3S"
-HEARTBEAT = 0.5
-"""Seconds between the test agents' heartbeats, well inside the lease."""
 
 
 @pytest.fixture(scope="module")
 async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    """A provisioner with a short lease, so that no node but a test's own takes its
-    attempts: the stack outlives test modules, and a node another test registered stays
-    a place for attempts until its lease lapses (this module's agents heartbeat)."""
+    """A provisioner on which no node but a test's own takes its attempts: a node whose
+    stream closed takes no work, but the stack outlives test modules, and the row of a
+    node whose provisioner was killed stays READY until the new provisioner declares it
+    lost, a lease after it started; the module waits for that (at once when there is
+    none)."""
     folder: Path = tmp_path_factory.mktemp("queues")
-    async with running(
-        "provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS), STRATA_PROVISIONER_LEASE=LEASE
-    ) as service:
+    async with running("provisioner", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
         async with grpc.aio.insecure_channel(service.address) as channel:
-            await _until_no_node_takes_work(ProvisionerServiceStub(channel))
+            await until_no_node_takes_work(ProvisionerServiceStub(channel))
         yield service
-
-
-async def _until_no_node_takes_work(stub: ProvisionerServiceStub) -> None:
-    ready = pb.ListNodesRequest(states=[pb.NODE_STATE_READY])
-    async with asyncio.timeout(BOUND):
-        while True:
-            if not (await stub.ListNodes(ready, metadata=VIEWER)).nodes:
-                return
-            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -86,104 +70,16 @@ async def stub(provisioner: ServiceProcess) -> AsyncIterator[ProvisionerServiceS
 
 @pytest.fixture
 async def scheduler() -> AsyncIterator[Scheduler]:
-    """The test's scheduler: what it requested is cancelled afterwards, so nothing it left
-    waiting is placed on a later test's node (the stack outlives the session)."""
-    async with Bus("queues-test", kafka=load(KafkaSettings)) as bus:
-        requested = Scheduler(bus)
-        try:
-            yield requested
-        finally:
-            for request in requested.sent:
-                await bus.publish(TaskCancelRequested(attempt=request.attempt, reason="test over"))
+    async with playing_scheduler("queues-test", ONE_CPU) as requested:
+        yield requested
 
 
-@dataclass
-class Scheduler:
-    bus: Bus
-    sent: list[TaskRequested] = field(default_factory=list)
-
-    async def request(self, queue: str, users: Iterable[str]) -> list[TaskRequested]:
-        """One run's tasks in ``queue``, one a CPU for each of ``users``, in that order: one
-        run id is one Kafka key, so the provisioner queues them in this order."""
-        run_id = str(uuid.uuid4())
-        published = [_request(run_id, f"t-{i:02d}", queue, user) for i, user in enumerate(users)]
-        for request in published:
-            self.sent.append(request)
-            await self.bus.publish(request)
-        return published
-
-
-def _request(run_id: str, task_id: str, queue: str, user: str) -> TaskRequested:
-    return TaskRequested(
-        attempt=TaskAttemptRef(run_id=run_id, task_id=task_id, attempt=1),
-        workflow_name="queues-test",
-        entrypoint="pipeline.tasks:train",
-        bundle=BundleRef(uri="s3://bundles/abc.tar.gz", sha256="abc"),
-        resources=ONE_CPU,
-        queue=queue,
-        user=user,
-    )
-
-
-@dataclass
-class Agent:
-    """An agent's end of a Connect stream."""
-
-    call: grpc.aio.StreamStreamCall
-    node_id: str
-    stub: ProvisionerServiceStub
-    heartbeats: asyncio.Task[None] | None = None
-
-    def start_heartbeats(self) -> None:
-        self.heartbeats = asyncio.create_task(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await self.call.write(pb.ConnectRequest(heartbeat=pb.Heartbeat(node_id=self.node_id)))
-            await asyncio.sleep(HEARTBEAT)
-
-    async def assigned(self) -> pb.TaskAssignment:
-        """The next assignment sent to the node."""
-        async with asyncio.timeout(BOUND):
-            while True:
-                reply: pb.ConnectResponse = await self.call.read()
-                if reply.HasField("assignment"):
-                    return reply.assignment
-
-    async def finish(self, attempt: TaskAttemptRef) -> None:
-        await self.call.write(pb.ConnectRequest(task_finished=pb.TaskFinished(attempt=attempt)))
-
-    async def close(self) -> None:
-        """Leave, and return once the node is lost: until then it could take the next
-        test's attempts."""
-        if self.heartbeats is not None:
-            self.heartbeats.cancel()
-        await self.call.done_writing()
-        request = pb.GetNodeRequest(node_id=self.node_id)
-        async with asyncio.timeout(BOUND):
-            while True:
-                reply = await self.stub.GetNode(request, metadata=VIEWER)
-                if reply.node.state == pb.NODE_STATE_LOST:
-                    return
-                await asyncio.sleep(0.2)
-
-
-async def _connect(stub: ProvisionerServiceStub, capacity: Resources) -> Agent:
+async def _connect(
+    stub: ProvisionerServiceStub, scheduler: Scheduler, capacity: Resources
+) -> Agent:
+    """A test agent that finishes at once what the test did not request."""
     node_id = f"queues-node-{uuid.uuid4().hex[:8]}"
-    call = stub.Connect(metadata=AGENT)
-    await call.write(
-        pb.ConnectRequest(
-            registration=pb.AgentRegistration(
-                node_id=node_id, hostname=node_id, capacity=capacity, agent_version="test"
-            )
-        )
-    )
-    async with asyncio.timeout(BOUND):
-        reply: pb.ConnectResponse = await call.read()
-    assert reply.HasField("accepted"), reply
-    agent = Agent(call, node_id, stub)
-    agent.start_heartbeats()
-    return agent
+    return await connect(stub, capacity, node_id=node_id, ours=scheduler.requested)
 
 
 async def _apply(stub: ProvisionerServiceStub, request: pb.ApplyQueueRequest) -> pb.Queue:
@@ -214,7 +110,7 @@ async def test_a_flood_in_one_queue_leaves_another_queue_its_share(
     flood, team = f"flood-{suffix}", f"team-{suffix}"
     await _apply(stub, pb.ApplyQueueRequest(name=flood, quota={"cpu": "3"}))
     await _apply(stub, pb.ApplyQueueRequest(name=team, quota={"cpu": "3"}))
-    agent = await _connect(stub, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
     try:
         floods = await scheduler.request(flood, ["ann"] * 10)
         first = [(await agent.assigned()).attempt for _ in range(3)]
@@ -251,7 +147,7 @@ async def test_a_user_at_the_queue_cap_waits_while_other_users_start(
     applied = await _apply(stub, pb.ApplyQueueRequest(name=name, max_running_per_user=2))
     assert applied.max_running_per_user == 2
     assert applied.weight == 1.0
-    agent = await _connect(stub, Resources(cpu_millis=8000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=8000, memory_bytes=4 * GIB))
     try:
         *alice, bob = await scheduler.request(name, ["alice"] * 4 + ["bob"])
         started = [(await agent.assigned()).attempt for _ in range(3)]
@@ -264,7 +160,8 @@ async def test_a_user_at_the_queue_cap_waits_while_other_users_start(
         assert dict(queue.running_by_user) == {"alice": 2, "bob": 1}
         assert (queue.running, queue.waiting) == (3, 2)
         node = await stub.GetNode(pb.GetNodeRequest(node_id=agent.node_id), metadata=VIEWER)
-        assert sorted(p.user for p in node.placements) == ["alice", "alice", "bob"]
+        ours = [p for p in node.placements if scheduler.requested(p.attempt)]
+        assert sorted(p.user for p in ours) == ["alice", "alice", "bob"]
 
         # One of alice's attempts ends: her next one starts.
         await agent.finish(alice[0].attempt)
@@ -323,9 +220,10 @@ async def test_only_admins_apply_queues(stub: ProvisionerServiceStub) -> None:
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def _strata(
+async def _strata(
     provisioner: ServiceProcess, token: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
+    """The CLI's run, in a thread: the test agents keep heartbeating meanwhile."""
     port = provisioner.address.rsplit(":", 1)[1]
     env = {
         **os.environ,
@@ -333,34 +231,39 @@ def _strata(
         "STRATA_AUTH_CLIENT_TOKEN": token,
         "COLUMNS": "250",
     }
-    return subprocess.run([STRATA, *args], env=env, capture_output=True, text=True, check=False)
+    command = [str(STRATA), *args]
+    return await asyncio.to_thread(
+        lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    )
 
 
 async def test_the_cli_applies_a_queue_and_shows_who_waits_and_why(
     provisioner: ServiceProcess, stub: ProvisionerServiceStub, scheduler: Scheduler
 ) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    refused = _strata(provisioner, "admin-token", "queues", "apply", name, "--quota", "memory=8GB")
+    refused = await _strata(
+        provisioner, "admin-token", "queues", "apply", name, "--quota", "memory=8GB"
+    )
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"queue {name!r} refused: quota.memory: "), refused.stderr
 
-    applied = _strata(
+    applied = await _strata(
         provisioner, "admin-token", "queues", "apply", name, "--quota", "cpu=1", "--weight", "2"
     )
     assert applied.returncode == 0, applied.stderr
-    agent = await _connect(stub, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
+    agent = await _connect(stub, scheduler, Resources(cpu_millis=4000, memory_bytes=4 * GIB))
     try:
         first, second = await scheduler.request(name, ["ann", "bo"])
         assert (await agent.assigned()).attempt == first.attempt
         await _queue_until(stub, name, lambda q: _all_say_why(q, 1))
 
-        listed = _strata(provisioner, "viewer-token", "queues", "list")
+        listed = await _strata(provisioner, "viewer-token", "queues", "list")
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if name in line)
         cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
         assert cells[1:] == ["cpu 1", "1 CPU, 0.1Gi", "2", "none", "1", "1"], row
 
-        shown = _strata(provisioner, "viewer-token", "queues", "show", name)
+        shown = await _strata(provisioner, "viewer-token", "queues", "show", name)
         assert shown.returncode == 0, shown.stderr
         waiting = next(line for line in shown.stdout.splitlines() if second.attempt.run_id in line)
         assert "t-01" in waiting, waiting

@@ -300,3 +300,54 @@ async def test_shutdown_ends_within_the_grace_even_with_a_call_that_never_ends(
     assert code == 0, example.log.read_text()
     events = [x["event"] for x in example.lines()]
     assert "stopping" in events
+
+
+async def test_sigterm_while_a_rejoin_waits_for_a_dead_member_still_stops_on_time(
+    example: Example,
+) -> None:
+    """A rebalance waits for every member of the group to rejoin, a SIGKILLed one until
+    its session times out (two minutes): the service's consumer, rejoining, cuts its
+    stop short at the grace and says so, and the service stops cleanly."""
+    await example.postgres.up()
+    await example.until_health(SERVING)
+    dead = await _member(example.name)
+    newcomer: asyncio.subprocess.Process | None = None
+    try:
+        assert dead.stdout is not None
+        assert await asyncio.wait_for(dead.stdout.readline(), BOUND) == b"assigned\n"
+        dead.kill()
+        await dead.wait()
+        joins = _joins(example)
+        newcomer = await _member(example.name)
+        await _until(lambda: _joins(example) > joins, True)
+        example.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(BOUND):
+            code = await example.process.wait()
+    finally:
+        for peer in (dead, newcomer):
+            if peer is not None and peer.returncode is None:
+                peer.kill()
+                await peer.wait()
+
+    lines = example.lines()
+    cut = [line for line in lines if line["event"].startswith("consumer stop cut short")]
+    assert code == 0, example.log.read_text()
+    assert [line["cut_short"] for line in cut] == ["leaving the group"]
+    assert lines[-1]["event"] == "stopped"
+
+
+async def _member(group: str) -> asyncio.subprocess.Process:
+    """Another process joining ``group`` on the example's topic (:mod:`group_peer`)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE / "group_peer.py"),
+        "strata.data.arrived",
+        group,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+def _joins(example: Example) -> int:
+    """How many JoinGroup requests the example's consumer sent (aiokafka logs each)."""
+    wanted = f"(Re-)joining group {example.name}"
+    return sum(line["event"] == wanted for line in example.lines())

@@ -13,20 +13,18 @@ of its batch is applied.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
-from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import DEV, Cluster
 from scheduler_peer import apply_and_trigger as _apply_and_trigger
 from scheduler_peer import name as _name
 from scheduler_peer import run_until as _run_until
 from scheduler_peer import states as _states
 from scheduler_peer import task as _task
-from service_processes import running
 from test_scheduler_triggers import _dead_letter
 
 from strata.api.common.v1.dead_letter_pb2 import DeadLetter
@@ -41,25 +39,6 @@ pytestmark = pytest.mark.integration
 RUNS = 6
 ROUNDS = (("prepare",), ("train-a", "train-b"), ("publish",))
 """The tasks each run requests, round by round: a fan-out and a join."""
-
-
-@pytest.fixture(scope="module")
-async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    folder = tmp_path_factory.mktemp("scheduler-bursts")
-    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
-        yield service.address
-
-
-@pytest.fixture
-async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with scheduler_client(address) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with playing_cluster("bursts-test") as cluster:
-        yield cluster
 
 
 async def test_a_burst_of_task_events_for_many_runs_ends_every_run_right(

@@ -12,17 +12,14 @@ asking again makes none.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
-from service_processes import running
+from scheduler_peer import DEV, Cluster
 
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
@@ -32,25 +29,6 @@ pytestmark = pytest.mark.integration
 
 BOUND = 60.0
 """Bound on every wait: a guard against hanging, not a timing check."""
-
-
-@pytest.fixture(scope="module")
-async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    folder = tmp_path_factory.mktemp("scheduler-control")
-    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
-        yield service.address
-
-
-@pytest.fixture
-async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with scheduler_client(address) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with playing_cluster("control-test") as cluster:
-        yield cluster
 
 
 def _name(prefix: str) -> str:

@@ -11,16 +11,14 @@ limits and reservation the provisioner placed it with and its peak usage.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from scheduler_peer import BOUND, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import BOUND, Cluster
 from scheduler_peer import name as _name
 from scheduler_peer import run_until as _run_until
 from scheduler_peer import task as _task
-from service_processes import running
 
 from strata.api.common.v1.resources_pb2 import Resources, ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as prov
@@ -42,22 +40,9 @@ ASKED = Resources(cpu_millis=2000, memory_bytes=4 * GIB)
 
 
 @pytest.fixture(scope="module")
-async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    folder = tmp_path_factory.mktemp("scheduler-resources")
-    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
-        yield service.address
-
-
-@pytest.fixture
-async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with scheduler_client(address) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with playing_cluster("resources-test") as cluster:
-        yield cluster
+def scheduler_tokens() -> Mapping[str, Mapping[str, object]]:
+    """Alice's and Bob's tokens beside the peers' (the module's scheduler takes them)."""
+    return TOKENS
 
 
 def _spec(name: str) -> pb.WorkflowSpec:

@@ -11,17 +11,15 @@ snapshot and ends.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import asyncpg
 import pytest
-from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import DEV, Cluster
 from scheduler_peer import name as _name
 from scheduler_peer import run_until as _run_until
 from scheduler_peer import task as _task
-from service_processes import running
 
 from strata.api.scheduler.v1 import scheduler_pb2 as pb
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
@@ -34,27 +32,9 @@ BOUND = 60.0
 
 
 @pytest.fixture(scope="module")
-async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    folder = tmp_path_factory.mktemp("scheduler-retention")
-    async with running(
-        "scheduler",
-        folder,
-        STRATA_AUTH_TOKENS=json.dumps(TOKENS),
-        STRATA_SCHEDULER_CHANGES_RETENTION="PT1S",
-    ) as service:
-        yield service.address
-
-
-@pytest.fixture
-async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with scheduler_client(address) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with playing_cluster("retention-test") as cluster:
-        yield cluster
+def scheduler_settings() -> Mapping[str, str]:
+    """Changes of finished runs kept one second: the test waits for them to go."""
+    return {"STRATA_SCHEDULER_CHANGES_RETENTION": "PT1S"}
 
 
 @pytest.fixture

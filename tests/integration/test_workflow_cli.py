@@ -17,13 +17,12 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format
-from scheduler_peer import DEV, TOKENS, Cluster, playing_cluster, scheduler_client
+from scheduler_peer import DEV, TOKENS, Cluster
 from service_processes import running
 
 from strata.api.common.v1.resources_pb2 import Resources, ResourceUsage
@@ -37,25 +36,6 @@ pytestmark = pytest.mark.integration
 
 BOUND = 60.0
 """Bound on every wait: a guard against hanging, not a timing check."""
-
-
-@pytest.fixture(scope="module")
-async def address(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    folder = tmp_path_factory.mktemp("workflow-cli")
-    async with running("scheduler", folder, STRATA_AUTH_TOKENS=json.dumps(TOKENS)) as service:
-        yield service.address
-
-
-@pytest.fixture
-async def client(address: str) -> AsyncIterator[SchedulerServiceStub]:
-    async with scheduler_client(address) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    async with playing_cluster("cli-test") as cluster:
-        yield cluster
 
 
 async def _strata_process(

@@ -1,7 +1,8 @@
 """Trace context crosses process boundaries: Kafka headers, envelopes, gRPC metadata.
 
-The gRPC tests run a real grpc.aio server on loopback in this process: the
-interceptors are what put the caller's trace into the call and take it out again.
+The gRPC tests run a real grpc.aio server on loopback in this process: the client
+interceptors put the caller's trace into the call and the server's tracing layer
+(:mod:`strata.core.rpc.tracing`) takes it out again.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 
 import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from strata.core.rpc.edge import rebuilt
+from strata.core.rpc.tracing import traced_calls
 from strata.core.settings import TelemetrySettings
 from strata.core.telemetry import (
     client_interceptors,
@@ -30,7 +37,6 @@ from strata.core.telemetry import (
     inject_metadata,
     new_trace,
     records_span,
-    server_interceptor,
     span_sampler,
     trace_carrier,
 )
@@ -129,6 +135,9 @@ class Echo:
     async def say(self, request: StringValue, context: grpc.aio.ServicerContext) -> StringValue:
         return StringValue(value=current_trace_id() or "")
 
+    async def refuse(self, request: StringValue, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.value}")
+
     async def count(
         self, request: StringValue, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[StringValue]:
@@ -137,18 +146,36 @@ class Echo:
 
 
 @pytest.fixture
-async def channel(tracer: trace.Tracer) -> AsyncIterator[grpc.aio.Channel]:
+def server_spans() -> InMemorySpanExporter:
+    """Where the server's tracing layer records its spans (a provider of its own)."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+async def channel(
+    tracer: trace.Tracer, server_spans: InMemorySpanExporter
+) -> AsyncIterator[grpc.aio.Channel]:
     echo = Echo()
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(
             echo.say, StringValue.FromString, StringValue.SerializeToString
         ),
+        "Refuse": grpc.unary_unary_rpc_method_handler(
+            echo.refuse, StringValue.FromString, StringValue.SerializeToString
+        ),
         "Count": grpc.unary_stream_rpc_method_handler(
             echo.count, StringValue.FromString, StringValue.SerializeToString
         ),
     }
-    server = grpc.aio.server(interceptors=[server_interceptor()])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    provider = TracerProvider(sampler=ALWAYS_ON)  # the callers' spans are not sampled
+    provider.add_span_processor(SimpleSpanProcessor(server_spans))
+    layer = traced_calls(provider.get_tracer("server"))
+    traced = {
+        name: rebuilt(handler, partial(layer, f"/{SERVICE}/{name}"))
+        for name, handler in handlers.items()
+    }
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, traced)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(
@@ -180,6 +207,35 @@ async def test_a_streaming_call_runs_in_the_callers_trace(
         replies = [reply.value async for reply in count(StringValue(value="hi"))]
 
     assert replies == [format(_trace_id(span), "032x")] * 2
+
+
+async def test_each_call_is_a_server_span_with_its_method_and_status(
+    tracer: trace.Tracer, channel: grpc.aio.Channel, server_spans: InMemorySpanExporter
+) -> None:
+    say = channel.unary_unary(
+        f"/{SERVICE}/Say", StringValue.SerializeToString, StringValue.FromString
+    )
+    refuse = channel.unary_unary(
+        f"/{SERVICE}/Refuse", StringValue.SerializeToString, StringValue.FromString
+    )
+    with tracer.start_as_current_span("request") as caller:
+        await say(StringValue(value="hi"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await refuse(StringValue(value="model"))
+
+    said, refused = server_spans.get_finished_spans()
+    assert said.name == f"/{SERVICE}/Say"
+    assert said.kind == trace.SpanKind.SERVER
+    assert said.context.trace_id == _trace_id(caller)
+    assert said.attributes is not None
+    assert refused.attributes is not None
+    assert said.attributes["rpc.service"] == SERVICE
+    assert said.attributes["rpc.method"] == "Say"
+    assert said.attributes["rpc.grpc.status_code"] == 0
+    assert said.status.status_code == trace.StatusCode.UNSET
+    assert refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert refused.status.status_code == trace.StatusCode.ERROR
+    assert refused.status.description == "no model"
 
 
 def test_console_export_writes_each_span_to_stderr() -> None:

@@ -1,11 +1,11 @@
 """Traces that follow one request or one event across processes, over gRPC and Kafka.
 
 A span's context travels as W3C trace context (``traceparent``/``tracestate``): in
-gRPC metadata (the interceptors below, from OpenTelemetry's own gRPC
-instrumentation) and in Kafka record headers and the event envelope
-(:mod:`strata.core.bus`). Every process calls :func:`configure_tracing` once at
-start; from then on the log lines of :mod:`strata.core.logging` carry the trace id
-of the span they were written in.
+gRPC metadata (the client interceptors below, from OpenTelemetry's own gRPC
+instrumentation, and the server's edge, :mod:`strata.core.rpc.tracing`) and in
+Kafka record headers and the event envelope (:mod:`strata.core.bus`). Every
+process calls :func:`configure_tracing` once at start; from then on the log lines
+of :mod:`strata.core.logging` carry the trace id of the span they were written in.
 
 When exporting is ``off``, spans are not recorded: nothing would ever read their
 names, attributes or timings, and recording is most of what a span costs (here
@@ -25,7 +25,7 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -192,15 +192,6 @@ def extract_metadata(metadata: GrpcMetadata | None) -> Context:
     """The caller's context from gRPC metadata; empty when it carries none."""
     carrier = {key.lower(): value for key, value in (metadata or ()) if isinstance(value, str)}
     return propagate.extract(carrier)
-
-
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    """A grpc.aio server interceptor: each call runs in a SERVER span continuing the caller's.
-
-    The span records the method, the peer and the status code; aborts and uncaught
-    exceptions mark it as an error.
-    """
-    return cast(grpc.aio.ServerInterceptor, aio_server_interceptor())  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:

@@ -1,7 +1,8 @@
 """The ``strata`` command line: ``strata dev``, ``strata stack up|down|status``,
 ``strata workflow apply|list|run|status|logs|cancel|backfill``,
 ``strata features apply|list|get|online|training-set|delete|backfill``,
-``strata models list|show|promote|audit``, ``strata nodes list|classes``,
+``strata models list|show|promote|audit``,
+``strata nodes list|drain|placements|classes``,
 ``strata queues list|show|apply``,
 ``strata lineage``, ``strata skew``, ``strata predict batch``.
 
@@ -13,6 +14,7 @@ come do not pay for them.
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -363,6 +365,32 @@ def nodes_list(
     _run(node_commands.list_nodes(state or [], _out()))
 
 
+@nodes.command("drain")
+def nodes_drain(
+    node_id: Annotated[str, typer.Argument(help="Node id, as strata nodes list shows it.")],
+    reason: Annotated[str, typer.Option(help="Why, told to the agent and recorded.")] = "",
+    shutdown: Annotated[
+        bool, typer.Option(help="The agent exits once its last attempt has ended.")
+    ] = False,
+) -> None:
+    """Place nothing more on a node; what runs there finishes (admins only). The drain
+    holds when the agent reconnects, until the node is lost."""
+    from strata.sdk import nodes as node_commands
+
+    _run(node_commands.drain_node(node_id, reason, shutdown, _out()))
+
+
+@nodes.command("placements")
+def nodes_placements(
+    node: Annotated[str, typer.Option(help="Only attempts on this node.")] = "",
+    run: Annotated[str, typer.Option(help="Only attempts of this run.")] = "",
+) -> None:
+    """The attempts placed now, oldest first: node, queue, user, reserved, running or not."""
+    from strata.sdk import nodes as node_commands
+
+    _run(node_commands.list_placements(node, run, _out()))
+
+
 @nodes.command("classes")
 def nodes_classes() -> None:
     """The node classes started on demand: provider, size, min/max, nodes starting and up."""
@@ -459,17 +487,34 @@ def _out() -> Console:
 
 
 def _run(command: Coroutine[None, None, None]) -> None:
-    """Run a command; its failures are one line on stderr and exit 1 (2: bad settings)."""
+    """Run a command; its failures are one line on stderr and exit 1 (2: bad settings).
+
+    Whatever the command left to the garbage collector is freed before the exit:
+    a failure's traceback holds the command's frames in reference cycles, and in them
+    its gRPC channels. Freed only at interpreter shutdown, the last channel stops
+    grpc's asyncio engine (its poller thread) mid-finalization, which can abort the
+    process (SIGABRT) instead of letting it exit with its code.
+    """
+    failure = _failure(command)
+    gc.collect()
+    if failure is not None:
+        message, code = failure
+        typer.echo(message, err=True)
+        raise typer.Exit(code)
+
+
+def _failure(command: Coroutine[None, None, None]) -> tuple[str, int] | None:
+    """Run ``command``; the message and exit code of its failure, None if it succeeded
+    (only the message outlives the exception)."""
     from strata.sdk.client import CommandError
 
     try:
         asyncio.run(command)
     except CommandError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from None
+        return str(error), 1
     except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
+        return str(error), 2
+    return None
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``strata nodes list``: the provisioner's nodes, what they offer and what is reserved."""
+"""``strata nodes list|drain|placements``: the provisioner's nodes, what they offer and what
+is reserved, draining one, and what runs where."""
 
 from __future__ import annotations
 
@@ -41,6 +42,65 @@ async def list_nodes(states: Sequence[str], out: Console) -> None:
         out.print("no nodes (agents register with the provisioner when they start)")
         return
     out.print(node_table(nodes))
+
+
+async def drain_node(node_id: str, reason: str, shutdown_when_empty: bool, out: Console) -> None:
+    """Drain ``node_id`` (admins only) and say where it stands: draining while attempts run
+    on it, drained once none does."""
+    request = pb.DrainNodeRequest(
+        node_id=node_id, reason=reason, shutdown_when_empty=shutdown_when_empty
+    )
+    async with service_channel("provisioner", idempotent=(PROVISIONER,)) as channel:
+        reply: pb.DrainNodeResponse = await answer(
+            ProvisionerServiceStub(channel).DrainNode(request),
+            f"node {node_id!r}",
+            "provisioner",
+            not_found=f"no node {node_id!r} (strata nodes list shows them)",
+        )
+    node = reply.node
+    if node.state == pb.NODE_STATE_DRAINED:
+        out.print(f"node {node_id} is drained: nothing runs on it, and nothing new will")
+    else:
+        out.print(
+            f"node {node_id} is draining: no new attempt goes there; "
+            f"{node.placement_count} still running will finish"
+        )
+
+
+async def list_placements(node_id: str, run_id: str, out: Console) -> None:
+    """One row per attempt placed (oldest first): run, task, attempt, node, queue, user,
+    reserved, running or not, since when."""
+    placements: list[pb.Placement] = []
+    token = ""
+    async with service_channel("provisioner", idempotent=(PROVISIONER,)) as channel:
+        stub = ProvisionerServiceStub(channel)
+        while True:
+            request = pb.ListPlacementsRequest(node_id=node_id, run_id=run_id, page_token=token)
+            reply: pb.ListPlacementsResponse = await answer(
+                stub.ListPlacements(request), "placements", "provisioner"
+            )
+            placements.extend(reply.placements)
+            token = reply.next_page_token
+            if not token:
+                break
+    if not placements:
+        out.print("no attempts placed")
+        return
+    table = Table("run", "task", "attempt", "node", "queue", "user", "reserved", "state", "since")
+    for p in placements:
+        table.add_row(
+            p.attempt.run_id,
+            p.attempt.task_id,
+            str(p.attempt.attempt),
+            p.node_id,
+            p.queue,
+            p.user,
+            f"{_cores(p.reserved)} CPU, {_gib(p.reserved)}"
+            + (f", {p.reserved.gpus} GPU" if p.reserved.gpus else ""),
+            "running" if p.running else "placed",
+            p.placed_at.ToDatetime().strftime("%H:%M:%S") if p.HasField("placed_at") else "",
+        )
+    out.print(table)
 
 
 def node_table(nodes: Sequence[pb.Node]) -> Table:

@@ -25,7 +25,8 @@ its time and reports them as they end; a worker still running then is killed
 and its attempt is NOT reported. The provisioner declares the node lost when its
 lease expires, the attempt lost with it, and the scheduler runs it again: it is
 retried like any attempt of a lost node, not ended as cancelled by someone who
-never asked. An assignment arriving while the agent leaves is left the same way.
+never asked. The session told the provisioner it leaves before this starts, so
+no new assignment should come; one already on its way is left the same way.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.blobs import BlobStore
+from strata.core.task_context import TaskContext
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -194,6 +196,11 @@ class Attempts:
     def running(self) -> list[TaskAttemptRef]:
         return [entry.ref for entry in self._running.values()]
 
+    async def until_empty(self) -> None:
+        """Until no attempt runs here (each ended and its report queued)."""
+        while self._running:
+            await asyncio.wait([entry.task for entry in self._running.values()])
+
     def start(self, assignment: pb.TaskAssignment) -> None:
         """Run ``assignment`` unless this very attempt already runs (a re-sent assignment)."""
         key = _key(assignment.attempt)
@@ -267,8 +274,11 @@ class Attempts:
             if isinstance(code, Unusable):
                 outcome: Outcome | Unusable = code
             else:
+                context = TaskContext(
+                    ref.run_id, assignment.workflow_name, ref.task_id, ref.attempt, self._node_id
+                )
                 worker = await self._spares.start(
-                    job(assignment.entrypoint, args, upstream, output.folder, code)
+                    job(assignment.entrypoint, args, upstream, output.folder, code, context)
                 )
                 outcome = await run_in_worker(worker, stop, _limits(assignment), sampled)
         finally:

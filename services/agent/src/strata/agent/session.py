@@ -5,14 +5,25 @@ then heartbeat at the interval it names, write queued reports, and start or stop
 attempts as assignments and cancellations arrive. When the stream drops (the
 provisioner restarts, the network blips) attempts keep running and their reports
 wait; the agent connects again after an exponential, jittered backoff. On SIGTERM
-the agent leaves (:func:`serve_provisioner`): running attempts may finish within
-the shutdown grace, the rest is left to node loss, never reported cancelled.
+the agent leaves (:func:`serve_provisioner`): it says so first (``AgentLeaving``),
+so the provisioner places nothing more on the node, then running attempts may
+finish within the shutdown grace, the rest is left to node loss, never reported
+cancelled.
+
+A drained node (``DrainRequest``: an operator's ``DrainNode``, the fleet scaling it
+down) gets no new assignment; the agent has nothing to stop asking for, since the
+provisioner pushes work. It keeps its attempts and its session, and when asked to
+shut down once empty it waits for its last attempt to end and is reported, then
+leaves exactly as on SIGTERM (it signals itself: one way out, the runtime's
+graceful stop, exit code 0), so a supervisor that restarts failed agents sees a
+clean exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -33,6 +44,8 @@ from strata.core.runtime import ServiceContext
 log = structlog.stdlib.get_logger(__name__)
 
 VERSION = "0.1.0"
+LEAVING = "the agent is stopping"
+"""Why the agent leaves, as it tells the provisioner."""
 REPORT_MARGIN = 1.0
 """Seconds kept, out of the shutdown grace, to hand the last reports over before leaving."""
 
@@ -66,6 +79,7 @@ async def serve_provisioner(context: ServiceContext, *, settings: AgentSettings)
     try:
         await asyncio.shield(connected)
     finally:
+        outgoing.put(pb.ConnectRequest(leaving=pb.AgentLeaving(reason=LEAVING)))
         grace = context.settings.service.shutdown_grace
         await attempts.leave(within=max(grace - REPORT_MARGIN, 0.0))
         outgoing.close()
@@ -120,6 +134,9 @@ class Session:
         self._settings = settings
         self._attempts = attempts
         self._outgoing = outgoing
+        self._helpers: list[asyncio.Task[None]] = []
+        """The session's tasks beside its reading, cancelled when it ends."""
+        self._exiting = False
         self.accepted = False
 
     async def run(self) -> None:
@@ -141,16 +158,16 @@ class Session:
             interval = accepted.heartbeat_interval.ToTimedelta().total_seconds() or 5.0
             usage_every = accepted.usage_interval.ToTimedelta().total_seconds()
             self._attempts.usage_interval = usage_every or self._attempts.usage_interval
-            helpers = (
+            self._helpers = [
                 asyncio.create_task(self._write(call)),
                 asyncio.create_task(self._heartbeat(interval)),
-            )
+            ]
             try:
                 await self._read(call)
             finally:
-                for helper in helpers:
+                for helper in self._helpers:
                     helper.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                await asyncio.gather(*self._helpers, return_exceptions=True)
         finally:
             call.cancel()
 
@@ -175,8 +192,21 @@ class Session:
                 self._attempts.start(message.assignment)
             elif kind == "cancellation":
                 self._attempts.cancel(message.cancellation)
+            elif kind == "drain":
+                self._drained(message.drain)
             else:
                 log.info("ignored a message from the provisioner", kind=kind)
+
+    def _drained(self, drain: pb.DrainRequest) -> None:
+        log.info(
+            "the node is drained: no new attempts",
+            node_id=self._settings.node_id,
+            reason=drain.reason,
+            shutdown_when_empty=drain.shutdown_when_empty,
+        )
+        if drain.shutdown_when_empty and not self._exiting:
+            self._exiting = True
+            self._helpers.append(asyncio.create_task(_exit_when_empty(self._attempts)))
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         while (message := await self._outgoing.next()) is not None:
@@ -194,3 +224,10 @@ class Session:
                     )
                 )
             )
+
+
+async def _exit_when_empty(attempts: Attempts) -> None:
+    """Once no attempt runs, stop the agent as SIGTERM does (the leaving path)."""
+    await attempts.until_empty()
+    log.info("drained and asked to shut down once empty: the agent stops")
+    signal.raise_signal(signal.SIGTERM)

@@ -1,13 +1,18 @@
 """One attempt in a worker process of its own: import the entrypoint, call it, answer.
 
-The worker is started with the ``spawn`` context: a fresh interpreter that shares
-nothing with the agent (no inherited event loop, sockets or threads), so a task
-that crashes, exits or corrupts its interpreter takes down only its worker; the
-agent sees the pipe close and reports the exit code. A worker whose agent dies
-exits too. Usage is measured inside the worker by ``getrusage`` just before it
-answers (peak RSS, user + system CPU), wall time by the agent from handing it the
-attempt to its end; while it runs, the agent samples it with psutil
-(:class:`Watch`) to enforce its limits and report its usage.
+The worker is a fresh interpreter (``python -c``, the agent's end of a socket pair
+handed down as its one inherited descriptor) that shares nothing with the agent
+(no inherited event loop, sockets or threads), so a task that crashes, exits or
+corrupts its interpreter takes down only its worker; the agent sees the pipe
+close and reports the exit code. It is a :class:`subprocess.Popen`, not a
+``multiprocessing`` process: multiprocessing reaps every child it knows of from
+whichever thread starts the next process (the agent starts spares in threads),
+and a reap racing the agent's own wait lost the exit code (reported as -1);
+``Popen`` waits under a lock of its own and nothing else in the agent reaps it. A
+worker whose agent dies exits too. Usage is measured inside the worker by
+``getrusage`` just before it answers (peak RSS, user + system CPU), wall time by
+the agent from handing it the attempt to its end; while it runs, the agent samples
+it with psutil (:class:`Watch`) to enforce its limits and report its usage.
 
 A worker is started ahead of its attempt (:func:`start_worker`, kept ready by
 :mod:`strata.agent.spares`) without knowing which bundle it will run: it loads
@@ -32,6 +37,7 @@ import json
 import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -39,7 +45,6 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -51,8 +56,10 @@ from strata.agent.domain.limits import Limits, breach
 from strata.agent.domain.outcome import Failed, Finished, Outcome, Stopped, Usage
 from strata.agent.domain.usage import HeldMemory, Sample
 from strata.agent.stopping import Stop
+from strata.core.task_context import TaskContext
 
-_SPAWN = multiprocessing.get_context("spawn")
+WORKER_MAIN = "import sys; from strata.agent.worker import main; main(sys.argv[1])"
+"""What a worker's interpreter runs: :func:`main` on the descriptor of its end of the pipe."""
 ORPHAN_CHECK = 0.5
 """Seconds between a worker's looks at whether its agent is still there."""
 EXIT_ORPHANED = 70
@@ -67,13 +74,16 @@ limit by what it allocates in that time before it is stopped."""
 @dataclass(frozen=True)
 class Job:
     """One attempt as its worker gets it; its stdout and stderr go to files in ``output``;
-    ``bundle`` is the folder its code is imported from ("" for the agent's environment)."""
+    ``bundle`` is the folder its code is imported from ("" for the agent's environment);
+    ``environment`` is set before the entrypoint is imported: the attempt's context
+    (:mod:`strata.core.task_context`)."""
 
     entrypoint: str
     args: dict[str, Any]
     upstream_outputs: dict[str, dict[str, Any]]
     output: str
     bundle: str
+    environment: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -81,12 +91,12 @@ class Worker:
     """A started worker process and the agent's end of its pipe (the job goes down, the
     answer comes up)."""
 
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     connection: Connection
 
     def hand(self, job: Job) -> bool:
         """Give the worker its one job; False if it is gone (died while waiting)."""
-        if not self.process.is_alive():
+        if self.process.poll() is not None:
             return False
         try:
             self.connection.send(job)
@@ -97,16 +107,25 @@ class Worker:
     def discard(self) -> None:
         """Kill the worker (unused, or gone already) and close its pipe."""
         self.process.kill()
-        self.process.join()
+        self.process.wait()
         self.connection.close()
 
 
 def start_worker() -> Worker:
-    """Spawn a worker that waits for its job (blocks for the spawn: call it in a thread)."""
-    agent_end, worker_end = _SPAWN.Pipe(duplex=True)
-    process = _SPAWN.Process(target=serve_attempt, args=(worker_end,), name="strata-worker")
-    process.start()
-    worker_end.close()
+    """Start a worker that waits for its job (blocks for the start: call it in a thread)."""
+    agent_end, worker_end = multiprocessing.Pipe(duplex=True)
+    descriptor = worker_end.fileno()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", WORKER_MAIN, str(descriptor)],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(descriptor,),
+        )
+    except BaseException:
+        agent_end.close()
+        raise
+    finally:
+        worker_end.close()
     return Worker(process, agent_end)
 
 
@@ -116,6 +135,7 @@ def job(
     upstream_outputs: Mapping[str, Mapping[str, Any]],
     output: Path,
     bundle: Path | None,
+    context: TaskContext,
 ) -> Job:
     """The job of one attempt, in plain containers the pipe can carry."""
     return Job(
@@ -124,6 +144,7 @@ def job(
         {task: dict(outputs) for task, outputs in upstream_outputs.items()},
         str(output),
         str(bundle) if bundle is not None else "",
+        context.environment(),
     )
 
 
@@ -157,10 +178,10 @@ async def run_in_worker(
             )
             return Stopped(stop.kind, stop.message, usage)
         answer = answering.result()
-        await asyncio.to_thread(process.join)
+        code = await asyncio.to_thread(process.wait)
     except asyncio.CancelledError:
         process.kill()
-        await asyncio.shield(asyncio.to_thread(process.join))
+        await asyncio.shield(asyncio.to_thread(process.wait))
         await asyncio.shield(answering)
         raise
     finally:
@@ -169,7 +190,6 @@ async def run_in_worker(
         receiving.close()
     wall = time.monotonic() - started
     if answer is None:
-        code = process.exitcode if process.exitcode is not None else -1
         return Failed(
             "WorkerDied",
             f"the worker process exited with code {code} before answering",
@@ -237,13 +257,14 @@ def _sample(worker: psutil.Process) -> Sample:
     return Sample(at, int(rss), cpu_seconds)
 
 
-def _terminate(process: BaseProcess, grace: float) -> None:
+def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM, then SIGKILL if the worker is still there after ``grace`` seconds."""
     process.terminate()
-    process.join(grace)
-    if process.exitcode is None:
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
         process.kill()
-        process.join()
+        process.wait()
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
@@ -273,9 +294,14 @@ def _outcome(answer: dict[str, Any], wall: float, mean_rss_bytes: int) -> Outcom
     return Failed(answer["error_type"], answer["message"], answer["traceback"], usage)
 
 
+def main(descriptor: str) -> None:
+    """A worker's interpreter: serve one attempt on the pipe end it inherited as ``descriptor``."""
+    serve_attempt(Connection(int(descriptor)))
+
+
 def serve_attempt(connection: Connection) -> None:
-    """The worker's body (top level, so ``spawn`` can import it): wait for the job, run it,
-    answer once, exit. A pipe closed before any job (the agent stopped) ends it quietly."""
+    """The worker's body: wait for the job, run it, answer once, exit. A pipe closed
+    before any job (the agent stopped) ends it quietly."""
     _exit_with_the_agent()
     try:
         connection.send(READY)
@@ -284,6 +310,7 @@ def serve_attempt(connection: Connection) -> None:
         return
     if given.bundle:
         sys.path.insert(0, given.bundle)
+    os.environ.update(given.environment)
     _capture(Path(given.output))
     try:
         outputs = _call(Entrypoint.parse(given.entrypoint), given.args, given.upstream_outputs)

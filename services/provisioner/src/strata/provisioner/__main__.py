@@ -18,7 +18,6 @@ can give, naming the class.
 
 import functools
 import sys
-from collections.abc import Callable
 
 from strata.api.provisioner.v1.provisioner_pb2_grpc import add_ProvisionerServiceServicer_to_server
 from strata.core.errors import ConfigError
@@ -42,10 +41,8 @@ ROLES = {
     "GetQueue": ("developer", "viewer"),
     "ListQueues": ("developer", "viewer"),
     "ListNodeClasses": ("developer", "viewer"),
+    "ListPlacements": ("developer", "viewer"),
 }
-servicer: Callable[..., ProvisionerApi] = ProvisionerApi
-"""The servicer's class as a factory (its generated base declares the methods not written
-yet abstract; they answer UNIMPLEMENTED)."""
 EXIT_BAD_SETTINGS = 2
 """The runtime's exit code for a setting it refuses."""
 
@@ -77,7 +74,7 @@ def spec(settings: ProvisionerSettings, fleet: Fleet | None = None) -> ServiceSp
             Endpoint(
                 add_ProvisionerServiceServicer_to_server,
                 functools.partial(
-                    servicer,
+                    ProvisionerApi,
                     wakeups=wakeups,
                     delivery_poll=settings.delivery_poll,
                     lease=settings.lease,

@@ -8,14 +8,34 @@ the assignments of the attempts placed on the node, from the stored placements,
 as soon as a placement or cancellation for the node commits
 (:class:`~strata.provisioner.wakeups.Wakeups`; the delivery poll is the safety
 net), each once per session (so a reconnecting agent gets again what it does not list
-as running). Attempts the agent lists as running (registering, then in each
-heartbeat) that are not placed on its node are cancelled on it, once per session
+as running), and the node's drain (``DrainRequest``) once per session. Attempts
+the agent lists as running (registering, then in each heartbeat) that are not
+placed on its node are cancelled on it, once per session
 (:mod:`strata.provisioner.domain.reconcile`), and so are placed attempts asked to
 stop (``TaskCancelRequested``); one asked to stop before its assignment reached
 the agent is reported cancelled here instead. Reports on attempts go through
-:mod:`strata.provisioner.reports`. When the stream closes the node is marked
-LOST; once its lease expires :mod:`strata.provisioner.node_loss` declares it
-lost, and a message on the old session then ends it (the agent registers anew).
+:mod:`strata.provisioner.reports`.
+
+When a node stops taking work, and what becomes of its attempts:
+
+- the agent says ``AgentLeaving`` (it stops cleanly): the node is drained for
+  this session (:mod:`strata.provisioner.draining`) at once; its attempts may
+  still finish and be reported on the stream;
+- the stream closes (cleanly or not): the node is marked LOST at once, so no
+  round places on it, but its attempts are NOT declared lost: a stream can drop
+  and the agent reconnect within its lease (a network blip, a provisioner
+  restart), listing what still runs, and it keeps them. Only once its lease
+  expires does :mod:`strata.provisioner.node_loss` declare the node lost with its
+  attempts (a message on the old session then ends it; the agent registers anew);
+- a provisioner that is killed closes nothing: its nodes' rows stay READY, and
+  placement, which only takes nodes heard from within their lease, stops using
+  them a lease after their last word.
+
+``DrainNode`` drains a node through the same path as the fleet's scale-down: no
+new placement from its return, running attempts finish, the node DRAINED (and
+``NodeDrained``) when the last did; an unknown node is NOT_FOUND naming it, a node
+whose stream closed FAILED_PRECONDITION, a second drain changes nothing.
+``ListPlacements`` pages the placements oldest first, by node and run when asked.
 
 Queues: ``ApplyQueue`` stores a queue's quota, weight and per-user cap
 (:func:`strata.provisioner.domain.queues.queue_policy` checks them; a bad one is
@@ -25,8 +45,6 @@ waits and what it will reserve. A queue never applied ("default" among them)
 has no quota, weight 1 and no cap. ``ListNodeClasses`` is the fleet's
 (:mod:`strata.provisioner.fleet`); without one there are no node classes.
 
-Methods not written yet (DrainNode, ListPlacements) are inherited from the
-generated base class and answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -34,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -47,8 +66,10 @@ from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
 from strata.api.common.v1.resources_pb2 import ResourceUsage
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.api.provisioner.v1.provisioner_pb2_grpc import ProvisionerServiceServicer
-from strata.core.errors import InvalidArgumentError, NotFoundError
+from strata.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from strata.core.paging import page_size, position_after, token_of
 from strata.core.runtime import ServiceContext
+from strata.provisioner.domain.draining import AGENT_LEAVING, Drain, NodeGoneError
 from strata.provisioner.domain.lease import USAGE_INTERVAL, heartbeat_interval
 from strata.provisioner.domain.placement import QueueUse
 from strata.provisioner.domain.queues import DEFAULT_QUEUE, QueueError, QueuePolicy, queue_policy
@@ -56,10 +77,12 @@ from strata.provisioner.domain.reconcile import CANCEL_GRACE, NOT_CURRENT, Attem
 from strata.provisioner.domain.registration import Registration, check
 from strata.provisioner.domain.reports import REPORTS
 from strata.provisioner.domain.resources import Resources
+from strata.provisioner.draining import Drains
 from strata.provisioner.placing import Fleet
 from strata.provisioner.reports import Reports
 from strata.provisioner.store import (
     NodeStore,
+    PlacementPosition,
     Queued,
     QueuePolicies,
     QueueStore,
@@ -91,6 +114,7 @@ class ProvisionerApi(ProvisionerServiceServicer):
         self._policies = QueuePolicies(context.pool, context.schema)
         self._fleet = fleet
         self._reports = Reports(context, wakeups)
+        self._drains = Drains(context)
         self._wakeups = wakeups
         self._delivery_poll = delivery_poll
         self._lease = lease
@@ -124,10 +148,15 @@ class ProvisionerApi(ProvisionerServiceServicer):
         reader = asyncio.create_task(self._read(request_iterator, node_id, session_id, running))
         sent = set(running)
         cancelled: set[AttemptKey] = set()
+        told_to_drain = False
         try:
             with self._wakeups.session(node_id) as woken:
                 while not reader.done():
                     woken.clear()
+                    drain = None if told_to_drain else await self._nodes.drain_of(node_id)
+                    if drain is not None and drain.kept:
+                        yield pb.ConnectResponse(drain=_drain_request(drain))
+                        told_to_drain = True
                     placements = await self._queue.on_node(node_id)
                     for placement in placements:
                         key = _key(placement.request.attempt)
@@ -188,8 +217,53 @@ class ProvisionerApi(ProvisionerServiceServicer):
                 return
             if heartbeat is not None:
                 running[:] = [_key(a) for a in heartbeat.running]
+            if kind == "leaving":
+                await self._leaving(node_id, message.leaving.reason)
             if kind in REPORTS:
                 await self._reports.apply(node_id, message)
+
+    async def _leaving(self, node_id: str, reason: str) -> None:
+        """The agent stops: its node takes no new work from now, for this session."""
+        why = reason or AGENT_LEAVING
+        try:
+            await self._drains.drain(node_id, Drain(why, kept=False))
+        except NodeGoneError:  # declared lost meanwhile: it takes no work either
+            return
+        log.info("agent leaving: node drained for its session", node_id=node_id, reason=why)
+
+    @override
+    async def DrainNode(
+        self, request: pb.DrainNodeRequest, context: object
+    ) -> pb.DrainNodeResponse:
+        if not request.node_id:
+            raise InvalidArgumentError("node_id", "is empty: name the node to drain")
+        how = Drain(request.reason or "drained by an operator", request.shutdown_when_empty)
+        try:
+            state = await self._drains.drain(request.node_id, how)
+        except NodeGoneError as exc:
+            raise FailedPreconditionError(f"node {request.node_id!r}: {exc}") from None
+        node = await self._nodes.get(request.node_id)
+        if state is None or node is None:
+            raise NotFoundError(f"node {request.node_id!r}")
+        self._wakeups.placed_on([request.node_id])
+        return pb.DrainNodeResponse(node=_node(node))
+
+    @override
+    async def ListPlacements(
+        self, request: pb.ListPlacementsRequest, context: object
+    ) -> pb.ListPlacementsResponse:
+        size = page_size(request.page_size)
+        found = await self._queue.placements(
+            node_id=request.node_id,
+            run_id=request.run_id,
+            after=_placement_after(request.page_token),
+            limit=size + 1,
+        )
+        page, more = found[:size], len(found) > size
+        return pb.ListPlacementsResponse(
+            placements=[_placement(p) for p in page],
+            next_page_token=_placement_token(page[-1]) if more else "",
+        )
 
     @override
     async def ListNodes(
@@ -334,6 +408,29 @@ def _after(token: str) -> str:
         raise InvalidArgumentError(
             "page_token", "is not a token from a previous ListNodes reply"
         ) from None
+
+
+def _placement_token(last: StoredPlacement) -> str:
+    a = last.request.attempt
+    return token_of(json.dumps([last.placed_at.isoformat(), a.run_id, a.task_id, a.attempt]))
+
+
+def _placement_after(token: str) -> PlacementPosition | None:
+    """Where a ListPlacements page starts, from the previous page's token."""
+    position = position_after(token)
+    if not position:
+        return None
+    try:
+        placed_at, run_id, task_id, attempt = json.loads(position)
+        return (datetime.fromisoformat(placed_at), str(run_id), str(task_id), int(attempt))
+    except (ValueError, TypeError):
+        raise InvalidArgumentError(
+            "page_token", "is not a token from a previous ListPlacements reply"
+        ) from None
+
+
+def _drain_request(drain: Drain) -> pb.DrainRequest:
+    return pb.DrainRequest(reason=drain.reason, shutdown_when_empty=drain.shutdown_when_empty)
 
 
 def _resources(amounts: Resources) -> ResourcesMessage:

@@ -12,10 +12,12 @@ stop. A provider that fails its check is reported (log, gRPC health NOT_SERVING 
 <name>"}`` gauge, ``ListNodeClasses`` with the address and why) and left out of the
 round; the other providers keep working.
 
-A node to scale down is first marked DRAINING, under the placement round's lock and
-only while it has no placement (placement skips every node that is not READY);
-only then is it stopped, and its node row dropped, since it ran nothing. A node
-with placements is never drained.
+A node to scale down is first drained, only while it has no placement, through
+the same path as ``DrainNode`` (:mod:`strata.provisioner.draining`: under the
+placement round's lock, so no round places on it after; placement skips every
+node that is not READY); only then is it stopped, and its node row dropped, since
+it ran nothing. A node with placements is never drained by the fleet; one drained
+by an operator (or whose agent is leaving) is stopped once it has none left.
 
 Everything the fleet knows lives in Postgres (``provisioned_nodes``), except what
 a provider keeps itself (the local provider's processes).
@@ -34,8 +36,10 @@ from strata.api.common.v1.resources_pb2 import Resources as ResourcesMessage
 from strata.api.provisioner.v1.provisioner_pb2 import NodeClass
 from strata.core.errors import ConfigError
 from strata.core.runtime import ServiceContext
+from strata.provisioner.domain.draining import Drain, NodeGoneError
 from strata.provisioner.domain.resources import Resources
 from strata.provisioner.domain.scaling import FleetNode, ScalingPlan, plan_scaling
+from strata.provisioner.draining import Drains
 from strata.provisioner.fleet_store import FleetStore, ProvisionedNode
 from strata.provisioner.node_loss import declare_lost
 from strata.provisioner.providers import ComputeProvider, NodeClassSpec, NodePhase, ObservedNode
@@ -45,6 +49,8 @@ log = structlog.stdlib.get_logger(__name__)
 START_BACKOFF = timedelta(seconds=30)
 """How long a class whose node could not be started is not tried again: a provider
 refusing a node is shown, not hammered."""
+
+SCALED_DOWN = Drain("idle: the fleet scales the node down", shutdown_when_empty=True)
 
 
 def provider_health_name(provider: str) -> str:
@@ -283,8 +289,13 @@ class Fleet:
 
     async def _drain(self, node: ProvisionedNode) -> None:
         """Drain then stop an idle node; one that got a placement meanwhile is left."""
-        if node.connected and not await self._need_store().drain(node.node_id):
-            return
+        if node.connected:
+            drains = Drains(self._need_context())
+            try:
+                if await drains.drain(node.node_id, SCALED_DOWN, only_if_idle=True) is None:
+                    return
+            except NodeGoneError:  # its stream closed meanwhile: its lease decides
+                return
         log.info("draining idle node", node_id=node.node_id, node_class=node.node_class)
         await self._retire(node)
 

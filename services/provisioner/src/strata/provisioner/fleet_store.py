@@ -1,9 +1,9 @@
-"""The fleet's SQL: the nodes it asked providers for, the attempts waiting for room, and
-the drain that keeps placement off a node it is about to stop.
+"""The fleet's SQL: the nodes it asked providers for and the attempts waiting for room
+(a node it is about to stop is drained through :mod:`strata.provisioner.draining`).
 
 The fleet reads ``pending`` and ``nodes`` (owned by :mod:`strata.provisioner.store`)
-through its own queries here, and writes only ``provisioned_nodes`` and the state
-of the nodes it drains or retires.
+through its own queries here, and writes only ``provisioned_nodes`` and drops the
+node rows of the nodes it retires.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class ProvisionedNode:
 
     @property
     def draining(self) -> bool:
-        return self.connected and self.state == NODE_STATE_DRAINING
+        """Connected and taking no new work: DRAINING, or DRAINED already."""
+        return self.connected and self.state in (NODE_STATE_DRAINING, NODE_STATE_DRAINED)
 
 
 class FleetStore:
@@ -140,24 +141,6 @@ class FleetStore:
             "THEN NULL ELSE coalesce(p.idle_since, $1) END",
             now,
         )
-
-    async def drain(self, node_id: str) -> bool:
-        """Mark the node DRAINING if it is READY with no placement; True when it was.
-
-        Taken under the placement round's lock, so no round places on the node between
-        the look at its placements and the state change (placement skips non-READY nodes).
-        """
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{self._s}.placement")
-            status = await conn.execute(
-                f"UPDATE {self._s}.nodes n SET state = $2 WHERE n.node_id = $1 AND n.state = $3 "
-                "AND n.lost_at IS NULL AND NOT EXISTS "
-                f"(SELECT 1 FROM {self._s}.placements pl WHERE pl.node_id = n.node_id)",
-                node_id,
-                NODE_STATE_DRAINING,
-                NODE_STATE_READY,
-            )
-        return bool(status != "UPDATE 0")
 
     async def retire(self, node_id: str) -> None:
         """The node was stopped after draining: drop it and its agent's node row (it ran

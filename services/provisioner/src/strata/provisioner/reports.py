@@ -4,9 +4,10 @@ A report (started, finished, failed, usage) arrives on the agent's Connect
 stream. In one transaction the attempt's placement is locked, the report's
 effect decided by :mod:`strata.provisioner.domain.reports` (stale reports change
 nothing and are counted), the placement marked running or dropped (its
-reservation freed), and the event published through the outbox with the node id
-of the session it came on, never the one the agent wrote. An attempt that ended
-frees room, so the placement loop is woken once that commits.
+reservation freed; a draining node left empty is DRAINED,
+:func:`strata.provisioner.draining.settle`), and the event published through the
+outbox with the node id of the session it came on, never the one the agent wrote.
+An attempt that ended frees room, so the placement loop is woken once that commits.
 
 An attempt that finished, was stopped for going past its memory limit, or was
 evicted for node memory pressure is also recorded in the task's usage history (peak
@@ -30,6 +31,7 @@ from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.runtime import ServiceContext
 from strata.provisioner.domain.reports import Effect, effect
+from strata.provisioner.draining import settle
 from strata.provisioner.store import QueueStore, UsageHistory
 from strata.provisioner.wakeups import Wakeups
 
@@ -61,6 +63,7 @@ class Reports:
             if await self._queue.lock_placement(conn, *key) != node_id:
                 return
             await self._queue.ended(conn, *key)
+            await settle(self._context, conn, node_id)
             await self._context.outbox.publish(
                 conn,
                 pb.TaskFailed(
@@ -115,6 +118,7 @@ class Reports:
                         mean_memory_bytes=report.mean_memory_bytes,
                     )
                 await self._queue.ended(conn, *key)
+                await settle(self._context, conn, node_id)
             await self._context.outbox.publish(conn, report)
         if outcome is Effect.ENDED:
             self._wakeups.queue_changed()

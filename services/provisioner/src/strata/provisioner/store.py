@@ -17,10 +17,16 @@ import asyncpg
 
 from strata.api.common.v1.refs_pb2 import TaskAttemptRef
 from strata.api.common.v1.resources_pb2 import ResourceUsage
-from strata.api.provisioner.v1.provisioner_pb2 import NODE_STATE_LOST, NODE_STATE_READY, NodeState
+from strata.api.provisioner.v1.provisioner_pb2 import (
+    NODE_STATE_DRAINED,
+    NODE_STATE_DRAINING,
+    NODE_STATE_LOST,
+    NodeState,
+)
 from strata.api.scheduler.v1.scheduler_pb2 import TaskRequested
 from strata.core.migrations import DbConnection, quote_schema
 from strata.provisioner.domain.cancellation import Where
+from strata.provisioner.domain.draining import Drain, registered
 from strata.provisioner.domain.placement import Attempt, Node, Placed, QueueUse, Waiting
 from strata.provisioner.domain.queues import DEFAULT_QUEUE, QueuePolicy, Quota
 from strata.provisioner.domain.registration import Registration
@@ -29,6 +35,9 @@ from strata.provisioner.domain.sizing import PastAttempt
 
 HISTORY = 20
 """Past attempts of a task that sizing looks at, newest first."""
+
+PlacementPosition = tuple[datetime, str, str, int]
+"""Where a placement stands in ListPlacements' order: placed at, run, task, attempt."""
 
 TaskKey = tuple[str, str]
 """(workflow name, task id): what "the same task" is across runs."""
@@ -57,6 +66,15 @@ class StoredNode:
             labels=self.registration.labels,
             warm_bundles=frozenset(self.registration.warm_bundles),
         )
+
+
+@dataclass(frozen=True)
+class DrainView:
+    """What a drain decides on: the node's state, its placements, and its drain."""
+
+    state: NodeState.ValueType
+    placements: int
+    drain: Drain | None
 
 
 @dataclass(frozen=True)
@@ -134,30 +152,91 @@ class NodeStore:
         )
 
     async def register(self, registration: Registration, now: datetime) -> StoredNode:
-        """Store the node as READY under a new session; a later session replaces an older one."""
+        """Store the node under a new session (a later session replaces an older one):
+        READY, unless a kept drain holds it
+        (:func:`~strata.provisioner.domain.draining.registered`); a drain that was not
+        kept (its agent's leaving) ends here."""
         session_id = str(uuid.uuid4())
-        await self._pool.execute(
-            f"INSERT INTO {self._s}.nodes (node_id, hostname, state, cpu_millis, memory_bytes, "
-            "gpus, labels, agent_version, warm_bundles, session_id, joined_at, last_seen_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) "
-            "ON CONFLICT (node_id) DO UPDATE SET hostname = $2, state = $3, cpu_millis = $4, "
-            "memory_bytes = $5, gpus = $6, labels = $7, agent_version = $8, warm_bundles = $9, "
-            "session_id = $10, joined_at = $11, last_seen_at = $11, lost_at = NULL",
-            registration.node_id,
-            registration.hostname,
-            NODE_STATE_READY,
-            registration.capacity.cpu_millis,
-            registration.capacity.memory_bytes,
-            registration.capacity.gpus,
-            json.dumps(dict(registration.labels)),
-            registration.agent_version,
-            list(registration.warm_bundles),
-            session_id,
-            now,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            before = await self.lock_drain(conn, registration.node_id)
+            kept = before is not None and before.drain is not None and before.drain.kept
+            state = registered(kept, before.placements if before is not None else 0)
+            await conn.execute(
+                f"INSERT INTO {self._s}.nodes (node_id, hostname, state, cpu_millis, "
+                "memory_bytes, gpus, labels, agent_version, warm_bundles, session_id, "
+                "joined_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+                "$11) ON CONFLICT (node_id) DO UPDATE SET hostname = $2, state = $3, "
+                "cpu_millis = $4, memory_bytes = $5, gpus = $6, labels = $7, "
+                "agent_version = $8, warm_bundles = $9, session_id = $10, joined_at = $11, "
+                "last_seen_at = $11, lost_at = NULL, "
+                "drain_reason = CASE WHEN $12 THEN nodes.drain_reason END, "
+                "drain_shutdown = $12 AND nodes.drain_shutdown, drain_kept = $12",
+                registration.node_id,
+                registration.hostname,
+                state,
+                registration.capacity.cpu_millis,
+                registration.capacity.memory_bytes,
+                registration.capacity.gpus,
+                json.dumps(dict(registration.labels)),
+                registration.agent_version,
+                list(registration.warm_bundles),
+                session_id,
+                now,
+                kept,
+            )
         node = await self.get(registration.node_id)
         assert node is not None, "the node was stored just above"
         return node
+
+    async def lock_drain(self, conn: DbConnection, node_id: str) -> DrainView | None:
+        """The node's state, placements and drain, its row locked; None when unknown."""
+        row = await conn.fetchrow(
+            f"SELECT n.state, n.drain_reason, n.drain_shutdown, n.drain_kept, "
+            f"(SELECT count(*) FROM {self._s}.placements p WHERE p.node_id = n.node_id) "
+            f"AS placements FROM {self._s}.nodes n WHERE n.node_id = $1 FOR UPDATE",
+            node_id,
+        )
+        if row is None:
+            return None
+        return DrainView(row["state"], row["placements"], _drain(row))
+
+    async def drained(
+        self, conn: DbConnection, node_id: str, state: NodeState.ValueType, drain: Drain
+    ) -> None:
+        """Record the node's drain and its state after it: the first reason stays, a kept
+        drain or one asking for shutdown is never made weaker by a later one."""
+        await conn.execute(
+            f"UPDATE {self._s}.nodes SET state = $2, drain_reason = coalesce(drain_reason, $3), "
+            "drain_shutdown = drain_shutdown OR $4, drain_kept = drain_kept OR $5 "
+            "WHERE node_id = $1",
+            node_id,
+            state,
+            drain.reason,
+            drain.shutdown_when_empty,
+            drain.kept,
+        )
+
+    async def settle_drain(self, conn: DbConnection, node_id: str) -> str | None:
+        """In the caller's transaction, once a placement on the node ended: a DRAINING node
+        with no placement left is DRAINED; the reason of its drain when it just was."""
+        reason: str | None = await conn.fetchval(
+            f"UPDATE {self._s}.nodes n SET state = $2 WHERE n.node_id = $1 AND n.state = $3 "
+            f"AND NOT EXISTS (SELECT 1 FROM {self._s}.placements p WHERE p.node_id = n.node_id) "
+            "RETURNING coalesce(n.drain_reason, '')",
+            node_id,
+            NODE_STATE_DRAINED,
+            NODE_STATE_DRAINING,
+        )
+        return reason
+
+    async def drain_of(self, node_id: str) -> Drain | None:
+        """The node's drain, None when it does not drain."""
+        row = await self._pool.fetchrow(
+            f"SELECT drain_reason, drain_shutdown, drain_kept FROM {self._s}.nodes "
+            "WHERE node_id = $1",
+            node_id,
+        )
+        return None if row is None else _drain(row)
 
     async def heard(
         self,
@@ -205,9 +284,10 @@ class NodeStore:
         return [(r["node_id"], r["last_seen_at"]) for r in rows]
 
     async def lost(self, conn: DbConnection, node_id: str, now: datetime) -> None:
-        """Record that ``node_id`` was declared lost at ``now``."""
+        """Record that ``node_id`` was declared lost at ``now``; that ends its drain."""
         await conn.execute(
-            f"UPDATE {self._s}.nodes SET state = $2, lost_at = $3 WHERE node_id = $1",
+            f"UPDATE {self._s}.nodes SET state = $2, lost_at = $3, drain_reason = NULL, "
+            "drain_shutdown = false, drain_kept = false WHERE node_id = $1",
             node_id,
             NODE_STATE_LOST,
             now,
@@ -499,19 +579,28 @@ class QueueStore:
             "task_id",
             node_id,
         )
-        return [
-            StoredPlacement(
-                request=TaskRequested.FromString(r["request"]),
-                node_id=r["node_id"],
-                reserved=Resources(r["cpu_millis"], r["memory_bytes"], r["gpus"]),
-                running=r["running"],
-                placed_at=r["placed_at"],
-                cancel_reason=r["cancel_reason"],
-                limits=Resources(r["limit_cpu_millis"], r["limit_memory_bytes"], r["limit_gpus"]),
-                user=r["user_name"],
-            )
-            for r in rows
-        ]
+        return [_placement(r) for r in rows]
+
+    async def placements(
+        self, *, node_id: str, run_id: str, after: PlacementPosition | None, limit: int
+    ) -> list[StoredPlacement]:
+        """Placements (on ``node_id``, of ``run_id``: "" for any) after ``after`` in their
+        order, oldest first (then by attempt), at most ``limit``."""
+        placed_at, run, task, attempt = after or (None, "", "", 0)
+        rows = await self._pool.fetch(
+            f"SELECT * FROM {self._s}.placements WHERE ($1 = '' OR node_id = $1) "
+            "AND ($2 = '' OR run_id = $2) AND ($3::timestamptz IS NULL OR "
+            "(placed_at, run_id, task_id, attempt) > ($3, $4, $5, $6)) "
+            "ORDER BY placed_at, run_id, task_id, attempt LIMIT $7",
+            node_id,
+            run_id,
+            placed_at,
+            run,
+            task,
+            attempt,
+            limit,
+        )
+        return [_placement(r) for r in rows]
 
 
 class QueuePolicies:
@@ -631,6 +720,25 @@ def _policy(row: asyncpg.Record) -> QueuePolicy:
         weight=row["weight"],
         max_running_per_user=row["max_running_per_user"],
     )
+
+
+def _placement(row: asyncpg.Record) -> StoredPlacement:
+    return StoredPlacement(
+        request=TaskRequested.FromString(row["request"]),
+        node_id=row["node_id"],
+        reserved=Resources(row["cpu_millis"], row["memory_bytes"], row["gpus"]),
+        running=row["running"],
+        placed_at=row["placed_at"],
+        cancel_reason=row["cancel_reason"],
+        limits=Resources(row["limit_cpu_millis"], row["limit_memory_bytes"], row["limit_gpus"]),
+        user=row["user_name"],
+    )
+
+
+def _drain(row: asyncpg.Record) -> Drain | None:
+    if row["drain_reason"] is None:
+        return None
+    return Drain(row["drain_reason"], row["drain_shutdown"], row["drain_kept"])
 
 
 def _node(row: asyncpg.Record) -> StoredNode:

@@ -25,6 +25,7 @@ dispatch path pays on every event (``bench/bus``).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from types import TracebackType
 from typing import Self
@@ -160,11 +161,13 @@ class Bus:
             if producer is not None:
                 await producer.stop()
 
-    async def stop_consuming(self) -> None:
-        """Let each consumer finish the record in hand, commit and leave its group;
-        publishing still works (a service draining its calls may still publish)."""
-        while self._subscriptions:
-            await self._subscriptions.pop().stop()
+    async def stop_consuming(self, within: float | None = None) -> None:
+        """Let each consumer finish the record in hand, commit and leave its group, side
+        by side, within ``within`` seconds when given (what is left then is cut short and
+        logged: see :meth:`Subscription.stop`); publishing still works (a service
+        draining its calls may still publish)."""
+        subscriptions, self._subscriptions = self._subscriptions, []
+        await asyncio.gather(*(s.stop(within) for s in subscriptions))
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -34,7 +34,6 @@ aiokafka, configured like every Strata consumer (:func:`strata.core.kafka.consum
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -102,6 +101,8 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
         self._troubled = False
         """Something failed in the last round: pause before the next fetch."""
         self._stopping = False
+        self._step = ""
+        """What :meth:`stop` is doing, for the warning when it is cut short."""
         self._revoking = False
         self._paused: dict[TopicPartition, _Pause] = {}
         metrics = metrics or consumer.metrics
@@ -126,18 +127,48 @@ class Subscription(ConsumerRebalanceListener):  # type: ignore[misc]
             self._run(reader), name=f"bus: {self._consumer.topic} in {self._consumer.group}"
         )
 
-    async def stop(self) -> None:
-        """Finish the record in hand, commit every settled offset, leave the group."""
+    async def stop(self, within: float | None = None) -> None:
+        """Finish the record in hand, commit every settled offset, leave the group.
+
+        Within ``within`` seconds when given: each step waits on the broker, and the
+        group coordinator holds a member that is joining until every known member
+        rejoined or a dead one's session timed out (seconds, or minutes), so a
+        process stopping during a join would wait for that. Past ``within`` the rest
+        is cut short and logged, naming the step: the broker drops this member at
+        its session timeout, and offsets settled but not committed are read again
+        by the next member (which the consumers' inbox absorbs).
+        """
         self._stopping = True
+        self._step = "finishing the records in hand"
+        # A task of its own, waited for with a timeout: aiokafka may absorb a
+        # cancellation while a join is in flight, and a bound must hold regardless.
+        winding = asyncio.create_task(self._wind_down())
+        await asyncio.wait([winding], timeout=within)
+        if winding.done():
+            winding.result()
+            return
+        _log.warning(
+            "consumer stop cut short: left to the broker's session timeout",
+            cut_short=self._step,
+            within=within,
+            **self._where(),
+        )
+        for task in (winding, self._loop, self._committing):
+            if task is not None:
+                task.cancel()
+        self._loop = self._committing = self._reader = None
+
+    async def _wind_down(self) -> None:
         if self._loop is not None:
             if self._waiting:
                 self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await asyncio.wait([self._loop])
             self._loop = None
         if self._reader is not None:
+            self._step = "committing the settled offsets"
             async with self._round:
                 await self._commit_now(self._reader)
+            self._step = "leaving the group"
             await self._reader.stop()
             self._reader = None
 

@@ -1,23 +1,29 @@
-"""The server's edge: every call is admitted (or refused) and its errors mapped, here only.
+"""The server's edge: every call is admitted (or refused), observed and its errors mapped.
 
-:class:`EdgeInterceptor` sits in front of every servicer. It asks the
-:class:`~strata.core.rpc.auth.Gatekeeper` who the caller is, then runs the real
-handler with that principal set and with domain errors turned into statuses by
-:func:`~strata.core.rpc.status.abort`. Servicers therefore only convert the
-request, call the domain and convert back.
+Each method's handler is wrapped once, the first time a call reaches it, in the
+server's *layers* (tracing, metrics: the first given is the outermost) and, inside
+them, the gate: it asks the :class:`~strata.core.rpc.auth.Gatekeeper` who the caller
+is, runs the real handler with that principal set, and turns domain errors into
+statuses with :func:`~strata.core.rpc.status.abort`. Servicers therefore only
+convert the request, call the domain and convert back.
+
+Why not ``grpc.aio`` server interceptors: an interceptor is a coroutine run on
+every call, and one that wraps the handler rebuilds it on every call; with three of
+them (tracing, metrics, the gate) that was about a third of a small call's cost on
+the server. Wrapped once, a call pays only for what the layers do.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 import structlog
 
 from strata.core.errors import StrataError
-from strata.core.rpc.auth import Gatekeeper, Principal, act_as, is_open
+from strata.core.rpc.auth import Gatekeeper, act_as, is_open
 from strata.core.rpc.status import abort
 
 log = structlog.stdlib.get_logger(__name__)
@@ -25,32 +31,75 @@ log = structlog.stdlib.get_logger(__name__)
 Behaviour = Callable[[Any, Any], Any]
 """A handler function: (request or request iterator, context) -> response, stream or awaitable."""
 
+Layer = Callable[[str, Behaviour], Behaviour]
+"""Wraps the behaviour of one method (``/pkg.Service/Method``) in something every call
+does, e.g. a span or a timer; the behaviour it gets and gives is a coroutine function."""
 
-class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Admits each call through the gatekeeper and maps its errors; health and reflection pass."""
 
-    def __init__(self, gatekeeper: Gatekeeper) -> None:
+class Edge:
+    """What every call of a Strata service passes through: ``layers``, then the gate."""
+
+    def __init__(self, gatekeeper: Gatekeeper, layers: Sequence[Layer] = ()) -> None:
         self._gatekeeper = gatekeeper
+        self._layers = tuple(reversed(layers))
 
-    async def intercept_service(
+    def around(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        """``handler``'s methods behind the edge."""
+        return _Guarded(handler, self._wrap)
+
+    def unknown_methods(self) -> grpc.GenericRpcHandler:
+        """A handler of last resort: a call of a method no service has is admitted like any
+        other before it is UNIMPLEMENTED, so callers who may not call learn nothing about
+        which methods exist. Health and reflection are left to grpc."""
+        return _Unknown(self._wrap)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            wrapped = _gated(self._gatekeeper, method, behaviour)
+            for layer in self._layers:
+                wrapped = layer(method, wrapped)
+            return wrapped
+
+        return rebuilt(handler, wrap)
+
+
+class _Guarded(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """``inner``'s handlers, each wrapped once and then reused call after call."""
+
+    def __init__(
         self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if is_open(details.method):
-            return handler
-        try:
-            principal = self._gatekeeper.admit(details.method, details.invocation_metadata or ())
-        except StrataError as exc:
-            log.info("call refused", method=details.method, reason=str(exc))
-            # An unknown method is refused like a known one: callers who may not
-            # call learn nothing about which methods exist.
-            unknown = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
-            return rebuilt(handler or unknown, _refusal(exc))
+        inner: grpc.GenericRpcHandler,
+        wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+    ) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
         if handler is None:
             return None
-        return rebuilt(handler, lambda behaviour: _guarded(behaviour, principal, details.method))
+        # Keyed by identity, the handler kept beside its wrapping so the id is never reused;
+        # an inner handler that swaps its handlers (a service opened late) adds a few entries.
+        known = self._wrapped.get(id(handler))
+        if known is None:
+            known = (handler, self._wrap(details.method, handler))
+            self._wrapped[id(handler)] = known
+        return known[1]
+
+
+class _Unknown(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._wrap = wrap
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if is_open(details.method):
+            return None
+        return self._wrap(details.method, grpc.unary_unary_rpc_method_handler(_unimplemented))
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+    raise NotImplementedError
 
 
 def rebuilt(handler: Any, wrap: Callable[[Behaviour], Behaviour]) -> Any:
@@ -73,8 +122,16 @@ def rebuilt(handler: Any, wrap: Callable[[Behaviour], Behaviour]) -> Any:
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codecs)
 
 
-def _guarded(behaviour: Behaviour, principal: Principal, method: str) -> Behaviour:
+def _gated(gatekeeper: Gatekeeper, method: str, behaviour: Behaviour) -> Behaviour:
+    """Admit the caller, run ``behaviour`` as them, and map what it raises to a status."""
+
     async def call(request: Any, context: Any) -> Any:
+        try:
+            principal = gatekeeper.admit(method, context.invocation_metadata() or ())
+        except StrataError as exc:
+            log.info("call refused", method=method, reason=str(exc))
+            await abort(context, exc)
+            return None
         act_as(principal)
         try:
             result = behaviour(request, context)
@@ -88,18 +145,9 @@ def _guarded(behaviour: Behaviour, principal: Principal, method: str) -> Behavio
         except Exception:
             log.exception("handler failed", method=method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        return None
 
     return call
-
-
-def _refusal(error: StrataError) -> Callable[[Behaviour], Behaviour]:
-    def wrap(_: Behaviour) -> Behaviour:
-        async def refuse(request: Any, context: Any) -> None:
-            await abort(context, error)
-
-        return refuse
-
-    return wrap
 
 
 def _streaming(wrap: Callable[[Behaviour], Behaviour]) -> Callable[[Behaviour], Behaviour]:
@@ -120,8 +168,8 @@ def _streaming(wrap: Callable[[Behaviour], Behaviour]) -> Callable[[Behaviour], 
         written = wrap(drain)
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            # An async generator, so interceptors outside the edge (tracing) that
-            # iterate a response stream can; the responses go out by context.write.
+            # An async generator, as grpc expects of a response-streaming handler; the
+            # responses go out by context.write.
             await written(request, context)
             return
             yield

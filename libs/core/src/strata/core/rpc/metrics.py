@@ -1,64 +1,52 @@
 """gRPC calls counted by method and status code, and timed, for every Strata server.
 
-:class:`MetricsInterceptor` runs outside the edge (:mod:`strata.core.rpc.edge`), so
-refusals (UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE while starting) count
-too. Health and reflection calls are not counted: probes would drown the real ones.
+:func:`measured_calls` is a layer of the edge (:mod:`strata.core.rpc.edge`) outside
+the gate, so refusals (UNAUTHENTICATED, PERMISSION_DENIED) count too. Health and
+reflection calls do not pass the edge and are not counted: probes would drown the
+real ones.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from strata.core.metrics import Metrics
-from strata.core.rpc.auth import is_open
-from strata.core.rpc.edge import Behaviour, rebuilt
+from strata.core.rpc.edge import Behaviour, Layer
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts and times each call of a Strata service in ``metrics``."""
+def measured_calls(metrics: Metrics) -> Layer:
+    """The layer that counts and times each call in ``metrics``."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or is_open(method):
-            return handler
-        return rebuilt(handler, lambda behaviour: self._measured(behaviour, method))
-
-    def _measured(self, behaviour: Behaviour, method: str) -> Behaviour:
-        handled = self._metrics.rpc_handled
-        seconds = self._metrics.rpc_seconds.labels(method=method)
+    def layer(method: str, behaviour: Behaviour) -> Behaviour:
+        seconds = metrics.rpc_seconds.labels(method=method)
+        handled = metrics.rpc_handled
+        ok = handled.labels(method=method, code="OK")
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             began = time.perf_counter()
-            code = grpc.StatusCode.OK
+            counter = ok
             try:
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+                counter = handled.labels(method=method, code=_name(context.code()))
                 raise
             except BaseException:
-                code = grpc.StatusCode.UNKNOWN
+                counter = handled.labels(method=method, code="UNKNOWN")
                 raise
             finally:
                 seconds.observe(time.perf_counter() - began)
-                handled.labels(method=method, code=_name(code)).inc()
+                counter.inc()
 
         return call
 
+    return layer
+
 
 def _name(code: Any) -> str:
-    """The status name (``NOT_FOUND``); aio's context.code() may hand back an int."""
+    """The status name (``NOT_FOUND``); aio's context.code() may hand back an int or None."""
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
     for status in grpc.StatusCode:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import structlog
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from strata.core.errors import ConfigError
 from strata.core.rpc.auth import AccessPolicy, Gatekeeper, TokenBook
-from strata.core.rpc.edge import EdgeInterceptor
+from strata.core.rpc.edge import Edge, Layer
 from strata.core.settings import DEV_ADMIN_TOKEN, AuthSettings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -66,12 +67,13 @@ class RpcServer:
         self,
         services: Sequence[Service],
         auth: AuthSettings,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        layers: Sequence[Layer] = (),
         *,
         credentials: grpc.ServerCredentials | None = None,
         reflection: bool = False,
     ) -> None:
-        """``interceptors`` run before the edge (e.g. tracing, which must see refusals too).
+        """``layers`` wrap every call of ``services`` outside the gate that admits it (e.g.
+        tracing and metrics, which must see refusals too); the first is the outermost.
 
         ``credentials`` (:func:`strata.core.rpc.tls.server_credentials`) serve TLS;
         None serves plain text. ``reflection`` lists every method to any caller, so
@@ -85,10 +87,8 @@ class RpcServer:
                 "set STRATA_AUTH_TOKENS anywhere but on a development machine"
             )
         book = TokenBook.from_settings(auth) if auth.enabled else None
-        gatekeeper = Gatekeeper(book, access_policy(services))
-        self._server = grpc.aio.server(
-            interceptors=[*interceptors, EdgeInterceptor(gatekeeper)], options=SERVER_OPTIONS
-        )
+        edge = Edge(Gatekeeper(book, access_policy(services)), layers)
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
         self._credentials = credentials
         self._names = [service.name for service in services]
         self._health = HealthServicer()
@@ -96,8 +96,10 @@ class RpcServer:
         if reflection:
             listed = [*self._names, _HEALTH, grpc_reflection.SERVICE_NAME]
             grpc_reflection.enable_server_reflection(listed, self._server)
+        behind_edge = _BehindEdge(self._server, edge)
         for service in services:
-            service.add(self._server)
+            service.add(cast(grpc.aio.Server, behind_edge))
+        self._server.add_generic_rpc_handlers((edge.unknown_methods(),))
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0 picks a free port), NOT_SERVING; returns the port bound."""
@@ -130,6 +132,25 @@ class RpcServer:
         """NOT_SERVING for good, refuse new calls, give in-flight ones ``grace`` seconds."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+
+
+class _BehindEdge:
+    """Stands in for the server while a service registers: its handlers go in behind the edge.
+
+    Generated ``add_<Name>Servicer_to_server`` functions register each service twice:
+    as a generic handler and as registered method handlers. Only the generic one is
+    kept (wrapped): registered handlers would reach the servicer past the edge.
+    """
+
+    def __init__(self, server: grpc.aio.Server, edge: Edge) -> None:
+        self._server = server
+        self._edge = edge
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(self._edge.around(h) for h in handlers))
+
+    def add_registered_method_handlers(self, name: str, handlers: object) -> None:
+        """Ignored: the same methods came (and stay) behind the edge as a generic handler."""
 
 
 def access_policy(services: Sequence[Service]) -> AccessPolicy:

@@ -43,16 +43,17 @@ from strata.core.metrics import Metrics
 from strata.core.outbox import OutboxRelay
 from strata.core.readiness import Probe, until_reachable
 from strata.core.rpc.auth import check_auth_settings
-from strata.core.rpc.metrics import MetricsInterceptor
+from strata.core.rpc.metrics import measured_calls
 from strata.core.rpc.server import RpcServer, Service
 from strata.core.rpc.tls import server_credentials
+from strata.core.rpc.tracing import traced_calls
 from strata.core.runtime.context import ServiceContext, open_context
 from strata.core.runtime.gate import LateService
 from strata.core.runtime.health import Health, watch_dependencies
 from strata.core.runtime.settings import RuntimeSettings
 from strata.core.runtime.spec import ServiceSpec
 from strata.core.runtime.supervisor import Supervisor, every
-from strata.core.telemetry import configure_tracing, server_interceptor
+from strata.core.telemetry import configure_tracing
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -126,7 +127,7 @@ async def _serve(plan: _Plan) -> int:
     server = RpcServer(
         plan.services,
         settings.auth,
-        interceptors=[server_interceptor(), MetricsInterceptor(metrics)],
+        layers=[traced_calls(), measured_calls(metrics)],
         credentials=plan.credentials,
         reflection=settings.mode.serves_reflection,
     )
@@ -225,10 +226,17 @@ class _Life:
                 await self._wind_down(context, supervisor)
 
     async def _wind_down(self, context: ServiceContext, supervisor: Supervisor) -> None:
-        """Tasks and consumers stop while calls drain; the clients close after both."""
+        """Tasks and consumers stop while calls drain; the clients close after both.
+
+        The consumers' stop is bounded by what is left of the grace: leaving a group
+        waits on the broker, which holds a member that is joining until a dead member's
+        session times out, and a service must stop on time whatever the broker does.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.service.shutdown_grace
         await supervisor.stop()
         if self.spec.uses("Kafka"):
-            await context.bus.stop_consuming()
+            await context.bus.stop_consuming(within=max(deadline - loop.time(), 0.0))
         await self.calls_drained.wait()
         for gate in self.late:
             gate.close()

@@ -125,6 +125,7 @@ class ConnectRequest(_message.Message):
     TASK_FINISHED_FIELD_NUMBER: _builtins.int
     TASK_FAILED_FIELD_NUMBER: _builtins.int
     TASK_USAGE_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the agent observed what it reports; the occurred_at of the event the
@@ -155,6 +156,10 @@ class ConnectRequest(_message.Message):
     def task_usage(self) -> Global___TaskUsage:
         """Measured usage of a running attempt."""
 
+    @_builtins.property
+    def leaving(self) -> Global___AgentLeaving:
+        """The agent is stopping: place nothing more on the node."""
+
     def __init__(
         self,
         *,
@@ -165,12 +170,13 @@ class ConnectRequest(_message.Message):
         task_finished: Global___TaskFinished | None = ...,
         task_failed: Global___TaskFailed | None = ...,
         task_usage: Global___TaskUsage | None = ...,
+        leaving: Global___AgentLeaving | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "occurred_at", b"occurred_at", "registration", b"registration", "task_failed", b"task_failed", "task_finished", b"task_finished", "task_started", b"task_started", "task_usage", b"task_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "leaving", b"leaving", "message", b"message", "occurred_at", b"occurred_at", "registration", b"registration", "task_failed", b"task_failed", "task_finished", b"task_finished", "task_started", b"task_started", "task_usage", b"task_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "occurred_at", b"occurred_at", "registration", b"registration", "task_failed", b"task_failed", "task_finished", b"task_finished", "task_started", b"task_started", "task_usage", b"task_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "leaving", b"leaving", "message", b"message", "occurred_at", b"occurred_at", "registration", b"registration", "task_failed", b"task_failed", "task_finished", b"task_finished", "task_started", b"task_started", "task_usage", b"task_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registration", "heartbeat", "task_started", "task_finished", "task_failed", "task_usage"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registration", "heartbeat", "task_started", "task_finished", "task_failed", "task_usage", "leaving"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -297,6 +303,32 @@ class AgentRegistration(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRegistration: _TypeAlias = AgentRegistration  # noqa: Y015
+
+@_typing.final
+class AgentLeaving(_message.Message):
+    """AgentLeaving tells the provisioner the agent is stopping cleanly (e.g. SIGTERM
+    in a rolling restart). The node is DRAINING from then on, for this session
+    only: its running attempts may still finish and be reported on the stream, and
+    the node takes work again once its agent registers anew.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for the node's log and NodeDrained."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentLeaving: _TypeAlias = AgentLeaving  # noqa: Y015
 
 @_typing.final
 class AgentAccepted(_message.Message):
@@ -1728,8 +1760,9 @@ Global___NodeLost: _TypeAlias = NodeLost  # noqa: Y015
 
 @_typing.final
 class NodeDrained(_message.Message):
-    """NodeDrained: a draining node has no attempt left; it takes no work until it
-    registers again.
+    """NodeDrained: a draining node has no attempt left; it takes no work until it is
+    lost and registers again (or, drained because its agent was leaving, until its
+    agent registers again).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -95,9 +95,12 @@ class ProvisionerServiceServicer:
     def Connect(self, request_iterator, context):
         """The agent's session. The agent sends AgentRegistration first, then heartbeats
         and reports on its attempts; the provisioner answers with AgentAccepted, then
-        sends assignments and cancellations. A node whose stream is closed or silent
-        for longer than its lease is lost (NodeLost), and its running attempts with it
-        (TaskLost). On reconnect the agent registers again, listing what still runs.
+        sends assignments, cancellations and drain requests. A node whose stream
+        closed takes no new work at once; one closed or silent for longer than its
+        lease is lost (NodeLost), and its running attempts with it (TaskLost). On
+        reconnect the agent registers again, listing what still runs. An agent that
+        stops cleanly sends AgentLeaving first, so nothing is placed on it while its
+        attempts finish.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +122,9 @@ class ProvisionerServiceServicer:
 
     def DrainNode(self, request, context):
         """Stops placing work on a node; running attempts finish. NodeDrained is
-        published when the last one did.
+        published when the last one did. The drain lasts until the node is lost (a
+        reconnecting agent stays drained); an unknown node is NOT_FOUND, a node whose
+        stream closed is FAILED_PRECONDITION, draining again changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,9 +40,12 @@ class ProvisionerServiceStub:
     Connect: _grpc.StreamStreamMultiCallable[_provisioner_pb2.ConnectRequest, _provisioner_pb2.ConnectResponse]
     """The agent's session. The agent sends AgentRegistration first, then heartbeats
     and reports on its attempts; the provisioner answers with AgentAccepted, then
-    sends assignments and cancellations. A node whose stream is closed or silent
-    for longer than its lease is lost (NodeLost), and its running attempts with it
-    (TaskLost). On reconnect the agent registers again, listing what still runs.
+    sends assignments, cancellations and drain requests. A node whose stream
+    closed takes no new work at once; one closed or silent for longer than its
+    lease is lost (NodeLost), and its running attempts with it (TaskLost). On
+    reconnect the agent registers again, listing what still runs. An agent that
+    stops cleanly sends AgentLeaving first, so nothing is placed on it while its
+    attempts finish.
     """
     ListNodes: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.ListNodesRequest, _provisioner_pb2.ListNodesResponse]
     """Lists the nodes known to the provisioner."""
@@ -50,7 +53,9 @@ class ProvisionerServiceStub:
     """Returns one node with its placements."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.DrainNodeRequest, _provisioner_pb2.DrainNodeResponse]
     """Stops placing work on a node; running attempts finish. NodeDrained is
-    published when the last one did.
+    published when the last one did. The drain lasts until the node is lost (a
+    reconnecting agent stays drained); an unknown node is NOT_FOUND, a node whose
+    stream closed is FAILED_PRECONDITION, draining again changes nothing.
     """
     ListPlacements: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.ListPlacementsRequest, _provisioner_pb2.ListPlacementsResponse]
     """Lists the attempts currently placed (placed or running), a page at a time."""
@@ -79,9 +84,12 @@ class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
     Connect: _aio.StreamStreamMultiCallable[_provisioner_pb2.ConnectRequest, _provisioner_pb2.ConnectResponse]  # type: ignore[assignment]
     """The agent's session. The agent sends AgentRegistration first, then heartbeats
     and reports on its attempts; the provisioner answers with AgentAccepted, then
-    sends assignments and cancellations. A node whose stream is closed or silent
-    for longer than its lease is lost (NodeLost), and its running attempts with it
-    (TaskLost). On reconnect the agent registers again, listing what still runs.
+    sends assignments, cancellations and drain requests. A node whose stream
+    closed takes no new work at once; one closed or silent for longer than its
+    lease is lost (NodeLost), and its running attempts with it (TaskLost). On
+    reconnect the agent registers again, listing what still runs. An agent that
+    stops cleanly sends AgentLeaving first, so nothing is placed on it while its
+    attempts finish.
     """
     ListNodes: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.ListNodesRequest, _provisioner_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Lists the nodes known to the provisioner."""
@@ -89,7 +97,9 @@ class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
     """Returns one node with its placements."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.DrainNodeRequest, _provisioner_pb2.DrainNodeResponse]  # type: ignore[assignment]
     """Stops placing work on a node; running attempts finish. NodeDrained is
-    published when the last one did.
+    published when the last one did. The drain lasts until the node is lost (a
+    reconnecting agent stays drained); an unknown node is NOT_FOUND, a node whose
+    stream closed is FAILED_PRECONDITION, draining again changes nothing.
     """
     ListPlacements: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.ListPlacementsRequest, _provisioner_pb2.ListPlacementsResponse]  # type: ignore[assignment]
     """Lists the attempts currently placed (placed or running), a page at a time."""
@@ -121,9 +131,12 @@ class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_provisioner_pb2.ConnectResponse], _abc.AsyncIterator[_provisioner_pb2.ConnectResponse]]:
         """The agent's session. The agent sends AgentRegistration first, then heartbeats
         and reports on its attempts; the provisioner answers with AgentAccepted, then
-        sends assignments and cancellations. A node whose stream is closed or silent
-        for longer than its lease is lost (NodeLost), and its running attempts with it
-        (TaskLost). On reconnect the agent registers again, listing what still runs.
+        sends assignments, cancellations and drain requests. A node whose stream
+        closed takes no new work at once; one closed or silent for longer than its
+        lease is lost (NodeLost), and its running attempts with it (TaskLost). On
+        reconnect the agent registers again, listing what still runs. An agent that
+        stops cleanly sends AgentLeaving first, so nothing is placed on it while its
+        attempts finish.
         """
 
     @_abc_1.abstractmethod
@@ -149,7 +162,9 @@ class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provisioner_pb2.DrainNodeResponse, _abc.Awaitable[_provisioner_pb2.DrainNodeResponse]]:
         """Stops placing work on a node; running attempts finish. NodeDrained is
-        published when the last one did.
+        published when the last one did. The drain lasts until the node is lost (a
+        reconnecting agent stays drained); an unknown node is NOT_FOUND, a node whose
+        stream closed is FAILED_PRECONDITION, draining again changes nothing.
         """
 
     @_abc_1.abstractmethod

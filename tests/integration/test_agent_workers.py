@@ -1,0 +1,100 @@
+"""A worker's exit code reaches the agent whatever else the agent does with processes.
+
+The agent starts spare workers in threads while attempts run. A worker that dies
+before answering is reported with its exit code (``os._exit(3)`` is code 3), which
+only the one process that reaps it learns. What users rely on: that code is the
+task's, never a -1 from a reaper elsewhere in the agent. The test holds the other
+reaper at its worst moment, deterministically: a spare started in another thread
+while the dead worker waits to be reaped (starting a process is where Python's
+multiprocessing reaps the children it knows of) is paused right after any reap of
+the worker it makes, before it could record the code, while the agent waits for the
+worker's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from strata.agent.domain.limits import Limits
+from strata.agent.domain.outcome import Failed
+from strata.agent.stopping import Stop
+from strata.agent.worker import job, run_in_worker, start_worker
+from strata.core.task_context import TaskContext
+
+pytestmark = pytest.mark.integration
+
+BOUND = 60.0
+"""Bound on every wait: a guard against hanging, not a timing check."""
+
+
+async def test_a_worker_that_exits_is_reported_with_its_code_while_spares_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "crashing.py").write_text("import os\n\ndef crash():\n    os._exit(3)\n")
+    (tmp_path / "output").mkdir()
+    worker = start_worker()
+    context = TaskContext("run", "flow", "crash", 1, "node")
+    assert worker.hand(job("crashing:crash", {}, {}, tmp_path / "output", tmp_path, context))
+    pid = worker.process.pid
+    await _zombie(pid)
+
+    reaped_elsewhere = threading.Event()
+    release = threading.Event()
+    spares: list[Any] = []
+    spare_thread = threading.Thread(target=lambda: spares.append(start_worker()))
+    monkeypatch.setattr(
+        os, "waitpid", _held_after_reaping(pid, spare_thread, reaped_elsewhere, release)
+    )
+    spare_thread.start()
+    try:
+        await asyncio.to_thread(_started_or_reaped, spare_thread, reaped_elsewhere)
+        async with asyncio.timeout(BOUND):
+            outcome = await run_in_worker(worker, Stop(), Limits(), lambda _: None)
+    finally:
+        release.set()
+        await asyncio.to_thread(spare_thread.join, BOUND)
+        for spare in spares:
+            await asyncio.to_thread(spare.discard)
+
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.exit_code == 3
+    assert outcome.message == "the worker process exited with code 3 before answering"
+
+
+def _held_after_reaping(
+    pid: int, held: threading.Thread, reaped: threading.Event, release: threading.Event
+) -> Callable[[int, int], tuple[int, int]]:
+    """``os.waitpid`` that, in thread ``held``, pauses after reaping ``pid`` until released."""
+    real = os.waitpid
+
+    def waitpid(waited: int, options: int) -> tuple[int, int]:
+        result = real(waited, options)
+        if threading.current_thread() is held and result[0] == pid:
+            reaped.set()
+            release.wait(BOUND)
+        return result
+
+    return waitpid
+
+
+def _started_or_reaped(spare: threading.Thread, reaped: threading.Event) -> None:
+    """Until the spare's start reaped the dead worker (and is held there) or is done."""
+    while spare.is_alive() and not reaped.wait(0.05):
+        pass
+
+
+async def _zombie(pid: int) -> None:
+    """Until ``pid`` has exited and waits to be reaped."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+            await asyncio.sleep(0.05)
