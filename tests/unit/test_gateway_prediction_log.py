@@ -1,6 +1,7 @@
 """The prediction log's buffer: a request never waits, what Kafka refuses is kept and sent
-again, what overflows is counted, a resent record keeps its event id, and at shutdown
-the buffer is flushed within the grace, what Kafka did not take counted."""
+again, what overflows is counted, a resent record keeps its event id, predictions linger
+for company before they are sent, and at shutdown the buffer is flushed within the grace
+(without lingering), what Kafka did not take counted."""
 
 from __future__ import annotations
 
@@ -135,6 +136,25 @@ async def test_what_kafka_does_not_take_within_the_grace_is_counted_as_dropped()
     assert metrics.buffered._value.get() == 0
 
 
+async def test_predictions_wait_the_linger_for_company_but_not_at_shutdown() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    bus.producer.up.set()
+    log = PredictionLog(capacity=100, batch=10, metrics=metrics, linger=3600.0)
+    writer = asyncio.create_task(log.run(_context(bus)))
+    log.record(_records(1))
+    await asyncio.sleep(0.05)  # the writer took the first record's wake-up: it lingers
+    log.record(_records(3, start=1))
+    await asyncio.sleep(0.05)
+    assert bus.producer.sent == [], "a lone prediction is not sent before the linger"
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert [open_envelope(v).event_id for _, v, _ in bus.producer.sent] == ["p0", "p1", "p2", "p3"]
+    assert metrics.dropped._value.get() == 0
+
+
 def test_a_log_needs_room() -> None:
     with pytest.raises(ValueError, match="positive"):
         PredictionLog(capacity=0, batch=1, metrics=GatewayMetrics())
+    with pytest.raises(ValueError, match="linger"):
+        PredictionLog(capacity=1, batch=1, metrics=GatewayMetrics(), linger=-1.0)

@@ -42,7 +42,9 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
         inline_budget=settings.inline_budget,
         counted=metrics.count_run,
     )
-    predictions = PredictionLog(settings.log_buffer, settings.log_batch, metrics)
+    predictions = PredictionLog(
+        settings.log_buffer, settings.log_batch, metrics, linger=settings.log_linger
+    )
     shadows = Shadows(settings.shadow_queue, predictions, metrics)
 
     def predictor(context: ServiceContext) -> Predictor:

@@ -32,6 +32,13 @@ class GatewaySettings(BaseSettings):
     log_batch: int = Field(
         500, ge=1, description="Most predictions produced to Kafka in one batch."
     )
+    log_linger: float = Field(
+        0.02,
+        ge=0,
+        description="Seconds the prediction log waits after a prediction before sending, "
+        "so one produce request carries the predictions of that span rather than one each; "
+        "the log reaches Kafka this much later, requests never wait. 0: send at once.",
+    )
     shadow_queue: int = Field(
         1_000,
         ge=1,
