@@ -3,7 +3,8 @@ is reserved, draining one, and what runs where."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -22,22 +23,38 @@ STATES: dict[str, pb.NodeState.ValueType] = {
 """State names as the command takes and prints them: ready, draining, drained, lost."""
 
 
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+P = TypeVar("P", bound=_Page)
+
+
+async def _pages(ask: Callable[[str], Awaitable[P]]) -> AsyncIterator[P]:
+    """Every page of a paged List call, ``ask(page_token)`` asking for one."""
+    token = ""
+    while True:
+        page = await ask(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+
+
 async def list_nodes(states: Sequence[str], out: Console) -> None:
     """One row per node: state, CPU, memory and GPUs reserved of capacity, attempts, labels."""
     wanted = [_state(name) for name in states]
     nodes: list[pb.Node] = []
-    token = ""
     async with service_channel("provisioner", idempotent=(PROVISIONER,)) as channel:
         stub = ProvisionerServiceStub(channel)
-        while True:
+
+        def ask(token: str) -> Awaitable[pb.ListNodesResponse]:
             request = pb.ListNodesRequest(states=wanted, page_token=token)
-            reply: pb.ListNodesResponse = await answer(
-                stub.ListNodes(request), "nodes", "provisioner"
-            )
+            return answer(stub.ListNodes(request), "nodes", "provisioner")
+
+        async for reply in _pages(ask):
             nodes.extend(reply.nodes)
-            token = reply.next_page_token
-            if not token:
-                break
     if not nodes:
         out.print("no nodes (agents register with the provisioner when they start)")
         return
@@ -71,18 +88,15 @@ async def list_placements(node_id: str, run_id: str, out: Console) -> None:
     """One row per attempt placed (oldest first): run, task, attempt, node, queue, user,
     reserved, running or not, since when."""
     placements: list[pb.Placement] = []
-    token = ""
     async with service_channel("provisioner", idempotent=(PROVISIONER,)) as channel:
         stub = ProvisionerServiceStub(channel)
-        while True:
+
+        def ask(token: str) -> Awaitable[pb.ListPlacementsResponse]:
             request = pb.ListPlacementsRequest(node_id=node_id, run_id=run_id, page_token=token)
-            reply: pb.ListPlacementsResponse = await answer(
-                stub.ListPlacements(request), "placements", "provisioner"
-            )
+            return answer(stub.ListPlacements(request), "placements", "provisioner")
+
+        async for reply in _pages(ask):
             placements.extend(reply.placements)
-            token = reply.next_page_token
-            if not token:
-                break
     if not placements:
         out.print("no attempts placed")
         return
