@@ -20,6 +20,7 @@ import tempfile
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -162,12 +163,13 @@ class Heard:
         return placed[0], seen[-1]
 
 
-@pytest.fixture
-async def events(provisioner: str) -> AsyncIterator[tuple[Bus, Heard]]:
-    """The bus to publish requests on, and what this module's provisioner announces."""
-    bus = Bus("sizing-test", kafka=load(KafkaSettings))
+@asynccontextmanager
+async def task_events(name: str) -> AsyncIterator[tuple[Bus, Heard]]:
+    """A bus named ``name`` to publish requests on, and what the provisioner announces of
+    the attempts (placed, finished, failed), heard by a consumer group of its own."""
+    bus = Bus(name, kafka=load(KafkaSettings))
     heard = Heard()
-    consumer = bus.consumer(TASKS_EVENTS, group=f"sizing-test-{uuid.uuid4().hex[:8]}")
+    consumer = bus.consumer(TASKS_EVENTS, group=f"{name}-{uuid.uuid4().hex[:8]}")
 
     async def on_event(event: Message, envelope: Envelope) -> None:
         heard.add(event)
@@ -176,6 +178,13 @@ async def events(provisioner: str) -> AsyncIterator[tuple[Bus, Heard]]:
         consumer.handle(kind, on_event)
     async with bus:
         yield bus, heard
+
+
+@pytest.fixture
+async def events(provisioner: str) -> AsyncIterator[tuple[Bus, Heard]]:
+    """The bus to publish requests on, and what this module's provisioner announces."""
+    async with task_events("sizing-test") as heard:
+        yield heard
 
 
 def _request(

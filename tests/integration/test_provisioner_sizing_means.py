@@ -14,16 +14,22 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from google.protobuf.message import Message
 from service_processes import free_port, running
-from test_provisioner_sizing import BUNDLE, GIB, HUGE, MIB, S3, TOKENS, Heard, _request
+from test_provisioner_sizing import (
+    BUNDLE,
+    GIB,
+    HUGE,
+    MIB,
+    S3,
+    TOKENS,
+    Heard,
+    _request,
+    task_events,
+)
 
-from strata.api.common.v1.envelope_pb2 import Envelope
 from strata.api.provisioner.v1 import provisioner_pb2 as pb
 from strata.core.blobs import open_blob_store
 from strata.core.bus import Bus
-from strata.core.settings import KafkaSettings, load
-from strata.core.topics import TASKS_EVENTS
 from strata.sdk.workflows.bundle import store
 
 pytestmark = pytest.mark.integration
@@ -64,17 +70,8 @@ async def provisioner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 @pytest.fixture
 async def events(provisioner: str) -> AsyncIterator[tuple[Bus, Heard]]:
     """The bus to publish requests on, and what this module's provisioner announces."""
-    bus = Bus("sizing-means-test", kafka=load(KafkaSettings))
-    heard = Heard()
-    consumer = bus.consumer(TASKS_EVENTS, group=f"sizing-means-test-{uuid.uuid4().hex[:8]}")
-
-    async def on_event(event: Message, envelope: Envelope) -> None:
-        heard.add(event)
-
-    for kind in (pb.TaskPlaced, pb.TaskFinished, pb.TaskFailed):
-        consumer.handle(kind, on_event)
-    async with bus:
-        yield bus, heard
+    async with task_events("sizing-means-test") as heard:
+        yield heard
 
 
 async def test_a_task_that_peaks_briefly_is_placed_on_what_it_usually_holds(
