@@ -7,6 +7,7 @@ interceptors put the caller's trace into the call and the server's tracing layer
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -223,7 +224,14 @@ async def test_each_call_is_a_server_span_with_its_method_and_status(
         with pytest.raises(grpc.aio.AioRpcError):
             await refuse(StringValue(value="model"))
 
-    said, refused = server_spans.get_finished_spans()
+    # The server ends its span after the status went out: the caller may be told first.
+    async with asyncio.timeout(5):
+        while True:
+            spans = {span.name: span for span in server_spans.get_finished_spans()}
+            if len(spans) == 2:
+                break
+            await asyncio.sleep(0.01)
+    said, refused = spans[f"/{SERVICE}/Say"], spans[f"/{SERVICE}/Refuse"]
     assert said.name == f"/{SERVICE}/Say"
     assert said.kind == trace.SpanKind.SERVER
     assert said.context.trace_id == _trace_id(caller)
