@@ -54,6 +54,16 @@ def test_a_loaded_version_reads_its_signature_from_the_file_and_answers() -> Non
     np.testing.assert_array_equal(out["y"], [[2.0, 4.0]])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_loaded_version_runs_on_the_threads_asked_whose_pool_never_spins(threads: int) -> None:
+    data = times(2.0)
+    model = load("eta", 1, hashlib.sha256(data).hexdigest(), data, threads=threads)
+    options = model.session.get_session_options()
+    assert options.intra_op_num_threads == threads
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
 def test_moving_an_alias_leaves_a_request_holding_the_old_version_on_it() -> None:
     served = Served({"eta": ["champion"]})
     assert not served.ready()

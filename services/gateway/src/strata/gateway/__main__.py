@@ -40,6 +40,7 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
         batch_rows=settings.batch_rows,
         batch_wait=settings.batch_wait,
         inline_budget=settings.inline_budget,
+        model_threads=settings.model_threads,
         counted=metrics.count_run,
     )
     predictions = PredictionLog(

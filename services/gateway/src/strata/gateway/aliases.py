@@ -164,7 +164,9 @@ class Follower:
             raise ValueError(f"version {version.version} has no ONNX model artifact")
         data = await self._download(name, onnx.sha256)
         check_sha256(data, onnx.sha256)
-        model = await asyncio.to_thread(load, name, version.version, onnx.sha256, data)
+        model = await asyncio.to_thread(
+            load, name, version.version, onnx.sha256, data, threads=self._served.model_threads
+        )
         features = await self._catalog.plan(version, model.inputs)
         return dataclasses.replace(model, features=features)
 

@@ -64,13 +64,20 @@ class LoadedModel:
         return dict(zip(names, self.session.run(names, dict(feeds)), strict=True))
 
 
-def load(name: str, version: int, sha256: str, onnx: bytes) -> LoadedModel:
+def load(name: str, version: int, sha256: str, onnx: bytes, *, threads: int = 1) -> LoadedModel:
     """A session for ``onnx``, warmed with one inference on zeros; blocking (run it in a thread).
 
     Its signature is read from the session, the authority on what it accepts. A
     model whose tensors Strata cannot serve yet raises ValueError naming the tensor.
+    ``threads``: ONNX Runtime's threads for one run (``STRATA_GATEWAY_MODEL_THREADS``).
+    Its pool's threads never spin waiting for work: ONNX Runtime's default spin-wait
+    burns the cores the event loop and gRPC need between runs.
     """
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
     model = LoadedModel(
         name=name,
@@ -114,6 +121,7 @@ class Served:
         batch_rows: int = 32,
         batch_wait: float = 0.001,
         inline_budget: float = 0.0,
+        model_threads: int = 1,
         counted: Counted | None = None,
     ) -> None:
         self.wanted = {name: tuple(aliases) for name, aliases in wanted.items()}
@@ -121,6 +129,8 @@ class Served:
         self._batch_rows = batch_rows
         self._batch_wait = batch_wait
         self._inline_budget = inline_budget
+        self.model_threads = model_threads
+        """ONNX Runtime threads for one run of each model loaded to be served here."""
         self._counted = counted or (lambda _name, _version, _calls: None)
         self._batchers: dict[tuple[str, int, str], Batcher] = {}
 
