@@ -4,7 +4,7 @@ For measuring one change to the gateway without the peers: each variant is a
 gateway started with some ``STRATA_GATEWAY_*`` (or other) variables, all serving
 the same logged model from one registry. Rounds alternate between them, as in
 :mod:`bench.serving.sidebyside`, so a noisy neighbour hurts all alike: one client's
-p50 over sequential calls, then 8 clients' requests/s and the gateway's own CPU per
+p50 and p99 over sequential calls, then 8 clients' requests/s and the gateway's own CPU per
 answered call (user + system time of its process, read from psutil around each
 round). Before timing, every variant must answer the same rows identically.
 
@@ -42,6 +42,7 @@ class Measured:
     """Each round's figures of one variant."""
 
     p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
     rps: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
 
@@ -51,7 +52,8 @@ class Measured:
             return f"{statistics.median(values):.{digits}f} ({rounds})"
 
         return (
-            f"{name}: 1 client p50 ms {each(self.p50_ms, 3)}; 8 clients rps {each(self.rps, 0)}; "
+            f"{name}: 1 client p50 ms {each(self.p50_ms, 3)}, p99 ms {each(self.p99_ms, 3)}; "
+            f"8 clients rps {each(self.rps, 0)}; "
             f"gateway CPU µs per call {each(self.cpu_us, 0)}"
         )
 
@@ -116,6 +118,7 @@ async def run(variants: dict[str, dict[str, str]], rounds: int, seconds: float) 
                 for name, target in targets.items():
                     took = await client.sequential(target, fitted.rows, 1_000, 100)
                     measured[name].p50_ms.append(statistics.median(took) * 1e3)
+                    measured[name].p99_ms.append(statistics.quantiles(took, n=100)[98] * 1e3)
                 for name, target in targets.items():
                     before = _cpu(processes[name])
                     done = await client.for_seconds(target, fitted.rows, 8, seconds, LOAD_WARMUP)
