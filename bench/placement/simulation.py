@@ -22,7 +22,8 @@ offers them (a reservation is not a limit): then the agent's own rule
 (:func:`~strata.agent.domain.pressure.eviction`) evicts the attempt furthest above
 its reservation, which
 is queued again (what the kubelet does to the pod furthest above its request under
-memory pressure), and its usage when evicted joins its task's history. An
+memory pressure), and its usage when evicted joins its task's history (the run's next
+attempts then reserve from peaks, as the provisioner's sizing says). An
 attempt using more than its own limit is killed for out of memory, retried with a
 larger limit. Both count as retried for memory.
 
@@ -261,7 +262,11 @@ class _Simulation:
         key = f"{run.index}/{number}"
         history = list(self.history.get(run.kind.name, ()))
         sizing = size_attempt(
-            run.kind.request, history, self.fleet.capacity.memory_bytes, self.sizing
+            run.kind.request,
+            history,
+            self.fleet.capacity.memory_bytes,
+            self.sizing,
+            run_id=str(run.index),
         )
         reserve = sizing.limits if self.policy == "request" else sizing.reserve
         attempt = Attempt(
@@ -338,7 +343,7 @@ class _Simulation:
         while (victim_key := self._evicted(node)) is not None:
             victim = node.running[victim_key]
             self.stats["evicted"] += 1
-            self._remember(victim, victim.using, out_of_memory=False)
+            self._remember(victim, victim.using, out_of_memory=False, evicted=True)
             self._kill(victim_key, victim)
 
     def _evicted(self, node: _Node) -> str | None:
@@ -363,7 +368,9 @@ class _Simulation:
             node.idle_since = self.now
         self.changed = True
 
-    def _remember(self, running: _Running, peak: int, *, out_of_memory: bool) -> None:
+    def _remember(
+        self, running: _Running, peak: int, *, out_of_memory: bool, evicted: bool = False
+    ) -> None:
         past = self.history.setdefault(running.run.kind.name, deque(maxlen=HISTORY))
         past.appendleft(
             PastAttempt(
@@ -372,6 +379,8 @@ class _Simulation:
                 limit_memory_bytes=running.attempt.limits.memory_bytes,
                 out_of_memory=out_of_memory,
                 mean_memory_bytes=running.mean_memory(self.now),
+                evicted=evicted,
+                run_id=str(running.run.index),
             )
         )
 

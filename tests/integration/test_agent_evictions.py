@@ -7,8 +7,10 @@ before share the node although each may grow to most of it. What users rely on:
 when they grow together past the node's memory (less the agent's margin), exactly
 one attempt is evicted, the one furthest above its reservation, reported
 FAILURE_KIND_EVICTED; it is retried (on the same limit) and succeeds although its
-retry policy allows a single attempt, since an eviction spends no retry; the other
-runs on untouched; ``strata workflow status`` shows the eviction.
+retry policy allows a single attempt, since an eviction spends no retry; the retry
+reserves at least what the evicted attempt held (a run once evicted reserves peaks,
+so its retry is not evicted at the same peak again); the other runs on untouched;
+``strata workflow status`` shows the eviction.
 """
 
 from __future__ import annotations
@@ -299,6 +301,8 @@ async def test_attempts_growing_together_past_the_node_evict_the_one_furthest_ab
     a, b = _task(done, "a"), _task(done, "b")
     assert (a.state, a.attempt, a.evictions) == (pb.TASK_STATE_SUCCEEDED, 2, 1)
     assert a.limits == ASKED  # an eviction does not raise the limit
+    retry_placed, _ = await heard.ended(_ref(run_id, "a", 2))
+    assert retry_placed.reserved.memory_bytes >= evicted.peak_usage.memory_bytes, retry_placed
     assert (b.state, b.attempt, b.evictions) == (pb.TASK_STATE_SUCCEEDED, 1, 0)
     _, b_ended = await heard.ended(_ref(run_id, "b", 1))
     assert isinstance(b_ended, prov.TaskFinished), b_ended

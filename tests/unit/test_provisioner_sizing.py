@@ -110,6 +110,30 @@ def test_reserving_means_falls_back_to_peaks_while_few_attempts_measured_a_mean(
     assert "p95 peak memory" in sizing.reason
 
 
+def test_a_run_once_evicted_reserves_peaks_for_its_next_attempts_and_other_runs_means() -> None:
+    # The run's first attempt held 2.5 GiB when its node evicted it, on its way to a
+    # peak like the task's others: its retry reserves that peak, not the mean again.
+    evicted = PastAttempt(
+        2500 * MIB,
+        500,
+        4 * GIB,
+        out_of_memory=False,
+        mean_memory_bytes=1500 * MIB,
+        evicted=True,
+        run_id="run-7",
+    )
+    history = [evicted] + [_ran(3000, mean_mib=mib) for mib in (1400, 1500, 1450)]
+
+    retry = size_attempt(ASKED, history, LARGEST, MEANS, run_id="run-7")
+    other = size_attempt(ASKED, history, LARGEST, MEANS, run_id="run-8")
+
+    assert retry.reserve.memory_bytes == round(3000 * MIB * 1.15)
+    assert "p95 peak memory" in retry.reason
+    assert "an attempt of this run was evicted" in retry.reason
+    assert other.reserve.memory_bytes == round(1500 * MIB * 1.15)
+    assert retry.limits == other.limits == ASKED  # an eviction does not raise the limit
+
+
 @pytest.mark.parametrize(
     ("policy", "field"),
     [

@@ -139,9 +139,8 @@ def _sized(
 ) -> Attempt:
     """The attempt with its limits and reserve sized from its task's past attempts."""
     attempt = queued.attempt
-    sizing = size_attempt(
-        attempt.limits, history, max(largest_memory_bytes, attempt.limits.memory_bytes), policy
-    )
+    largest = max(largest_memory_bytes, attempt.limits.memory_bytes)
+    sizing = size_attempt(attempt.limits, history, largest, policy, run_id=attempt.run_id)
     return replace(attempt, limits=sizing.limits, reserve=sizing.reserve)
 
 

@@ -15,7 +15,8 @@ usage under the memory limit it was given, and the memory it held on average), i
 the same transaction: placement sizes the next attempts of the task from it (a
 report without measured usage teaches nothing). Only running out of memory grows the
 next limit: an evicted attempt stayed under its own, its neighbours' peaks met, and
-what it held until then is what it needs so far. Other failures (an error, a
+what it held until then is what it needs so far (the next attempt reserves from
+peaks, :mod:`strata.provisioner.domain.sizing`). Other failures (an error, a
 timeout, a cancellation) stopped the attempt part-way for reasons of its own, so
 their peak says nothing of what the task needs, and they are not recorded.
 """
@@ -116,6 +117,7 @@ class Reports:
                         out_of_memory=_out_of_memory(report),
                         now=datetime.now(UTC),
                         mean_memory_bytes=report.mean_memory_bytes,
+                        evicted=_evicted(report),
                     )
                 await self._queue.ended(conn, *key)
                 await settle(self._context, conn, node_id)
@@ -141,3 +143,8 @@ def _measured_need(report: Report) -> bool:
 def _out_of_memory(report: Report) -> bool:
     """Whether the attempt ran out of its own memory limit: the next one gets more."""
     return isinstance(report, pb.TaskFailed) and report.kind == pb.FAILURE_KIND_OUT_OF_MEMORY
+
+
+def _evicted(report: Report) -> bool:
+    """Whether the attempt's node evicted it: the next one reserves from peaks."""
+    return isinstance(report, pb.TaskFailed) and report.kind == pb.FAILURE_KIND_EVICTED

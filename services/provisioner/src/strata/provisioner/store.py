@@ -654,17 +654,18 @@ class UsageHistory:
         out_of_memory: bool,
         now: datetime,
         mean_memory_bytes: int = 0,
+        evicted: bool = False,
     ) -> None:
         """Record the end of a placed attempt (call before its placement is dropped): its
-        peak usage under the memory limit it was given, and the memory it held on average
-        (0: not measured)."""
+        peak usage under the memory limit it was given, the memory it held on average
+        (0: not measured), and whether its node's agent evicted it."""
         await conn.execute(
             f"INSERT INTO {self._s}.task_usage (workflow_name, task_id, run_id, attempt, "
             "peak_memory_bytes, peak_cpu_millis, limit_memory_bytes, out_of_memory, ended_at, "
-            "mean_memory_bytes) "
+            "mean_memory_bytes, evicted) "
             "SELECT workflow_name, task_id, run_id, attempt, $4, $5, limit_memory_bytes, $6, $7, "
-            f"$8 FROM {self._s}.placements WHERE run_id = $1 AND task_id = $2 AND attempt = $3 "
-            "ON CONFLICT DO NOTHING",
+            f"$8, $9 FROM {self._s}.placements WHERE run_id = $1 AND task_id = $2 "
+            "AND attempt = $3 ON CONFLICT DO NOTHING",
             attempt.run_id,
             attempt.task_id,
             attempt.attempt,
@@ -673,6 +674,7 @@ class UsageHistory:
             out_of_memory,
             now,
             mean_memory_bytes,
+            evicted,
         )
 
     async def of(
@@ -685,7 +687,7 @@ class UsageHistory:
         workflows, task_ids = zip(*tasks, strict=True)
         rows = await conn.fetch(
             "SELECT k.workflow_name, k.task_id, h.peak_memory_bytes, h.peak_cpu_millis, "
-            "h.limit_memory_bytes, h.out_of_memory, h.mean_memory_bytes "
+            "h.limit_memory_bytes, h.out_of_memory, h.mean_memory_bytes, h.evicted, h.run_id "
             "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(workflow_name, task_id, i) "
             "CROSS JOIN LATERAL (SELECT * FROM "
             f"{self._s}.task_usage u WHERE u.workflow_name = k.workflow_name "
@@ -704,6 +706,8 @@ class UsageHistory:
                     limit_memory_bytes=r["limit_memory_bytes"],
                     out_of_memory=r["out_of_memory"],
                     mean_memory_bytes=r["mean_memory_bytes"],
+                    evicted=r["evicted"],
+                    run_id=r["run_id"],
                 )
             )
         return history

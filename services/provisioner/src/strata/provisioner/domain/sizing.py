@@ -13,8 +13,12 @@ otherwise then reserves about 2 GiB, not 4: peaks of different attempts on one
 node rarely meet. When they do, the node is over-committed and its agent evicts
 the attempt furthest above its reservation, retried without spending a retry
 (what the kubelet does under memory pressure); the limit still stops any one
-attempt at its request. Reserving peaks (``"peak"``) never over-commits;
-reserving means packs tasks that peak briefly.
+attempt at its request. A run whose attempt was evicted has its next attempts
+reserve from peaks: reserving the mean again would leave the retry the one
+furthest above its reservation at its next peak, evicted time after time (the
+scheduler fails a run past ``STRATA_SCHEDULER_MAX_EVICTIONS``); other runs of the
+task keep reserving means, as most attempts are never evicted. Reserving peaks
+(``"peak"``) never over-commits; reserving means packs tasks that peak briefly.
 
 An attempt killed for memory is retried with more: the memory limit grows by
 ``oom_growth`` (up to the largest node), and the next run starts from the
@@ -42,6 +46,9 @@ class PastAttempt:
     out_of_memory: bool
     mean_memory_bytes: int = 0
     """Memory held on average over the attempt's samples (time-weighted); 0: not measured."""
+    evicted: bool = False
+    """Stopped by its node's agent under memory pressure (its peak: what it held then)."""
+    run_id: str = ""
 
 
 MemoryFrom = Literal["peak", "mean"]
@@ -92,6 +99,7 @@ def size_attempt(
     history: Sequence[PastAttempt],
     largest_memory_bytes: int,
     policy: SizingPolicy = SizingPolicy(),
+    run_id: str = "",
 ) -> Sizing:
     """Size the next attempt of a task from its ``request`` and ``history``.
 
@@ -99,6 +107,7 @@ def size_attempt(
     ``largest_memory_bytes``: the most memory any node (or node class) offers;
     a raised limit never goes past it (0 or less: unknown, no cap). A request
     above it stays as it is: placement then says no node is large enough.
+    ``run_id``: the run of the attempt sized; one of its attempts evicted, it reserves peaks.
     """
     successes = [p for p in history if not p.out_of_memory]
     latest_success = next((i for i, p in enumerate(history) if not p.out_of_memory), len(history))
@@ -140,11 +149,14 @@ def size_attempt(
     grow = 1 + policy.margin
     label = f"p{policy.quantile * 100:g}"
     means = [p.mean_memory_bytes for p in measured if p.mean_memory_bytes > 0]
-    if policy.memory_from == "mean" and len(means) >= policy.min_samples:
+    evicted = bool(run_id) and any(p.evicted and p.run_id == run_id for p in history)
+    if policy.memory_from == "mean" and not evicted and len(means) >= policy.min_samples:
         held, what = _quantile(means, policy.quantile), "mean memory"
     else:
         held = _quantile([p.peak_memory_bytes for p in measured], policy.quantile)
         what = "peak memory"
+    if policy.memory_from == "mean" and evicted:
+        reasons.append("an attempt of this run was evicted: reserves peaks")
     peak_cpu = _quantile([p.peak_cpu_millis for p in measured], policy.quantile)
     reserve = Resources(
         min(limits.cpu_millis, math.ceil(peak_cpu * grow)),
