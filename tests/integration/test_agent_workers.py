@@ -1,4 +1,5 @@
-"""A worker's exit code reaches the agent whatever else the agent does with processes.
+"""A worker's exit code reaches the agent whatever else the agent does with processes,
+and an attempt's processes end with it.
 
 The agent starts spare workers in threads while attempts run. A worker that dies
 before answering is reported with its exit code (``os._exit(3)`` is code 3), which
@@ -9,12 +10,20 @@ while the dead worker waits to be reaped (starting a process is where Python's
 multiprocessing reaps the children it knows of) is paused right after any reap of
 the worker it makes, before it could record the code, while the agent waits for the
 worker's end.
+
+An attempt may start processes of its own (a subprocess, a multiprocessing pool).
+What users rely on: when the attempt is stopped (its memory limit, its node's
+memory pressure, its timeout, a cancellation) those processes are stopped with it,
+so the memory the stop was meant to free is freed; and none is left running once
+the attempt has answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +33,7 @@ import psutil
 import pytest
 
 from strata.agent.domain.limits import Limits
-from strata.agent.domain.outcome import Failed
+from strata.agent.domain.outcome import Failed, Finished, StopKind, Stopped
 from strata.agent.stopping import Stop
 from strata.agent.worker import job, run_in_worker, start_worker
 from strata.core.task_context import TaskContext
@@ -98,3 +107,74 @@ async def _zombie(pid: int) -> None:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 return
             await asyncio.sleep(0.05)
+
+
+SPAWNING = """
+import pathlib
+import subprocess
+import sys
+import time
+
+
+def spawn(marks, then):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pathlib.Path(marks, "child").write_text(str(child.pid))
+    if then == "wait":
+        time.sleep(600)
+    return {"child": child.pid}
+"""
+
+
+@pytest.mark.parametrize("then", ["wait", "answer"])
+async def test_an_attempts_child_processes_end_with_it(tmp_path: Path, then: str) -> None:
+    (tmp_path / "spawning.py").write_text(SPAWNING)
+    (tmp_path / "output").mkdir()
+    worker = start_worker()
+    context = TaskContext("run", "flow", "spawn", 1, "node")
+    args = {"marks": str(tmp_path), "then": then}
+    assert worker.hand(job("spawning:spawn", args, {}, tmp_path / "output", tmp_path, context))
+    stop = Stop()
+    waiting = asyncio.ensure_future(run_in_worker(worker, stop, Limits(), lambda _: None))
+    child = await _child_pid(tmp_path / "child")
+    try:
+        async with asyncio.timeout(BOUND):
+            if then == "wait":
+                stop.ask(StopKind.CANCELLED, "the run was cancelled", grace=5.0)
+            outcome = await waiting
+        assert isinstance(outcome, Stopped if then == "wait" else Finished), outcome
+        await _gone(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+async def _child_pid(path: Path) -> int:
+    """The pid the task wrote to ``path``, once it did."""
+    async with asyncio.timeout(BOUND):
+        while True:
+            text = await asyncio.to_thread(_read, path)
+            if text:
+                return int(text)
+            await asyncio.sleep(0.05)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+async def _gone(pid: int) -> None:
+    """Until ``pid`` has exited (a zombie waiting for init to reap it counts)."""
+    try:
+        async with asyncio.timeout(BOUND):
+            while True:
+                try:
+                    if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                        return
+                except psutil.NoSuchProcess:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"the attempt's child process {pid} outlived it") from None

@@ -9,10 +9,19 @@ close and reports the exit code. It is a :class:`subprocess.Popen`, not a
 whichever thread starts the next process (the agent starts spares in threads),
 and a reap racing the agent's own wait lost the exit code (reported as -1);
 ``Popen`` waits under a lock of its own and nothing else in the agent reaps it. A
-worker whose agent dies exits too. Usage is measured inside the worker by
-``getrusage`` just before it answers (peak RSS, user + system CPU), wall time by
-the agent from handing it the attempt to its end; while it runs, the agent samples
-it with psutil (:class:`Watch`) to enforce its limits and report its usage.
+worker whose agent dies exits too.
+
+A worker leads a process group of its own, and whatever the attempt starts
+(subprocesses, a multiprocessing pool) joins it: stopping an attempt (its memory
+limit, its node's memory pressure, its timeout, a cancellation) signals the whole
+group, and an attempt's processes never outlive it (those left once the worker has
+answered are killed), as a container's end kills its processes. Killing the worker
+alone would leave its children holding the memory the stop was meant to free.
+
+Usage is measured inside the worker by ``getrusage`` just before it answers (peak
+RSS, user + system CPU), wall time by the agent from handing it the attempt to its
+end; while it runs, the agent samples it and its children with psutil
+(:class:`Watch`) to enforce its limits and report its usage.
 
 A worker is started ahead of its attempt (:func:`start_worker`, kept ready by
 :mod:`strata.agent.spares`) without knowing which bundle it will run: it loads
@@ -37,6 +46,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -66,6 +76,8 @@ EXIT_ORPHANED = 70
 """Exit code of a worker whose agent went away."""
 READY = "ready"
 """What a worker sends once its imports are done, before it waits for its job."""
+GROUP_POLL = 0.05
+"""Seconds between looks at whether a stopped worker's process group has exited."""
 WATCH_INTERVAL = 0.1
 """Seconds between samples of a worker's memory: a task allocating fast can pass its
 limit by what it allocates in that time before it is stopped."""
@@ -106,7 +118,7 @@ class Worker:
 
     def discard(self) -> None:
         """Kill the worker (unused, or gone already) and close its pipe."""
-        self.process.kill()
+        _kill_group(self.process)
         self.process.wait()
         self.connection.close()
 
@@ -120,6 +132,7 @@ def start_worker() -> Worker:
             [sys.executable, "-c", WORKER_MAIN, str(descriptor)],
             stdin=subprocess.DEVNULL,
             pass_fds=(descriptor,),
+            start_new_session=True,
         )
     except BaseException:
         agent_end.close()
@@ -179,8 +192,9 @@ async def run_in_worker(
             return Stopped(stop.kind, stop.message, usage)
         answer = answering.result()
         code = await asyncio.to_thread(process.wait)
+        _kill_group(process)
     except asyncio.CancelledError:
-        process.kill()
+        _kill_group(process)
         await asyncio.shield(asyncio.to_thread(process.wait))
         await asyncio.shield(answering)
         raise
@@ -258,13 +272,33 @@ def _sample(worker: psutil.Process) -> Sample:
 
 
 def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM, then SIGKILL if the worker is still there after ``grace`` seconds."""
-    process.terminate()
-    try:
+    """SIGTERM to the worker's process group, then SIGKILL to what is left of it once
+    ``grace`` seconds have passed or the worker is gone, whichever comes last for the
+    group: children get the same grace as the worker."""
+    deadline = time.monotonic() + grace
+    _signal_group(process, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    while _signal_group(process, 0) and time.monotonic() < deadline:
+        time.sleep(GROUP_POLL)
+    _kill_group(process)
+    process.wait()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the worker and every process still in its group."""
+    _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> bool:
+    """Send ``signal_number`` to the worker's process group (0: only look); False once
+    no process is left in it. The worker leads the group, so its id is the worker's
+    pid while any member lives."""
+    try:
+        os.killpg(process.pid, signal_number)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
