@@ -47,12 +47,17 @@ class Run:
     """A run driven through the domain functions, as the store would between steps."""
 
     def __init__(
-        self, plan: RunPlan, params: dict[str, object] | None = None, max_evictions: int = 3
+        self,
+        plan: RunPlan,
+        params: dict[str, object] | None = None,
+        max_evictions: int = 3,
+        max_losses: int = 3,
     ) -> None:
         self.plan = plan
         self.params = params or {}
         self.now = T0
         self.max_evictions = max_evictions
+        self.max_losses = max_losses
         self.decision = start(plan, self.params, self.now)
 
     def tell(self, event: Report) -> Decision:
@@ -63,6 +68,7 @@ class Run:
             event,
             self.now,
             max_evictions=self.max_evictions,
+            max_losses=self.max_losses,
         )
         return self.decision
 
@@ -235,6 +241,30 @@ def test_past_its_cap_on_evictions_a_task_fails_naming_them() -> None:
     assert run.decision.message == (
         "task 'a' failed: evicted 3 times for node memory pressure, more than the 2 a task "
         "run may be (STRATA_SCHEDULER_MAX_EVICTIONS); last: EVICTED: node memory pressure"
+    )
+
+
+def test_lost_attempts_are_retried_without_spending_the_tasks_retries() -> None:
+    # One attempt allowed: the node's loss is not the task's failure.
+    run = Run(_plan(_task("a", retry=_retry(1, 0))))
+    run.tell(Started("a", 1, node_id="n1"))
+    run.tell(Lost("a", 1, node_id="n1", reason="node n1 stopped answering"))
+    assert _attempt(run.later(0), "a") == 2
+    run.tell(Failed("a", 2, message="ValueError: boom"))
+    assert _states(run.decision) == {"a": "FAILED"}
+    assert run.decision.tasks[0].losses == 1
+    assert run.decision.message == "task 'a' failed: ValueError: boom"
+
+
+def test_past_its_cap_on_losses_a_task_fails_naming_them() -> None:
+    run = Run(_plan(_task("a", retry=_retry(5, 0))), max_losses=1)
+    run.tell(Lost("a", 1, node_id="n1", reason="pod deleted"))
+    assert _attempt(run.later(0), "a") == 2
+    run.tell(Lost("a", 2, node_id="n2", reason="pod deleted"))
+    assert _states(run.decision) == {"a": "FAILED"}
+    assert run.decision.message == (
+        "task 'a' failed: lost with its node 2 times, more than the 1 a task run may be "
+        "(STRATA_SCHEDULER_MAX_LOSSES); last: lost: pod deleted"
     )
 
 

@@ -42,7 +42,9 @@ def test_a_time_that_is_not_iso_names_the_option() -> None:
         _timestamp("tomorrow", "--to")
 
 
-def test_a_task_evicted_shows_how_often_beside_its_attempt() -> None:
+def test_a_task_evicted_or_lost_shows_how_often_beside_its_attempt() -> None:
     evicted = pb.TaskInstance(task_id="train", attempt=3, evictions=2)
     assert _attempt(_Row.of(evicted)) == "3 (2 evicted)"
     assert _attempt(_Row.of(pb.TaskInstance(task_id="train", attempt=1))) == "1"
+    both = pb.TaskInstance(task_id="train", attempt=4, evictions=1, losses=2)
+    assert _attempt(_Row.of(both)) == "4 (1 evicted, 2 lost)"

@@ -259,6 +259,7 @@ def _task(task: TaskStatus) -> pb.TaskInstance:
         reserved=resources_message(task.reserved),
         peak_usage=usage_message(task.peak_usage),
         evictions=task.evictions,
+        losses=task.losses,
     )
 
 

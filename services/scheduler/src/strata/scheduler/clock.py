@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strata.core.errors import ConfigError
 from strata.core.settings import Mode, ModeSettings, load
-from strata.scheduler.domain.runs import MAX_EVICTIONS
+from strata.scheduler.domain.runs import MAX_EVICTIONS, MAX_LOSSES
 
 Clock = Callable[[], datetime]
 
@@ -41,6 +41,12 @@ class SchedulerSettings(BaseSettings):
         ge=0,
         description="Attempts of one task run that may be evicted for node memory pressure "
         "and retried without spending a retry; the eviction after fails the task.",
+    )
+    max_losses: int = Field(
+        MAX_LOSSES,
+        ge=0,
+        description="Attempts of one task run that may be lost with their node (agent gone, "
+        "pod deleted) and retried without spending a retry; the loss after fails the task.",
     )
 
 

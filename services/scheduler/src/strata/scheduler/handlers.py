@@ -43,6 +43,7 @@ def register_task_events(context: ServiceContext) -> None:
         stale=stale_reports_counter(context),
         clock=clock_of(settings),
         max_evictions=settings.max_evictions,
+        max_losses=settings.max_losses,
     )
     events = context.bus.consumer(TASKS_EVENTS, group=GROUP)
 

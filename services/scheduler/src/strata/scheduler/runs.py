@@ -77,11 +77,13 @@ class Runs:
         stale: Counter | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         max_evictions: int = transitions.MAX_EVICTIONS,
+        max_losses: int = transitions.MAX_LOSSES,
     ) -> None:
-        """``max_evictions``: how many times a task run may be evicted for node memory
-        pressure (see :mod:`strata.scheduler.domain.runs`)."""
+        """``max_evictions``, ``max_losses``: how many times a task run may be evicted for
+        node memory pressure, and lost with its node (see :mod:`strata.scheduler.domain.runs`)."""
         self._context = context
         self._max_evictions = max_evictions
+        self._max_losses = max_losses
         self._pool = context.pool
         self._workflows = WorkflowStore(context.pool, context.schema)
         self.store = RunStore(context.pool, context.schema)
@@ -224,6 +226,7 @@ class Runs:
                     self._clock(),
                     cancel_reason=cancel_reason,
                     max_evictions=self._max_evictions,
+                    max_losses=self._max_losses,
                 )
             except ValueError as error:
                 raise InvalidArgumentError("attempt.task_id", str(error)) from None

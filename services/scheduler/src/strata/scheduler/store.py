@@ -183,7 +183,7 @@ _RUN_COLUMNS = (
 )
 _TASK_COLUMNS = (
     "task_id, state, attempt, node_id, outputs, message, due_at, started_at, finished_at, "
-    "requested, limits, reserved, peak_usage, evictions"
+    "requested, limits, reserved, peak_usage, evictions, losses"
 )
 
 
@@ -230,7 +230,7 @@ class RunStore:
             return False
         await conn.executemany(
             f"INSERT INTO {s}.task_instances (run_id, position, {_TASK_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             [(uuid.UUID(run.run_id), i, *_task_values(t)) for i, t in enumerate(run.tasks)],
         )
         return True
@@ -386,7 +386,8 @@ class RunStore:
         await conn.executemany(
             f"UPDATE {s}.task_instances SET state = $3, attempt = $4, node_id = $5, "
             "outputs = $6, message = $7, due_at = $8, started_at = $9, finished_at = $10, "
-            "requested = $11, limits = $12, reserved = $13, peak_usage = $14, evictions = $15 "
+            "requested = $11, limits = $12, reserved = $13, peak_usage = $14, evictions = $15, "
+            "losses = $16 "
             "WHERE run_id = $1 AND task_id = $2",
             [(uuid.UUID(run.run_id), *_task_values(t)) for t in changed],
         )
@@ -444,6 +445,7 @@ def _task(row: asyncpg.Record) -> TaskStatus:
         reserved=_amounts(row["reserved"]),
         peak_usage=None if row["peak_usage"] is None else Usage(**json.loads(row["peak_usage"])),
         evictions=row["evictions"],
+        losses=row["losses"],
     )
 
 
@@ -472,6 +474,7 @@ def _task_values(task: TaskStatus) -> tuple[object, ...]:
         _json(task.reserved),
         _json(task.peak_usage),
         task.evictions,
+        task.losses,
     )
 
 

@@ -252,6 +252,8 @@ class _Row:
     message: str
     evictions: int = 0
     """Attempts evicted for node memory pressure (they spent no retry)."""
+    losses: int = 0
+    """Attempts lost with their node (they spent no retry)."""
 
     @classmethod
     def of(cls, task: pb.TaskInstance) -> _Row:
@@ -264,6 +266,7 @@ class _Row:
             finished_at=_moment(task, "finished_at"),
             message=task.message,
             evictions=task.evictions,
+            losses=task.losses,
         )
 
     def moved(self, change: pb.TaskStateChanged, at: datetime) -> _Row:
@@ -353,10 +356,14 @@ def _tasks_table(rows: Sequence[_Row], now: datetime) -> Table:
 
 
 def _attempt(row: _Row) -> str:
-    """The attempt number, and how many attempts were evicted (they spent no retry)."""
-    if row.evictions:
-        return f"{row.attempt} ({row.evictions} evicted)"
-    return str(row.attempt)
+    """The attempt number, and how many attempts were evicted or lost (they spent no
+    retry)."""
+    spared = [
+        f"{count} {what}"
+        for count, what in ((row.evictions, "evicted"), (row.losses, "lost"))
+        if count
+    ]
+    return f"{row.attempt} ({', '.join(spared)})" if spared else str(row.attempt)
 
 
 def _heading(run: pb.Run) -> str:

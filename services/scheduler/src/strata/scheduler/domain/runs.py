@@ -38,6 +38,12 @@ counts its evictions, and only attempts not evicted count against the retry poli
 ``max_attempts``. So that a task cannot be evicted forever, a task run may be evicted
 at most ``max_evictions`` times; the next eviction fails it, naming them.
 
+Losses: an attempt lost with its node (its agent crashed or was killed, its pod
+deleted or preempted) is retried the same way, counted apart (``losses``, at most
+``max_losses``): the task's retries are for its own failures, as Flyte keeps system
+retries apart from user retries. A task that keeps taking its node down still ends,
+once past the cap.
+
 Each task also carries what it asked for (from the plan), and for its latest attempt
 the limits and reservation the provisioner placed it with and its peak usage once it
 ended; a new attempt starts without them, so they never describe an older attempt.
@@ -96,6 +102,9 @@ RUN_ACTIVE = frozenset({RUN_STATE_RUNNING, RUN_STATE_CANCELLING})
 """Run states that count against their lane's limit."""
 MAX_EVICTIONS = 3
 """Evictions a task run may have by default; the one after fails the task."""
+MAX_LOSSES = 3
+"""Attempts of a task run that may be lost with their node by default; the loss after
+fails the task."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,8 @@ class TaskStatus:
     """Peak usage of the latest attempt, once it ended and its agent measured it."""
     evictions: int = 0
     """Attempts of this task run evicted for node memory pressure: they spend no retry."""
+    losses: int = 0
+    """Attempts of this task run lost with their node: they spend no retry."""
 
 
 @dataclass(frozen=True)
@@ -242,11 +253,13 @@ def report(
     *,
     cancel_reason: str | None = None,
     max_evictions: int = MAX_EVICTIONS,
+    max_losses: int = MAX_LOSSES,
 ) -> Decision:
     """Apply one attempt's report; ValueError if it names a task the workflow lacks.
 
-    ``cancel_reason`` is set when the run is CANCELLING; ``max_evictions``: how many
-    evictions a task run may have (see the module docstring).
+    ``cancel_reason`` is set when the run is CANCELLING; ``max_evictions`` and
+    ``max_losses``: how many evictions and losses a task run may have (see the module
+    docstring).
     """
     step = _Step(
         plan,
@@ -255,6 +268,7 @@ def report(
         {t.task_id: t for t in tasks},
         cancel_reason=cancel_reason,
         max_evictions=max_evictions,
+        max_losses=max_losses,
     )
     current = step.tasks.get(event.task_id)
     if current is None:
@@ -292,7 +306,7 @@ def report(
             evicted=event.evicted,
         )
     elif isinstance(event, Lost):
-        step.fail(replace(current, node_id=node), f"lost: {event.reason}", retryable=True)
+        step.lost(replace(current, node_id=node), f"lost: {event.reason}")
     return step.settle()
 
 
@@ -332,9 +346,11 @@ class _Step:
         *,
         cancel_reason: str | None = None,
         max_evictions: int = MAX_EVICTIONS,
+        max_losses: int = MAX_LOSSES,
     ) -> None:
         self.cancel_reason = cancel_reason
         self.max_evictions = max_evictions
+        self.max_losses = max_losses
         self.plan = plan
         self.params = params
         self.now = now
@@ -360,29 +376,51 @@ class _Step:
             return
         retry = self.plan.tasks[task.task_id].retry
         if evicted:
-            self._evicted(replace(task, evictions=task.evictions + 1), message)
+            evictions = task.evictions + 1
+            self._disrupted(
+                replace(task, evictions=evictions),
+                message,
+                evictions,
+                self.max_evictions,
+                f"evicted {evictions} times for node memory pressure, more than the "
+                f"{self.max_evictions} a task run may be (STRATA_SCHEDULER_MAX_EVICTIONS)",
+            )
             return
-        spent = task.attempt - task.evictions
+        spent = task.attempt - task.evictions - task.losses
         if retryable and spent < retry.max_attempts:
             due = self.now + retry.backoff(spent)
             self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
         else:
             self.move(task, TASK_STATE_FAILED, message=message, finished_at=self.now)
 
-    def _evicted(self, task: TaskStatus, message: str) -> None:
-        """Retry an evicted attempt without spending a retry, unless the task run has
-        been evicted more than :attr:`max_evictions` times."""
-        if task.evictions <= self.max_evictions:
-            due = self.now + self.plan.tasks[task.task_id].retry.backoff(task.evictions)
+    def lost(self, task: TaskStatus, message: str) -> None:
+        """An attempt lost with its node: retried without spending a retry, up to
+        :attr:`max_losses` losses."""
+        if self.cancel_reason is not None:
+            self.move(task, TASK_STATE_CANCELLED, message=message, finished_at=self.now)
+            return
+        losses = task.losses + 1
+        self._disrupted(
+            replace(task, losses=losses),
+            message,
+            losses,
+            self.max_losses,
+            f"lost with its node {losses} times, more than the {self.max_losses} a task run "
+            "may be (STRATA_SCHEDULER_MAX_LOSSES)",
+        )
+
+    def _disrupted(
+        self, task: TaskStatus, message: str, times: int, cap: int, past_cap: str
+    ) -> None:
+        """Retry an attempt that ended through no fault of its task (evicted, lost)
+        without spending a retry, backing off by ``times``; past ``cap``, fail it
+        saying ``past_cap``."""
+        if times <= cap:
+            due = self.now + self.plan.tasks[task.task_id].retry.backoff(times)
             self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
             return
         self.move(
-            task,
-            TASK_STATE_FAILED,
-            message=f"evicted {task.evictions} times for node memory pressure, more than the "
-            f"{self.max_evictions} a task run may be (STRATA_SCHEDULER_MAX_EVICTIONS); "
-            f"last: {message}",
-            finished_at=self.now,
+            task, TASK_STATE_FAILED, message=f"{past_cap}; last: {message}", finished_at=self.now
         )
 
     def settle(self, *, stale: bool = False) -> Decision:

@@ -867,6 +867,7 @@ class TaskInstance(_message.Message):
     RESERVED_FIELD_NUMBER: _builtins.int
     PEAK_USAGE_FIELD_NUMBER: _builtins.int
     EVICTIONS_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id from the workflow spec."""
     state: Global___TaskState.ValueType
@@ -880,6 +881,10 @@ class TaskInstance(_message.Message):
     evictions: _builtins.int
     """Attempts of this task in this run that their agent evicted for node memory
     pressure (FAILURE_KIND_EVICTED): retried without spending the task's retries.
+    """
+    losses: _builtins.int
+    """Attempts of this task in this run lost with their node (its agent gone, its
+    pod deleted): retried without spending the task's retries.
     """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
@@ -929,10 +934,11 @@ class TaskInstance(_message.Message):
         reserved: _resources_pb2.Resources | None = ...,
         peak_usage: _resources_pb2.ResourceUsage | None = ...,
         evictions: _builtins.int = ...,
+        losses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "limits", b"limits", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "evictions", b"evictions", "finished_at", b"finished_at", "limits", b"limits", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "evictions", b"evictions", "finished_at", b"finished_at", "limits", b"limits", "losses", b"losses", "message", b"message", "node_id", b"node_id", "outputs", b"outputs", "peak_usage", b"peak_usage", "requested", b"requested", "reserved", b"reserved", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
