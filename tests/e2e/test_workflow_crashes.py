@@ -3,12 +3,12 @@
 SIGKILL of an agent while its task runs: once the node's lease passes (shortened to
 3 s with STRATA_PROVISIONER_LEASE) the attempt is declared lost and retried on the
 other agent, although the task allows a single attempt (a lost attempt spends none
-of its retries, and the run counts it as lost); a result of the lost attempt arriving late (published on
-``strata.tasks.events`` as its agent would have, while the retry runs) is ignored
-and counted, and the run ends with the retry's outcome. SIGKILL of the provisioner
-while a task runs, then a restart on the same address: the agents reconnect, the
-report of the task that ended meanwhile comes through, and every task's side effect
-happens exactly once.
+of its retries, and the run counts it as lost); a result of the lost attempt
+arriving late (published on ``strata.tasks.events`` as its agent would have, while
+the retry runs) is ignored and counted, and the run ends with the retry's outcome.
+SIGKILL of the provisioner while a task runs, then a restart on the same address:
+the agents reconnect, the report of the task that ended meanwhile comes through,
+and every task's side effect happens exactly once.
 
 Each story starts its own provisioner, agents and scheduler, since it kills one.
 """
