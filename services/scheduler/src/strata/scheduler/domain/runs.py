@@ -376,15 +376,7 @@ class _Step:
             return
         retry = self.plan.tasks[task.task_id].retry
         if evicted:
-            evictions = task.evictions + 1
-            self._disrupted(
-                replace(task, evictions=evictions),
-                message,
-                evictions,
-                self.max_evictions,
-                f"evicted {evictions} times for node memory pressure, more than the "
-                f"{self.max_evictions} a task run may be (STRATA_SCHEDULER_MAX_EVICTIONS)",
-            )
+            self._disrupted(replace(task, evictions=task.evictions + 1), message, lost=False)
             return
         spent = task.attempt - task.evictions - task.losses
         if retryable and spent < retry.max_attempts:
@@ -399,22 +391,20 @@ class _Step:
         if self.cancel_reason is not None:
             self.move(task, TASK_STATE_CANCELLED, message=message, finished_at=self.now)
             return
-        losses = task.losses + 1
-        self._disrupted(
-            replace(task, losses=losses),
-            message,
-            losses,
-            self.max_losses,
-            f"lost with its node {losses} times, more than the {self.max_losses} a task run "
-            "may be (STRATA_SCHEDULER_MAX_LOSSES)",
-        )
+        self._disrupted(replace(task, losses=task.losses + 1), message, lost=True)
 
-    def _disrupted(
-        self, task: TaskStatus, message: str, times: int, cap: int, past_cap: str
-    ) -> None:
-        """Retry an attempt that ended through no fault of its task (evicted, lost)
-        without spending a retry, backing off by ``times``; past ``cap``, fail it
-        saying ``past_cap``."""
+    def _disrupted(self, task: TaskStatus, message: str, *, lost: bool) -> None:
+        """Retry an attempt that ended through no fault of its task (evicted, or ``lost``
+        with its node) without spending a retry, backing off by how often that happened;
+        past the cap on it, fail the task naming them."""
+        if lost:
+            times, cap = task.losses, self.max_losses
+            past_cap = f"lost with its node {times} times, more than the {cap} a task run may "
+            past_cap += "be (STRATA_SCHEDULER_MAX_LOSSES)"
+        else:
+            times, cap = task.evictions, self.max_evictions
+            past_cap = f"evicted {times} times for node memory pressure, more than the {cap} "
+            past_cap += "a task run may be (STRATA_SCHEDULER_MAX_EVICTIONS)"
         if times <= cap:
             due = self.now + self.plan.tasks[task.task_id].retry.backoff(times)
             self.move(task, TASK_STATE_RETRY_WAIT, message=message, due_at=due)
