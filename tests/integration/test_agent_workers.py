@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -148,6 +149,45 @@ async def test_an_attempts_child_processes_end_with_it(tmp_path: Path, then: str
             os.kill(child, signal.SIGKILL)
 
 
+AGENT_THAT_DIES = """
+import pathlib
+import sys
+import time
+
+from strata.agent.worker import job, start_worker
+from strata.core.task_context import TaskContext
+
+folder = pathlib.Path(sys.argv[1])
+worker = start_worker()
+args = {"marks": str(folder), "then": "wait"}
+context = TaskContext("run", "flow", "spawn", 1, "node")
+assert worker.hand(job("spawning:spawn", args, {}, folder / "output", folder, context))
+while not (folder / "child").exists():
+    time.sleep(0.05)
+(folder / "worker").write_text(str(worker.process.pid))
+"""
+
+
+async def test_a_worker_whose_agent_died_ends_with_the_processes_its_attempt_started(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "spawning.py").write_text(SPAWNING)
+    (tmp_path / "output").mkdir()
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AGENT_THAT_DIES, str(tmp_path)
+    )
+    async with asyncio.timeout(BOUND):
+        assert await agent.wait() == 0
+    worker, child = await _child_pid(tmp_path / "worker"), await _child_pid(tmp_path / "child")
+    try:
+        await _gone(worker)
+        await _gone(child)
+    finally:
+        for pid in (worker, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 async def _child_pid(path: Path) -> int:
     """The pid the task wrote to ``path``, once it did."""
     async with asyncio.timeout(BOUND):
@@ -166,7 +206,7 @@ def _read(path: Path) -> str:
 
 
 async def _gone(pid: int) -> None:
-    """Until ``pid`` has exited (a zombie waiting for init to reap it counts)."""
+    """Until ``pid`` has exited (a zombie waiting for its reaper counts)."""
     try:
         async with asyncio.timeout(BOUND):
             while True:
@@ -177,4 +217,4 @@ async def _gone(pid: int) -> None:
                     return
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError(f"the attempt's child process {pid} outlived it") from None
+        raise AssertionError(f"process {pid} outlived the attempt") from None

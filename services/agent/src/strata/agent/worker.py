@@ -365,14 +365,19 @@ def serve_attempt(connection: Connection) -> None:
 
 
 def _exit_with_the_agent() -> None:
-    """Exit once the agent is gone (killed, crashed): the provisioner declares its attempts
-    lost and places them again, so a worker left running would race its replacement and
-    hold room on the node that nobody accounts for."""
+    """Exit once the agent is gone (killed, crashed), killing what the attempt started
+    first: the provisioner declares its attempts lost and places them again, so a worker
+    or a child of it left running would race the replacement and hold room on the node
+    that nobody accounts for. (The worker leads a process group of its own, so a signal
+    to the agent's group does not reach it.)"""
     agent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == agent:
             time.sleep(ORPHAN_CHECK)
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="strata-agent-watch", daemon=True).start()
