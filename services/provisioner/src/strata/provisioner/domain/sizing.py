@@ -49,6 +49,7 @@ class PastAttempt:
     evicted: bool = False
     """Stopped by its node's agent under memory pressure (its peak: what it held then)."""
     run_id: str = ""
+    """The run it was an attempt of ("": not known)."""
 
 
 MemoryFrom = Literal["peak", "mean"]
