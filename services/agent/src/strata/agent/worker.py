@@ -77,7 +77,7 @@ EXIT_ORPHANED = 70
 READY = "ready"
 """What a worker sends once its imports are done, before it waits for its job."""
 GROUP_POLL = 0.05
-"""Seconds between looks at whether a stopped worker's process group has exited."""
+"""Seconds between looks at whether a stopped worker's children have exited."""
 WATCH_INTERVAL = 0.1
 """Seconds between samples of a worker's memory: a task allocating fast can pass its
 limit by what it allocates in that time before it is stopped."""
@@ -272,14 +272,15 @@ def _sample(worker: psutil.Process) -> Sample:
 
 
 def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM to the worker's process group, then SIGKILL to what is left of it once
-    ``grace`` seconds have passed or the worker is gone, whichever comes last for the
-    group: children get the same grace as the worker."""
+    """SIGTERM to the worker's process group, then SIGKILL to what is left of it once the
+    worker and the processes it had started are gone or ``grace`` seconds have passed:
+    its children get the same grace as the worker."""
     deadline = time.monotonic() + grace
+    started = _descendants(process)
     _signal_group(process, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace)
-    while _signal_group(process, 0) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(_running(child) for child in started):
         time.sleep(GROUP_POLL)
     _kill_group(process)
     process.wait()
@@ -290,15 +291,27 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     _signal_group(process, signal.SIGKILL)
 
 
-def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> bool:
-    """Send ``signal_number`` to the worker's process group (0: only look); False once
-    no process is left in it. The worker leads the group, so its id is the worker's
-    pid while any member lives."""
-    try:
+def _signal_group(process: subprocess.Popen[bytes], signal_number: int) -> None:
+    """Send ``signal_number`` to the worker's process group (nothing once it is empty).
+    The worker leads the group, so its id is the worker's pid while any member lives."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal_number)
-    except ProcessLookupError:
+
+
+def _descendants(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The processes the worker started, and theirs, as they are now."""
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _running(child: psutil.Process) -> bool:
+    """Whether ``child`` has not exited yet (one exited, waiting to be reaped, has)."""
+    try:
+        return child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def _receive(connection: Connection) -> dict[str, Any] | None:
