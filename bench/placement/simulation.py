@@ -5,7 +5,7 @@ Pure: no clock, no I/O, one seeded trace (:mod:`bench.placement.trace`) in, one
 provisioner's own code: :func:`~strata.provisioner.domain.sizing.size_attempt`
 sizes every attempt from the past attempts of its task (newest first, at most
 20), and :func:`~strata.provisioner.domain.placement.place` puts the waiting
-attempts on the nodes. The two differ only in what placement reserves:
+attempts on the nodes. They differ in what placement reserves:
 
 - ``request``: the attempt's limits (its request, raised after it ran out of
   memory), as kube-scheduler reserves a pod's requests;
@@ -16,6 +16,11 @@ attempts on the nodes. The two differ only in what placement reserves:
   time-weighted mean memory: the provisioner's default,
   ``SizingPolicy(memory_from="mean")`` (the agent reports it with each attempt's
   end, averaged over its samples).
+
+The usage-aware ways also place by how long attempts are expected to run (the
+median run time of the task's past attempts, as the provisioner learns it), so
+that attempts ending together share nodes and nodes empty sooner; ``request`` does
+not (kube-scheduler knows nothing of run times).
 
 The node's memory is over-committed when its attempts together use more than it
 offers them (a reservation is not a limit): then the agent's own rule
@@ -169,6 +174,15 @@ class _Node:
     def using(self) -> int:
         return sum(r.using for r in self.running.values())
 
+    def runs_for(self, now: float) -> float:
+        """Seconds until its attempts are expected to end, as the provisioner reckons it."""
+        ends = [
+            r.started + r.attempt.expected_seconds
+            for r in self.running.values()
+            if r.attempt.expected_seconds is not None
+        ]
+        return max(0.0, max(ends, default=now) - now)
+
 
 def simulate(trace: Trace, policy: Policy, fleet: Fleet = Fleet()) -> Outcome:
     """Place every run of ``trace`` the ``policy`` way; what it cost."""
@@ -276,13 +290,14 @@ class _Simulation:
             limits=sizing.limits,
             reserve=reserve,
             sequence=run.index,
+            expected_seconds=None if self.policy == "request" else sizing.expected_seconds,
         )
         self.waiting[key] = (run, attempt)
         self.changed = True
 
     def _place(self) -> None:
         nodes = [
-            Node(n.node_id, self.fleet.capacity, n.reserved())
+            Node(n.node_id, self.fleet.capacity, n.reserved(), runs_for=n.runs_for(self.now))
             for n in self.nodes.values()
             if n.ready and not n.draining
         ]
@@ -381,6 +396,7 @@ class _Simulation:
                 mean_memory_bytes=running.mean_memory(self.now),
                 evicted=evicted,
                 run_id=str(running.run.index),
+                run_seconds=self.now - running.started,
             )
         )
 

@@ -278,7 +278,16 @@ async def test_the_cli_lists_the_placements_of_a_node(
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if first.attempt.run_id in line)
     cells = [cell.strip() for cell in row.strip("│┃ ").split("│")]
-    assert cells[1:8] == ["t-00", "1", agent.node_id, queue, "ann", "400 CPU, 1.0Gi", "running"]
+    assert cells[1:9] == [
+        "t-00",
+        "1",
+        agent.node_id,
+        queue,
+        "ann",
+        "400 CPU, 1.0Gi",
+        "-",  # a task never run before: no expected run time yet
+        "running",
+    ]
 
 
 async def test_a_leaving_agent_takes_no_new_attempt_at_once_and_its_running_one_finishes(

@@ -261,3 +261,45 @@ async def test_a_task_that_used_a_third_of_its_request_is_placed_on_its_measured
     marker.touch()
     _, finished = await heard.ended(request.attempt)
     assert isinstance(finished, pb.TaskFinished), finished
+
+
+async def _placement(stub: ProvisionerServiceStub, placed: pb.TaskPlaced) -> pb.Placement:
+    node: pb.GetNodeResponse = await stub.GetNode(
+        pb.GetNodeRequest(node_id=placed.node_id), metadata=VIEWER
+    )
+    (placement,) = [p for p in node.placements if p.attempt == placed.attempt]
+    return placement
+
+
+async def test_an_attempt_is_expected_to_run_as_long_as_its_task_usually_did(
+    stub: ProvisionerServiceStub, events: tuple[Bus, Heard], tmp_path: Path
+) -> None:
+    bus, heard = events
+    workflow = f"timed-{uuid.uuid4().hex[:8]}"
+    first_done = tmp_path / "first-done"
+    past = [_request(workflow, 256 * MIB, {"mib": 16, "marker": str(first_done)})]
+    await bus.publish(past[0])
+    (placed,) = await heard.until(past[0].attempt, pb.TaskPlaced)
+    assert isinstance(placed, pb.TaskPlaced)
+    first = await _placement(stub, placed)
+    assert not first.HasField("expected_run_time")  # nothing run yet: no expectation
+    first_done.touch()
+    past += [_request(workflow, 256 * MIB, {"mib": 16}) for _ in range(2)]
+    for request in past[1:]:
+        await bus.publish(request)
+    for request in past:
+        _, finished = await heard.ended(request.attempt)
+        assert isinstance(finished, pb.TaskFinished), finished
+
+    release = tmp_path / "release"
+    request = _request(workflow, 256 * MIB, {"mib": 16, "marker": str(release)})
+    await bus.publish(request)
+    (placed,) = await heard.until(request.attempt, pb.TaskPlaced)
+    assert isinstance(placed, pb.TaskPlaced)
+    placement = await _placement(stub, placed)
+    release.touch()
+    # Each past attempt held its memory at least 0.5 s (the task sleeps so long).
+    assert placement.HasField("expected_run_time")
+    assert 0.5 <= placement.expected_run_time.ToTimedelta().total_seconds() < BOUND
+    _, finished = await heard.ended(request.attempt)
+    assert isinstance(finished, pb.TaskFinished), finished

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from strata.core.errors import InvalidArgumentError
 from strata.provisioner.domain.placement import (
+    LIFETIME_SLOT,
     Attempt,
     Node,
     Plan,
@@ -98,6 +100,50 @@ def test_higher_priority_first_then_first_requested_first() -> None:
     plan = place([Node("a", _res(1, 1))], attempts)
     assert [p.attempt.task_id for p in plan.placed] == ["high-early"]
     assert [w.attempt.task_id for w in plan.waiting] == ["high-late", "low-early", "low-late"]
+
+
+def _lasting(task_id: str, seconds: float | None, mem_gib: float = 1) -> Attempt:
+    return replace(_attempt(task_id, _res(1, mem_gib)), expected_seconds=seconds)
+
+
+def test_an_attempt_goes_where_the_node_runs_at_least_as_long_before_a_fuller_node() -> None:
+    nodes = [
+        Node("ends-soon", _res(8, 16), reserved=_res(6, 12), runs_for=120),
+        Node("runs-an-hour", _res(8, 16), reserved=_res(2, 4), runs_for=3600),
+        Node("empty", _res(8, 16)),
+    ]
+
+    assert _placed(nodes, [_lasting("long", 3000)]) == {"long": "runs-an-hour"}
+    # A short one extends neither node: the fullest takes it, as without expectations.
+    assert _placed(nodes, [_lasting("short", 60)]) == {"short": "ends-soon"}
+    assert _placed(nodes, [_lasting("unknown", None)]) == {"unknown": "ends-soon"}
+
+
+def test_failing_a_node_running_as_long_the_one_ending_latest_is_extended_not_an_empty_one() -> (
+    None
+):
+    nodes = [
+        Node("ends-in-2-min", _res(8, 16), reserved=_res(6, 12), runs_for=120),
+        Node("ends-in-30-min", _res(8, 16), reserved=_res(2, 4), runs_for=1800),
+        Node("empty", _res(8, 16)),
+    ]
+
+    assert _placed(nodes, [_lasting("two-hours", 7200)]) == {"two-hours": "ends-in-30-min"}
+
+
+def test_a_placed_attempt_makes_its_node_run_longer_for_the_next_of_the_round() -> None:
+    nodes = [
+        Node("a", _res(8, 16), reserved=_res(2, 4)),
+        Node("b", _res(8, 16), reserved=_res(5, 10)),
+    ]
+    big = replace(_lasting("big", 3600), limits=_res(1, 8))  # only "a" has 8 GiB free
+
+    placed = _placed(nodes, [big, _lasting("unknown", None), _lasting("hour", 3600)])
+
+    # Once "big" is on "a", "a" runs an hour. An attempt without expectation takes
+    # the fuller "b" (now running nothing known); the next hour-long attempt joins
+    # "big" on "a" although "b" is fuller.
+    assert placed == {"big": "a", "unknown": "b", "hour": "a"}
 
 
 def test_a_node_holding_the_bundle_warm_is_preferred_over_a_fuller_one() -> None:
@@ -343,6 +389,8 @@ def _reference(
     every attempt. ``(task_id, node_id or None, for_capacity)`` in decision order."""
     free = {n.node_id: n.free for n in nodes}
     by_id = {n.node_id: n for n in nodes}
+    lifetimes = any(a.expected_seconds is not None for a in attempts)
+    slot = {n.node_id: int(n.runs_for // LIFETIME_SLOT) if lifetimes else 0 for n in nodes}
     total = Resources(
         sum(n.capacity.cpu_millis for n in nodes),
         sum(n.capacity.memory_bytes for n in nodes),
@@ -391,19 +439,32 @@ def _reference(
             decisions.append((attempt.task_id, None, True))
             continue
 
-        chosen = min(fitting, key=lambda i: _preference(by_id[i], free[i], attempt))
+        chosen = min(fitting, key=lambda i: _preference(by_id[i], free[i], slot[i], attempt))
         free[chosen] = free[chosen] - need
+        if lifetimes and attempt.expected_seconds is not None:
+            slot[chosen] = max(slot[chosen], int(attempt.expected_seconds // LIFETIME_SLOT))
         reserved[q] = reserved[q] + need
         running[q][attempt.user] += 1
         decisions.append((attempt.task_id, chosen, True))
     return decisions
 
 
-def _preference(node: Node, free: Resources, attempt: Attempt) -> tuple[bool, float, str]:
-    """Warm first, then the fullest once the attempt is added, then the smallest id."""
+def _preference(
+    node: Node, free: Resources, slot: int, attempt: Attempt
+) -> tuple[bool, bool, int, float, str]:
+    """Warm first (the fullest of them); then the nodes expected to run at least as long
+    as the attempt (in lifetime slots), the fullest of them; then the others, latest
+    ending first, the fullest of those; then the smallest id."""
     warm = bool(attempt.bundle_sha256) and attempt.bundle_sha256 in node.warm_bundles
     now = Node(node.node_id, node.capacity, reserved=node.capacity - free)
-    return (not warm, -now.fullness_with(attempt.need), node.node_id)
+    fullest = -now.fullness_with(attempt.need)
+    if warm:
+        return (False, False, 0, fullest, node.node_id)
+    expected = attempt.expected_seconds
+    own = 0 if expected is None else int(expected // LIFETIME_SLOT)
+    if slot >= own:
+        return (True, False, 0, fullest, node.node_id)
+    return (True, True, -slot, fullest, node.node_id)
 
 
 def _decisions(plan: Plan) -> set[tuple[str, str | None, bool]]:
@@ -416,6 +477,8 @@ def _decisions(plan: Plan) -> set[tuple[str, str | None, bool]]:
 # and ties compare equal however the sums are grouped.
 _CPU = st.sampled_from([0, 256, 512, 1024, 2048])
 _MEM = st.sampled_from([0, 256, 512, 1024, 2048])
+_RUNS_FOR = st.sampled_from([0.0, 100.0, 400.0, 1000.0, 4000.0])
+_EXPECTED = st.sampled_from([None, 60.0, 700.0, 3000.0])
 
 
 @st.composite
@@ -442,7 +505,10 @@ def _rounds(
             0,
         )
         warm = draw(st.frozensets(st.sampled_from(["x", "y"]), max_size=1))
-        nodes.append(Node(f"n{i:02d}", cap, reserved=used, warm_bundles=warm))
+        runs_for = draw(_RUNS_FOR) if used else 0.0
+        nodes.append(Node(f"n{i:02d}", cap, reserved=used, warm_bundles=warm, runs_for=runs_for))
+    # Some rounds without any expected run time (one lifetime slot for every node).
+    expected = draw(st.sampled_from([st.none(), _EXPECTED]))
     attempts = []
     for i in range(draw(st.integers(1, 30))):
         limits = Resources(draw(_CPU), draw(_MEM), draw(st.sampled_from([0, 0, 1])))
@@ -457,6 +523,7 @@ def _rounds(
                 bundle_sha256=draw(st.sampled_from(["", "x", "y"])),
                 sequence=draw(st.integers(0, 1000)) * 100 + i,
                 user=draw(st.sampled_from(["u", "v"])),
+                expected_seconds=draw(expected),
             )
         )
     queues = {

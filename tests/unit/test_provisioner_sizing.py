@@ -134,6 +134,32 @@ def test_a_run_once_evicted_reserves_peaks_for_its_next_attempts_and_other_runs_
     assert retry.limits == other.limits == ASKED  # an eviction does not raise the limit
 
 
+def _timed(seconds: float, *, out_of_memory: bool = False, evicted: bool = False) -> PastAttempt:
+    return PastAttempt(
+        1000 * MIB, 500, 4 * GIB, out_of_memory, evicted=evicted, run_seconds=seconds
+    )
+
+
+def test_the_expected_run_time_is_the_median_of_attempts_that_ran_to_their_end() -> None:
+    history = [
+        _timed(30, out_of_memory=True),  # killed early: says nothing of how long it runs
+        _timed(45, evicted=True),
+        _timed(600),
+        _timed(900),
+        _timed(0),  # not known
+        _timed(700),
+        _timed(5000),
+    ]
+
+    assert size_attempt(ASKED, history, LARGEST).expected_seconds == 800
+
+
+def test_too_few_known_run_times_give_no_expectation() -> None:
+    history = [_timed(600), _timed(700), _timed(0), _timed(0)]
+
+    assert size_attempt(ASKED, history, LARGEST).expected_seconds is None
+
+
 @pytest.mark.parametrize(
     ("policy", "field"),
     [

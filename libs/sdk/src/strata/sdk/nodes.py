@@ -86,7 +86,7 @@ async def drain_node(node_id: str, reason: str, shutdown_when_empty: bool, out: 
 
 async def list_placements(node_id: str, run_id: str, out: Console) -> None:
     """One row per attempt placed (oldest first): run, task, attempt, node, queue, user,
-    reserved, running or not, since when."""
+    reserved, expected run time, running or not, since when."""
     placements: list[pb.Placement] = []
     async with service_channel("provisioner", idempotent=(PROVISIONER,)) as channel:
         stub = ProvisionerServiceStub(channel)
@@ -100,7 +100,9 @@ async def list_placements(node_id: str, run_id: str, out: Console) -> None:
     if not placements:
         out.print("no attempts placed")
         return
-    table = Table("run", "task", "attempt", "node", "queue", "user", "reserved", "state", "since")
+    table = Table(
+        "run", "task", "attempt", "node", "queue", "user", "reserved", "expected", "state", "since"
+    )
     for p in placements:
         table.add_row(
             p.attempt.run_id,
@@ -111,6 +113,7 @@ async def list_placements(node_id: str, run_id: str, out: Console) -> None:
             p.user,
             f"{_cores(p.reserved)} CPU, {_gib(p.reserved)}"
             + (f", {p.reserved.gpus} GPU" if p.reserved.gpus else ""),
+            _run_time(p),
             "running" if p.running else "placed",
             p.placed_at.ToDatetime().strftime("%H:%M:%S") if p.HasField("placed_at") else "",
         )
@@ -133,6 +136,14 @@ def node_table(nodes: Sequence[pb.Node]) -> Table:
             else "",
         )
     return table
+
+
+def _run_time(placement: pb.Placement) -> str:
+    """How long the attempt is expected to run, or "-" while its task has too few runs."""
+    if not placement.HasField("expected_run_time"):
+        return "-"
+    seconds = placement.expected_run_time.ToTimedelta().total_seconds()
+    return f"{seconds:.1f}s" if seconds < 60 else f"{seconds / 60:.0f}m"
 
 
 def _state(name: str) -> pb.NodeState.ValueType:

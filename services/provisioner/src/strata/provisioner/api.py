@@ -469,7 +469,16 @@ def _placement(stored: StoredPlacement) -> pb.Placement:
         running=stored.running,
         placed_at=_timestamp(stored.placed_at),
         user=stored.user,
+        expected_run_time=_run_time(stored.expected_seconds),
     )
+
+
+def _run_time(seconds: float | None) -> Duration | None:
+    if seconds is None:
+        return None
+    run_time = Duration()
+    run_time.FromTimedelta(timedelta(seconds=seconds))
+    return run_time
 
 
 def _assignment(stored: StoredPlacement) -> pb.TaskAssignment:

@@ -6,7 +6,7 @@ caps with what each queue uses now, and the usage history of the tasks waiting (
 query). Each attempt is sized from its task's history
 (:func:`strata.provisioner.domain.sizing.size_attempt`: its memory limit raised
 after an out-of-memory attempt, and what placement reserves learned from past peaks,
-or past mean memory when the sizing policy says so), then
+or past mean memory when the sizing policy says so, and how long it will run), then
 :func:`strata.provisioner.domain.placement.place` says what goes where. Every placed
 attempt moves from the queue to its node together with the ``TaskPlaced`` events
 announcing them (outbox), and the others record why they wait, each in one set-based
@@ -92,11 +92,12 @@ class Placement:
             waiting = await self._queue.waiting(conn)
             if not waiting:
                 return set()
+            now = datetime.now(UTC)
             nodes = await self._nodes.list(
                 [NODE_STATE_READY],
                 after="",
                 limit=MAX_NODES,
-                seen_since=alive_since(datetime.now(UTC), self._lease),
+                seen_since=alive_since(now, self._lease),
                 conn=conn,
             )
             policies = await self._policies.all(conn)
@@ -104,7 +105,7 @@ class Placement:
             history = await self._history.of(conn, {_task(q) for q in waiting})
             largest = self._largest_memory_bytes(nodes)
             sized = [_sized(q, history.get(_task(q), ()), largest, self._sizing) for q in waiting]
-            plan = place([n.node for n in nodes], sized, policies, use)
+            plan = place([n.node_at(now) for n in nodes], sized, policies, use)
             await self._queue.place(conn, plan.placed)
             refs = {_key(q.attempt): q.request.attempt for q in waiting}
             await self._context.outbox.publish(
@@ -141,7 +142,12 @@ def _sized(
     attempt = queued.attempt
     largest = max(largest_memory_bytes, attempt.limits.memory_bytes)
     sizing = size_attempt(attempt.limits, history, largest, policy, run_id=attempt.run_id)
-    return replace(attempt, limits=sizing.limits, reserve=sizing.reserve)
+    return replace(
+        attempt,
+        limits=sizing.limits,
+        reserve=sizing.reserve,
+        expected_seconds=sizing.expected_seconds,
+    )
 
 
 def _task(queued: Queued) -> TaskKey:

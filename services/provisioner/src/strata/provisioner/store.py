@@ -55,16 +55,21 @@ class StoredNode:
     usage: bytes | None
     joined_at: datetime
     last_seen_at: datetime
+    busy_until: datetime | None = None
+    """When its placements with an expected run time are expected to end (the latest)."""
 
-    @property
-    def node(self) -> Node:
-        """The node as placement sees it."""
+    def node_at(self, now: datetime) -> Node:
+        """The node as placement sees it at ``now``."""
+        runs_for = 0.0
+        if self.busy_until is not None:
+            runs_for = max(0.0, (self.busy_until - now).total_seconds())
         return Node(
             node_id=self.registration.node_id,
             capacity=self.registration.capacity,
             reserved=self.reserved,
             labels=self.registration.labels,
             warm_bundles=frozenset(self.registration.warm_bundles),
+            runs_for=runs_for,
         )
 
 
@@ -116,6 +121,8 @@ class StoredPlacement:
     limits: Resources | None = None
     """The hard limits the agent enforces; None: the request's."""
     user: str = ""
+    expected_seconds: float | None = None
+    """How long it is expected to run (its sizing's); None: too few run times known."""
 
 
 def attempt_of(
@@ -147,7 +154,8 @@ class NodeStore:
             f"SELECT n.*, coalesce(sum(p.cpu_millis), 0)::bigint AS r_cpu, "
             f"coalesce(sum(p.memory_bytes), 0)::bigint AS r_mem, "
             f"coalesce(sum(p.gpus), 0)::integer AS r_gpus, "
-            f"count(p.node_id) AS placement_count "
+            f"count(p.node_id) AS placement_count, "
+            f"max(p.placed_at + make_interval(secs => p.expected_seconds)) AS busy_until "
             f"FROM {self._s}.nodes n LEFT JOIN {self._s}.placements p ON p.node_id = n.node_id "
         )
 
@@ -391,7 +399,7 @@ class QueueStore:
         reserves its need and keeps its (possibly raised) limits."""
         if not placed:
             return
-        columns: list[list[object]] = [[] for _ in range(10)]
+        columns: list[list[object]] = [[] for _ in range(11)]
         for p in placed:
             a, need = p.attempt, p.attempt.need
             for column, value in zip(
@@ -407,6 +415,7 @@ class QueueStore:
                     a.limits.cpu_millis,
                     a.limits.memory_bytes,
                     a.limits.gpus,
+                    a.expected_seconds,
                 ),
                 strict=True,
             ):
@@ -414,16 +423,16 @@ class QueueStore:
         await conn.execute(
             f"WITH moved AS (DELETE FROM {self._s}.pending p USING unnest($1::text[], "
             "$2::text[], $3::integer[], $4::text[], $5::bigint[], $6::bigint[], $7::integer[], "
-            "$8::bigint[], $9::bigint[], $10::integer[]) AS u(u_run, u_task, u_attempt, u_node, "
-            "u_cpu, u_mem, u_gpus, u_lcpu, u_lmem, u_lgpus) "
+            "$8::bigint[], $9::bigint[], $10::integer[], $11::double precision[]) AS u(u_run, "
+            "u_task, u_attempt, u_node, u_cpu, u_mem, u_gpus, u_lcpu, u_lmem, u_lgpus, u_expected) "
             "WHERE p.run_id = u.u_run AND p.task_id = u.u_task AND p.attempt = u.u_attempt "
             "RETURNING p.run_id, p.task_id, p.attempt, p.queue, p.priority, p.request, "
             "p.workflow_name, p.user_name, u.*) "
             f"INSERT INTO {self._s}.placements (run_id, task_id, attempt, node_id, queue, "
             "priority, request, cpu_millis, memory_bytes, gpus, workflow_name, user_name, "
-            "limit_cpu_millis, limit_memory_bytes, limit_gpus) "
+            "limit_cpu_millis, limit_memory_bytes, limit_gpus, expected_seconds) "
             "SELECT run_id, task_id, attempt, u_node, queue, priority, request, u_cpu, u_mem, "
-            "u_gpus, workflow_name, user_name, u_lcpu, u_lmem, u_lgpus FROM moved",
+            "u_gpus, workflow_name, user_name, u_lcpu, u_lmem, u_lgpus, u_expected FROM moved",
             *columns,
         )
 
@@ -662,9 +671,10 @@ class UsageHistory:
         await conn.execute(
             f"INSERT INTO {self._s}.task_usage (workflow_name, task_id, run_id, attempt, "
             "peak_memory_bytes, peak_cpu_millis, limit_memory_bytes, out_of_memory, ended_at, "
-            "mean_memory_bytes, evicted) "
+            "mean_memory_bytes, evicted, run_seconds) "
             "SELECT workflow_name, task_id, run_id, attempt, $4, $5, limit_memory_bytes, $6, $7, "
-            f"$8, $9 FROM {self._s}.placements WHERE run_id = $1 AND task_id = $2 "
+            "$8, $9, greatest(extract(epoch FROM $7 - placed_at), 0) "
+            f"FROM {self._s}.placements WHERE run_id = $1 AND task_id = $2 "
             "AND attempt = $3 ON CONFLICT DO NOTHING",
             attempt.run_id,
             attempt.task_id,
@@ -687,7 +697,8 @@ class UsageHistory:
         workflows, task_ids = zip(*tasks, strict=True)
         rows = await conn.fetch(
             "SELECT k.workflow_name, k.task_id, h.peak_memory_bytes, h.peak_cpu_millis, "
-            "h.limit_memory_bytes, h.out_of_memory, h.mean_memory_bytes, h.evicted, h.run_id "
+            "h.limit_memory_bytes, h.out_of_memory, h.mean_memory_bytes, h.evicted, h.run_id, "
+            "h.run_seconds "
             "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(workflow_name, task_id, i) "
             "CROSS JOIN LATERAL (SELECT * FROM "
             f"{self._s}.task_usage u WHERE u.workflow_name = k.workflow_name "
@@ -708,6 +719,7 @@ class UsageHistory:
                     mean_memory_bytes=r["mean_memory_bytes"],
                     evicted=r["evicted"],
                     run_id=r["run_id"],
+                    run_seconds=r["run_seconds"],
                 )
             )
         return history
@@ -736,6 +748,7 @@ def _placement(row: asyncpg.Record) -> StoredPlacement:
         cancel_reason=row["cancel_reason"],
         limits=Resources(row["limit_cpu_millis"], row["limit_memory_bytes"], row["limit_gpus"]),
         user=row["user_name"],
+        expected_seconds=row["expected_seconds"],
     )
 
 
@@ -762,4 +775,5 @@ def _node(row: asyncpg.Record) -> StoredNode:
         usage=row["usage"],
         joined_at=row["joined_at"],
         last_seen_at=row["last_seen_at"],
+        busy_until=row["busy_until"],
     )

@@ -24,11 +24,16 @@ An attempt killed for memory is retried with more: the memory limit grows by
 ``oom_growth`` (up to the largest node), and the next run starts from the
 raised limit once an attempt succeeded under it, so one out-of-memory does not
 repeat on every run.
+
+How long an attempt will run is learned the same way: the median run time of
+the task's past attempts that ended on their own (placement keeps attempts that
+end together on the same nodes, so nodes empty and stop sooner).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +55,8 @@ class PastAttempt:
     """Stopped by its node's agent under memory pressure (its peak: what it held then)."""
     run_id: str = ""
     """The run it was an attempt of ("": not known)."""
+    run_seconds: float = 0.0
+    """From its placement to its end; 0: not known."""
 
 
 MemoryFrom = Literal["peak", "mean"]
@@ -93,6 +100,8 @@ class Sizing:
     reserve: Resources
     """What placement reserves on the node: at most ``limits``."""
     reason: str
+    expected_seconds: float | None = None
+    """How long it is expected to run (the median of past run times); None: too few known."""
 
 
 def size_attempt(
@@ -139,13 +148,13 @@ def size_attempt(
         # The last attempt needed more than its limit: its peaks say nothing of
         # what this one will use, so the whole raised limit is reserved.
         reasons.append("reserves the limit")
-        return Sizing(limits, limits, "; ".join(reasons))
+        return Sizing(limits, limits, "; ".join(reasons), _expected_seconds(history, policy))
     if len(measured) < policy.min_samples:
         reasons.append(
             f"{len(measured)} measured past attempts (fewer than {policy.min_samples}): "
             "reserves the request"
         )
-        return Sizing(limits, limits, "; ".join(reasons))
+        return Sizing(limits, limits, "; ".join(reasons), _expected_seconds(history, policy))
 
     grow = 1 + policy.margin
     label = f"p{policy.quantile * 100:g}"
@@ -168,7 +177,18 @@ def size_attempt(
         f"{label} {what} {memory(held)}, {cpu(peak_cpu)} "
         f"+ {policy.margin * 100:g}% of {len(measured)} past attempts"
     )
-    return Sizing(limits, reserve, "; ".join(reasons))
+    return Sizing(limits, reserve, "; ".join(reasons), _expected_seconds(history, policy))
+
+
+def _expected_seconds(history: Sequence[PastAttempt], policy: SizingPolicy) -> float | None:
+    """The median run time of past attempts that ran to their end (neither killed for
+    memory nor evicted), once at least ``min_samples`` are known."""
+    ran = [
+        p.run_seconds for p in history if p.run_seconds > 0 and not (p.out_of_memory or p.evicted)
+    ]
+    if len(ran) < policy.min_samples:
+        return None
+    return statistics.median(ran)
 
 
 def _quantile(values: Sequence[int], q: float) -> int:

@@ -685,6 +685,7 @@ class Placement(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     PLACED_AT_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    EXPECTED_RUN_TIME_FIELD_NUMBER: _builtins.int
     workflow_name: _builtins.str
     """Workflow name."""
     node_id: _builtins.str
@@ -713,6 +714,13 @@ class Placement(_message.Message):
     def placed_at(self) -> _timestamp_pb2.Timestamp:
         """When it was placed."""
 
+    @_builtins.property
+    def expected_run_time(self) -> _duration_pb2.Duration:
+        """How long it is expected to run: the median run time of its task's past
+        attempts that ran to their end. Unset while too few are known. Placement
+        keeps attempts expected to end together on the same nodes.
+        """
+
     def __init__(
         self,
         *,
@@ -726,10 +734,11 @@ class Placement(_message.Message):
         running: _builtins.bool = ...,
         placed_at: _timestamp_pb2.Timestamp | None = ...,
         user: _builtins.str = ...,
+        expected_run_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "placed_at", b"placed_at", "reserved", b"reserved"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "expected_run_time", b"expected_run_time", "limits", b"limits", "placed_at", b"placed_at", "reserved", b"reserved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "limits", b"limits", "node_id", b"node_id", "placed_at", b"placed_at", "priority", b"priority", "queue", b"queue", "reserved", b"reserved", "running", b"running", "user", b"user", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "expected_run_time", b"expected_run_time", "limits", b"limits", "node_id", b"node_id", "placed_at", b"placed_at", "priority", b"priority", "queue", b"queue", "reserved", b"reserved", "running", b"running", "user", b"user", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
