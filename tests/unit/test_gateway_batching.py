@@ -134,15 +134,25 @@ async def test_without_inline_rows_every_run_goes_to_a_thread() -> None:
     assert session.threads[0] != threading.get_ident()
 
 
-async def test_calls_arriving_in_one_turn_of_the_loop_share_an_inline_run() -> None:
+async def test_a_call_finding_its_model_idle_runs_inline_at_once_without_yielding() -> None:
     session, counts = Threads(), list[int]()
     batcher = Batcher(
         session, INPUTS, max_rows=32, max_wait=3600.0, counted=counts.append, inline_rows=8
     )
-    answers = await asyncio.wait_for(
-        asyncio.gather(*(batcher.run(_x(float(v))) for v in (1, 2, 3))), 10
-    )
-    assert counts == [3]
+    call = batcher.run(_x(1.0))
+    # One step of the coroutine finishes it: it never waits for the loop (nor for company).
+    try:
+        call.send(None)
+    except StopIteration as done:
+        answer = done.value
+    else:
+        call.close()
+        raise AssertionError("the call yielded to the loop before running")
+    np.testing.assert_array_equal(answer["y"], _x(1.0)["x"] * 2)
     assert session.threads == [threading.get_ident()]
-    for v, answer in zip((1, 2, 3), answers, strict=True):
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(batcher.run(_x(float(v))) for v in (2, 3))), 10
+    )
+    assert counts == [1, 1, 1]  # an inline model is never busy: its calls do not batch
+    for v, answer in zip((2, 3), answers, strict=True):
         np.testing.assert_array_equal(answer["y"], _x(float(v))["x"] * 2)
