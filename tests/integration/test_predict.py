@@ -169,8 +169,12 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
                 STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion", "challenger"]}),
                 STRATA_GATEWAY_REGISTRY=registry_process.address,
                 STRATA_GATEWAY_STREAMER=streamer_process.address,
-                # Calls wait up to 20 ms for company while the model is busy, so the
-                # concurrent calls of the batching test surely meet; a lone call never waits.
+                # Every run goes to a worker thread, as a model too slow for the event
+                # loop's budget does, and calls wait up to 20 ms for company while the
+                # model is busy, so the concurrent calls of the batching test surely
+                # meet; a lone call never waits. (A model small enough for the loop runs
+                # each call at once, unbatched: the default, as the other modules serve.)
+                STRATA_GATEWAY_INLINE_BUDGET="0",
                 STRATA_GATEWAY_BATCH_WAIT="0.02",
             ) as gateway,
             channel(gateway.address, auth, mode="development") as gateway_channel,

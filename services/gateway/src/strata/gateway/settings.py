@@ -62,7 +62,8 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="Most seconds a model run may take on the event loop instead of a worker "
         "thread, judged from the model's one-row run time measured at load; a thread hop "
-        "costs more than a run of a small model. 0: every run in a thread.",
+        "costs more than a run of a small model. A call run on the loop runs at once, "
+        "unbatched; batching serves the models run in threads. 0: every run in a thread.",
     )
     model_threads: int = Field(
         1,
