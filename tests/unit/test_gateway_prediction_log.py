@@ -6,6 +6,7 @@ for company before they are sent, and at shutdown the buffer is flushed within t
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -17,6 +18,9 @@ from strata.core.metrics import Metrics
 from strata.core.runtime import ServiceContext
 from strata.gateway.metrics import GatewayMetrics
 from strata.gateway.prediction_log import PredictionLog
+
+SERVED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+"""When the test's predictions were served."""
 
 
 class Producer:
@@ -67,7 +71,7 @@ async def test_records_kafka_refused_are_kept_and_sent_when_it_returns() -> None
     log = PredictionLog(capacity=100, batch=4, metrics=metrics)
     writer = asyncio.create_task(log.run(_context(bus)))
     try:
-        log.record(_records(10))  # returns at once, Kafka down or not
+        log.record(_records(10), SERVED)  # returns at once, Kafka down or not
         await _until(lambda: metrics.log_failures._value.get() >= 1)
         bus.producer.up.set()
         await _until(lambda: len(bus.producer.sent) == 10)
@@ -84,8 +88,8 @@ async def test_records_kafka_refused_are_kept_and_sent_when_it_returns() -> None
 async def test_what_overflows_the_buffer_is_dropped_and_counted() -> None:
     metrics = GatewayMetrics()
     log = PredictionLog(capacity=5, batch=4, metrics=metrics)
-    log.record(_records(3))
-    log.record(_records(4, start=3))
+    log.record(_records(3), SERVED)
+    log.record(_records(4, start=3), SERVED)
     assert metrics.dropped._value.get() == 2
     assert metrics.buffered._value.get() == 5
 
@@ -96,7 +100,7 @@ async def test_a_prediction_without_entity_is_keyed_by_its_id() -> None:
     log = PredictionLog(capacity=10, batch=10, metrics=metrics)
     writer = asyncio.create_task(log.run(_context(bus)))
     try:
-        log.record([PredictionLogged(prediction_id="solo", model_name="eta")])
+        log.record([PredictionLogged(prediction_id="solo", model_name="eta")], SERVED)
         await _until(lambda: len(bus.producer.sent) == 1)
     finally:
         writer.cancel()
@@ -107,7 +111,7 @@ async def test_at_shutdown_the_buffer_is_flushed_before_the_task_ends() -> None:
     bus, metrics = FakeBus(), GatewayMetrics()
     log = PredictionLog(capacity=100, batch=4, metrics=metrics)
     writer = asyncio.create_task(log.run(_context(bus, grace=10.0)))
-    log.record(_records(10))
+    log.record(_records(10), SERVED)
     await _until(lambda: metrics.log_failures._value.get() >= 1)  # Kafka down: kept
     writer.cancel()
     await asyncio.sleep(0)  # the flush has begun: Kafka returns within the grace
@@ -118,7 +122,7 @@ async def test_at_shutdown_the_buffer_is_flushed_before_the_task_ends() -> None:
         f"p{i}" for i in range(10)
     )
     assert metrics.dropped._value.get() == 0
-    log.record(_records(1, start=10))
+    log.record(_records(1, start=10), SERVED)
     assert metrics.dropped._value.get() == 1, "nothing sends after the flush: counted"
 
 
@@ -126,7 +130,7 @@ async def test_what_kafka_does_not_take_within_the_grace_is_counted_as_dropped()
     bus, metrics = FakeBus(), GatewayMetrics()
     log = PredictionLog(capacity=100, batch=4, metrics=metrics)
     writer = asyncio.create_task(log.run(_context(bus, grace=0.3)))
-    log.record(_records(10))
+    log.record(_records(10), SERVED)
     await _until(lambda: metrics.log_failures._value.get() >= 1)
     writer.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -141,9 +145,9 @@ async def test_predictions_wait_the_linger_for_company_but_not_at_shutdown() -> 
     bus.producer.up.set()
     log = PredictionLog(capacity=100, batch=10, metrics=metrics, linger=3600.0)
     writer = asyncio.create_task(log.run(_context(bus)))
-    log.record(_records(1))
+    log.record(_records(1), SERVED)
     await asyncio.sleep(0.05)  # the writer took the first record's wake-up: it lingers
-    log.record(_records(3, start=1))
+    log.record(_records(3, start=1), SERVED)
     await asyncio.sleep(0.05)
     assert bus.producer.sent == [], "a lone prediction is not sent before the linger"
     writer.cancel()
@@ -151,6 +155,23 @@ async def test_predictions_wait_the_linger_for_company_but_not_at_shutdown() -> 
         await writer
     assert [open_envelope(v).event_id for _, v, _ in bus.producer.sent] == ["p0", "p1", "p2", "p3"]
     assert metrics.dropped._value.get() == 0
+
+
+async def test_a_record_is_sealed_with_when_it_was_served_not_when_it_was_sent() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    bus.producer.up.set()
+    log = PredictionLog(capacity=100, batch=10, metrics=metrics, linger=3600.0)
+    writer = asyncio.create_task(log.run(_context(bus)))
+    earlier = datetime(2026, 1, 5, 9, 29, 59, 250_000, tzinfo=UTC)
+    log.record(_records(1), earlier)
+    log.record(_records(1, start=1), SERVED)
+    await asyncio.sleep(0.05)  # the writer lingers
+    writer.cancel()  # the shutdown flush sends them, long after they were served
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    envelopes = [open_envelope(v).envelope for _, v, _ in bus.producer.sent]
+    occurred = [envelope.occurred_at.ToDatetime(tzinfo=UTC) for envelope in envelopes]
+    assert occurred == [earlier, SERVED]
 
 
 def test_a_log_needs_room() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
@@ -20,6 +21,9 @@ from strata.gateway.models import LoadedModel, load
 from strata.gateway.prediction_log import PredictionLog
 from strata.gateway.shadows import Shadows
 from strata.transforms.featurize import Array
+
+SERVED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+"""When the champion's answers were served."""
 
 
 def _challenger() -> LoadedModel:
@@ -44,7 +48,7 @@ def _context() -> ServiceContext:
 
 
 def _buffered(log: PredictionLog) -> list[gpb.PredictionLogged]:
-    return list(log._buffer)
+    return [record for record, _ in log._buffer]
 
 
 async def _answer(model: LoadedModel, rows: Sequence[gpb.PredictRow]) -> dict[str, Array]:
@@ -68,12 +72,14 @@ async def test_the_challengers_answers_and_errors_are_attached_before_logging() 
     worker = asyncio.ensure_future(shadows.worker(_answer)(_context()))
     row = gpb.PredictRow(entity_keys={"courier_id": fpb.Value(int64_value=1)})
     try:
-        shadows.offer(_challenger(), [row, row], _records("a", "b"))
-        shadows.offer(_challenger(), [gpb.PredictRow()], _records("c"))
+        shadows.offer(_challenger(), [row, row], _records("a", "b"), SERVED)
+        shadows.offer(_challenger(), [gpb.PredictRow()], _records("c"), SERVED)
         await _until_logged(log, 3)
     finally:
         worker.cancel()
     a, b, c = _buffered(log)
+    # logged after the challenger answered, with the time the champion's answer was served
+    assert {served for _, served in log._buffer} == {SERVED}
     assert [s.outputs["y"].float_list_value.values[0] for s in (*a.shadows, *b.shadows)] == [0, 1]
     assert (a.shadows[0].alias, a.shadows[0].model_version, a.shadows[0].error) == (
         "challenger",
@@ -89,8 +95,8 @@ async def test_a_full_queue_drops_the_shadow_and_logs_the_records_at_once() -> N
     metrics = GatewayMetrics()
     log = PredictionLog(capacity=100, batch=10, metrics=metrics)
     shadows = Shadows(capacity=1, log=log, metrics=metrics)
-    shadows.offer(_challenger(), [gpb.PredictRow()], _records("queued"))
-    shadows.offer(_challenger(), [gpb.PredictRow()] * 2, _records("x", "y"))
+    shadows.offer(_challenger(), [gpb.PredictRow()], _records("queued"), SERVED)
+    shadows.offer(_challenger(), [gpb.PredictRow()] * 2, _records("x", "y"), SERVED)
     assert [r.prediction_id for r in _buffered(log)] == ["x", "y"]
     assert all(not r.shadows for r in _buffered(log))
     assert metrics.shadows.labels("dropped")._value.get() == 2

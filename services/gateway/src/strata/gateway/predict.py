@@ -71,13 +71,14 @@ class Predictor:
         )
         latency = Duration()
         latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
+        served_at = datetime.now(UTC)
         context = _Context(request, model, alias, plan, featurized, latency)
         records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(rows))]
         challenger = self._challenger(model, alias)
         if challenger is None:
-            self._log.record(records)
+            self._log.record(records, served_at)
         else:
-            self._shadows.offer(challenger, rows, records)
+            self._shadows.offer(challenger, rows, records, served_at)
         return response
 
     async def shadow(self, model: LoadedModel, rows: Sequence[gpb.PredictRow]) -> dict[str, Array]:

@@ -33,7 +33,7 @@ class GatewaySettings(BaseSettings):
         500, ge=1, description="Most predictions produced to Kafka in one batch."
     )
     log_linger: float = Field(
-        0.02,
+        1.0,
         ge=0,
         description="Seconds the prediction log waits after a prediction before sending, "
         "so one produce request carries the predictions of that span rather than one each; "

@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from google.protobuf.duration_pb2 import Duration
@@ -43,6 +44,7 @@ class _Shadow:
     challenger: LoadedModel
     rows: Sequence[gpb.PredictRow]
     records: Sequence[gpb.PredictionLogged]
+    served_at: datetime
 
 
 class Shadows:
@@ -61,18 +63,20 @@ class Shadows:
         challenger: LoadedModel,
         rows: Sequence[gpb.PredictRow],
         records: Sequence[gpb.PredictionLogged],
+        served_at: datetime,
     ) -> None:
         """Shadow ``rows`` with ``challenger`` later; never blocks. When the queue is full
-        the shadow is dropped and ``records`` go to the log without it."""
+        the shadow is dropped and ``records`` (served at ``served_at``) go to the log
+        without it."""
         try:
-            self._queue.put_nowait(_Shadow(challenger, rows, records))
+            self._queue.put_nowait(_Shadow(challenger, rows, records, served_at))
         except asyncio.QueueFull:
             self._metrics.shadows.labels("dropped").inc(len(records))
             now = time.monotonic()
             if now - self._warned >= 5.0:
                 self._warned = now
                 log.warning("shadow queue full; challenger answers dropped", model=challenger.name)
-            self._log.record(records)
+            self._log.record(records, served_at)
 
     def worker(self, answer: Answer) -> Callable[[ServiceContext], Awaitable[None]]:
         """The background task: run each shadow with ``answer``, attach it, log the records."""
@@ -85,10 +89,11 @@ class Shadows:
                     try:
                         await self._run(shadow, answer)
                     finally:
-                        self._log.record(shadow.records)
+                        self._log.record(shadow.records, shadow.served_at)
             finally:
                 while not self._queue.empty():  # shutting down: log them without shadows
-                    self._log.record(self._queue.get_nowait().records)
+                    left = self._queue.get_nowait()
+                    self._log.record(left.records, left.served_at)
 
         return run
 
