@@ -15,6 +15,7 @@ request never waits for Kafka nor for the challenger.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -71,15 +72,28 @@ class Predictor:
         )
         latency = Duration()
         latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
-        served_at = datetime.now(UTC)
         context = _Context(request, model, alias, plan, featurized, latency)
+        asyncio.get_running_loop().call_soon(
+            self._log_answers, context, rows, ids, answers, datetime.now(UTC)
+        )
+        return response
+
+    def _log_answers(
+        self,
+        context: _Context,
+        rows: Sequence[gpb.PredictRow],
+        ids: Sequence[str],
+        answers: Sequence[Mapping[str, fpb.Value]],
+        served_at: datetime,
+    ) -> None:
+        """Hand the call's records to the log (or to the challenger first). Called by the
+        loop once the answer is on its way, so building them never delays it."""
         records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(rows))]
-        challenger = self._challenger(model, alias)
+        challenger = self._challenger(context.model, context.alias)
         if challenger is None:
             self._log.record(records, served_at)
         else:
             self._shadows.offer(challenger, rows, records, served_at)
-        return response
 
     async def shadow(self, model: LoadedModel, rows: Sequence[gpb.PredictRow]) -> dict[str, Array]:
         """What ``model`` answers for ``rows``, as Predict computes it (for a challenger)."""
