@@ -45,6 +45,7 @@ from strata.core import redis as strata_redis
 from strata.core.blobs import open_blob_store
 from strata.core.errors import StrataError
 from strata.core.postgres import create_pool
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.core.settings import (
     BlobSettings,
     KafkaSettings,
@@ -121,7 +122,8 @@ async def _measured(plan: Plan, venv: Path, run_id: str, folder: Path, started: 
                     served = pq.read_table(files.online_rows)
                     await apply(channel, view)
                     await online.store(client, view, served)
-                    reads = online.Reads(client, view, streamer, url)
+                    connection = MultiplexedConnection(load(RedisSettings))
+                    reads = online.Reads(client, connection, view, streamer, url)
                     table = online.expected(served)
                     print("online reads ...", file=sys.stderr, flush=True)
                     try:
@@ -135,6 +137,7 @@ async def _measured(plan: Plan, venv: Path, run_id: str, folder: Path, started: 
                         )
                     finally:
                         reads.close()
+                        await connection.aclose()
                     print("streaming ...", file=sys.stderr, flush=True)
                     fresh, through = await _streaming(
                         plan, client, channel, (view, backlog_view), topics, pid

@@ -4,9 +4,9 @@ Two comparisons, each in alternating rounds so both sides share the machine's
 moments alike:
 
 - **in process**: ``strata.transforms.online.read_online`` (what the gateway
-  calls; key, one pipelined ``HMGET``, statuses, decoding) against a bare
-  ``HGETALL`` of the same hash on the same client: what the library adds to a
-  Redis round trip.
+  calls; key, one ``HMGET`` on the multiplexed connection, statuses, decoding)
+  against a bare ``HGETALL`` of the same hash on redis-py's client: what the
+  library adds to (or saves from) the Redis round trip a user would write.
 - **over the network**: ``GetOnlineFeatures`` over gRPC against the run's streamer
   process, against Feast's own feature server (``feast serve``, HTTP
   ``/get-online-features``) over the same Redis, each called from this process
@@ -42,6 +42,7 @@ from bench.features.data import ENTITY, FEATURES, SEED
 from bench.features.streamer import METADATA
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.transforms.definition import FeatureView
 from strata.transforms.online import online_key, read_online, write_online
 from strata.transforms.streaming import EntityKey, FeatureRow
@@ -102,11 +103,12 @@ class Reads:
     def __init__(
         self,
         client: redis.asyncio.Redis,
+        connection: MultiplexedConnection,
         view: FeatureView,
         streamer: str,
         feast_url: str,
     ) -> None:
-        self._client, self._view = client, view
+        self._client, self._connection, self._view = client, connection, view
         self._channel = grpc.insecure_channel(streamer)
         self._stub = FeatureServiceStub(self._channel)
         feast = urlsplit(feast_url)
@@ -119,7 +121,7 @@ class Reads:
 
     async def library(self, driver: int) -> tuple[Scalar, ...]:
         (row,) = await read_online(
-            self._client, self._view, [(driver,)], FEATURES, datetime.now(UTC)
+            self._connection, self._view, [(driver,)], FEATURES, datetime.now(UTC)
         )
         return tuple(value.value for value in row)
 

@@ -1,7 +1,8 @@
 """Integration tests talk to the tests' own stack (:mod:`tests.stack_session`).
 
 Every test here gets it started first; the ``pool`` fixture opens a pool on its
-Postgres, the ``online`` fixture a connection to its Redis (the online store).
+Postgres, the ``online`` fixture a connection to its Redis (the online store),
+``online_reads`` the multiplexed connection reads of online features go over.
 A module testing the scheduler against a played cluster takes ``address`` (a
 ``python -m strata.scheduler`` of its own, started once per module with
 ``scheduler_tokens`` and ``scheduler_settings``, which a module overrides to log
@@ -28,6 +29,7 @@ from redis.asyncio import Redis
 from strata.api.scheduler.v1.scheduler_pb2_grpc import SchedulerServiceStub
 from strata.core import redis
 from strata.core.postgres import create_pool
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.core.settings import RedisSettings, load
 from tests.stack_session import STRATA, LocalStack
 
@@ -59,6 +61,17 @@ async def online() -> AsyncIterator[Redis]:
     """A connection to the stack's Redis (the feature store's online store), closed after
     the test."""
     connection = redis.client(load(RedisSettings))
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture
+async def online_reads() -> AsyncIterator[MultiplexedConnection]:
+    """The connection online features are read over, as services read them, closed after
+    the test."""
+    connection = MultiplexedConnection(load(RedisSettings))
     try:
         yield connection
     finally:

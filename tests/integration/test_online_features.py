@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from strata.core import redis
 from strata.core.errors import NotFoundError
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.core.settings import RedisSettings, load
 from strata.transforms.batch import feature_values
 from strata.transforms.definition import (
@@ -77,7 +78,7 @@ async def client() -> AsyncIterator[Redis]:
 
 
 async def test_values_written_by_the_stream_read_back_with_their_status(
-    client: Redis,
+    client: Redis, online_reads: MultiplexedConnection
 ) -> None:
     view = courier_view()
     executor = StreamingExecutor(view)
@@ -99,7 +100,7 @@ async def test_values_written_by_the_stream_read_back_with_their_status(
         await write_online(client, view, rows)
         features = ["minutes", "deliveries_1h", "late", "minutes_mean_1h"]
         entities = [(1, "oslo"), (2, "rome"), (3, "oslo")]
-        read = await read_online(client, view, entities, features, now)
+        read = await read_online(online_reads, view, entities, features, now)
 
         assert [[v.value for v in row] for row in read] == [
             [41.5, 2, True, 30.75],
@@ -117,10 +118,11 @@ async def test_values_written_by_the_stream_read_back_with_their_status(
         stale = FeatureRow({"minutes": None}, now, FeatureStatus.PRESENT)
         await write_online(client, view, {(4, "oslo"): stale})
         rows[(4, "oslo")] = stale
-        (fourth,) = await read_online(client, view, [(4, "oslo")], ["minutes", "late"], now)
+        (fourth,) = await read_online(online_reads, view, [(4, "oslo")], ["minutes", "late"], now)
         assert [v.value for v in fourth] == [-1.0, False]  # stored nulls read as the defaults
 
-        slid = await read_online(client, view, entities[:2], features, T0 + timedelta(minutes=65))
+        later = T0 + timedelta(minutes=65)
+        slid = await read_online(online_reads, view, entities[:2], features, later)
         assert [[v.value for v in row] for row in slid] == [
             [41.5, 1, True, 41.5],  # the 08:00 delivery has left the hour
             [-1.0, 0, False, None],
@@ -137,14 +139,17 @@ async def test_values_written_by_the_stream_read_back_with_their_status(
         )
         assert [v.value for v in slid[0]] == [batch.values.column(f)[0].as_py() for f in features]
 
-        later = await read_online(client, view, entities[:1], ["minutes"], now + timedelta(hours=2))
-        assert (later[0][0].status, later[0][0].value) == (FeatureStatus.EXPIRED, -1.0)
-        assert later[0][0].event_time == T0 + timedelta(minutes=10)
+        expired = now + timedelta(hours=2)
+        gone = await read_online(online_reads, view, entities[:1], ["minutes"], expired)
+        assert (gone[0][0].status, gone[0][0].value) == (FeatureStatus.EXPIRED, -1.0)
+        assert gone[0][0].event_time == T0 + timedelta(minutes=10)
     finally:
         await client.delete(*(online_key(view, entity) for entity in rows))
 
 
-async def test_a_hash_of_the_first_layout_reads_as_not_found(client: Redis) -> None:
+async def test_a_hash_of_the_first_layout_reads_as_not_found(
+    client: Redis, online_reads: MultiplexedConnection
+) -> None:
     view = courier_view()
     first_layout = f'strata:features:{view.name}:[1,"oslo"]'
     await client.hset(
@@ -152,15 +157,15 @@ async def test_a_hash_of_the_first_layout_reads_as_not_found(client: Redis) -> N
         mapping={"__event_time": str(int(T0.timestamp() * 1_000_000)), "deliveries_1h": "3"},
     )
     try:
-        (row,) = await read_online(client, view, [(1, "oslo")], ["deliveries_1h"], T0)
+        (row,) = await read_online(online_reads, view, [(1, "oslo")], ["deliveries_1h"], T0)
     finally:
         await client.delete(first_layout)
     assert (row[0].status, row[0].value) == (FeatureStatus.NOT_FOUND, None)
     assert online_key(view, (1, "oslo")).startswith(f"strata:features:2:{view.name}:")
 
 
-async def test_an_unknown_feature_is_not_found_by_name(client: Redis) -> None:
+async def test_an_unknown_feature_is_not_found_by_name(online_reads: MultiplexedConnection) -> None:
     view = courier_view()
     with pytest.raises(NotFoundError) as caught:
-        await read_online(client, view, [(1, "oslo")], ["speed"], T0)
+        await read_online(online_reads, view, [(1, "oslo")], ["speed"], T0)
     assert caught.value.what == f"feature '{view.name}:speed'"

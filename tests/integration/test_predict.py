@@ -27,7 +27,7 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-import redis.asyncio as redis_asyncio
+from redis.asyncio import Redis
 from service_processes import running
 from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
 
@@ -41,6 +41,7 @@ from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
 from strata.core import kafka, redis
 from strata.core.envelope import open_envelope
+from strata.core.redis_multiplexed import Command, MultiplexedConnection
 from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
 from strata.core.settings import AuthSettings, KafkaSettings, RedisSettings, load
@@ -535,22 +536,19 @@ async def test_the_challengers_answers_are_logged_beside_the_champions_and_never
     assert [list(r.shadows) for r in pinned_logged.values()] == [[]] * len(ROWS)
 
 
-class CountingConnection(redis_asyncio.Connection):
-    """A real connection to the real Redis that counts the writes it makes to the socket."""
+class CountingReads(MultiplexedConnection):
+    """The real multiplexed connection to the real Redis, counting its calls (each call is one
+    write of all its commands and one wait for their replies: one round trip)."""
 
-    writes = 0
+    calls = 0
 
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.writes += 1
-        await super().send_packed_command(command, check_health)
+    async def execute(self, *commands: Command) -> list[Any]:
+        CountingReads.calls += 1
+        return await super().execute(*commands)
 
 
-async def test_the_features_of_every_view_and_row_come_in_one_round_trip() -> None:
-    settings = load(RedisSettings)
-    pool = redis_asyncio.ConnectionPool(
-        host=settings.host, port=settings.port, db=settings.db, connection_class=CountingConnection
-    )
-    client = redis_asyncio.Redis(connection_pool=pool)
+async def test_the_features_of_every_view_and_row_come_in_one_round_trip(online: Redis) -> None:
+    connection = CountingReads(load(RedisSettings))
     other = FeatureView(
         name=f"stores_{TAG}",
         entities=("store_id",),
@@ -572,18 +570,18 @@ async def test_the_features_of_every_view_and_row_come_in_one_round_trip() -> No
     }
     store_rows: dict[EntityKey, FeatureRow] = {("a",): FeatureRow({"size": 9.5}, now, present)}
     try:
-        await write_online(client, couriers(), courier_rows)
-        await write_online(client, other, store_rows)
-        CountingConnection.writes = 0
-        reads = [
+        await write_online(online, couriers(), courier_rows)
+        await write_online(online, other, store_rows)
+        CountingReads.calls = 0
+        views = [
             OnlineRead(couriers(), [(1,), (2,), (3,)], ["minutes", "deliveries"]),
             OnlineRead(other, [("a",), ("b",), ("a",)], ["size"]),
         ]
-        together = await read_online_views(client, reads, now)
-        assert CountingConnection.writes == 1
-        apart = [await read_online(client, r.view, r.entities, r.features, now) for r in reads]
+        together = await read_online_views(connection, views, now)
+        assert CountingReads.calls == 1
+        apart = [await read_online(connection, r.view, r.entities, r.features, now) for r in views]
     finally:
-        await client.aclose()
+        await connection.aclose()
     assert together == apart
     assert [[v.value for v in row] for row in together[1]] == [[9.5], [0.0], [9.5]]
 

@@ -24,6 +24,7 @@ from topics import topic_with_dead_letters
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.transforms.definition import (
     Aggregation,
     AggregationFunction,
@@ -133,7 +134,7 @@ async def test_a_view_without_ttl_keeps_its_hashes(
 
 
 async def test_a_write_renews_the_expiry_and_an_expired_hash_reads_not_found(
-    online: Redis,
+    online: Redis, online_reads: MultiplexedConnection
 ) -> None:
     view = FeatureView(
         name=f"expiring_{uuid.uuid4().hex[:12]}",
@@ -163,7 +164,7 @@ async def test_a_write_renews_the_expiry_and_an_expired_hash_reads_not_found(
             if not await online.exists(key):
                 break
             await asyncio.sleep(0.1)
-    [[minutes]] = await read_online(online, view, [(7,)], ["minutes"], datetime.now(UTC))
+    [[minutes]] = await read_online(online_reads, view, [(7,)], ["minutes"], datetime.now(UTC))
 
     assert lifetime_ms(view) == 1000
     assert 0 < renewed <= 1000

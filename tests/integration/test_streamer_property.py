@@ -42,12 +42,12 @@ from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 from service_processes import ServiceProcess, running
 
 from strata.api.features.v1 import features_pb2 as pb
 from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import kafka, redis
+from strata.core import kafka
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.core.settings import KafkaSettings, RedisSettings, load
 from strata.core.topics import dead_letter_topic
 from strata.streamer.domain.raw_events import decode
@@ -182,12 +182,12 @@ async def topics() -> AsyncIterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-async def online() -> AsyncIterator[Redis]:
-    client = redis.client(load(RedisSettings))
+async def online_reads() -> AsyncIterator[MultiplexedConnection]:
+    connection = MultiplexedConnection(load(RedisSettings))
     try:
-        yield client
+        yield connection
     finally:
-        await client.aclose()
+        await connection.aclose()
 
 
 @settings(
@@ -197,7 +197,11 @@ async def online() -> AsyncIterator[Redis]:
 )
 @given(log=event_logs(), lateness=st.sampled_from([0, 2, 5]))
 async def test_the_streamer_serves_what_the_batch_path_computes_at_the_read_time(
-    streamer: ServiceProcess, topics: list[str], online: Redis, log: list[Event], lateness: int
+    streamer: ServiceProcess,
+    topics: list[str],
+    online_reads: MultiplexedConnection,
+    log: list[Event],
+    lateness: int,
 ) -> None:
     note(f"log (courier_id, units before the read, amount, price, kind) = {log}")
     note(f"allowed lateness: {lateness} units")
@@ -232,7 +236,7 @@ async def test_the_streamer_serves_what_the_batch_path_computes_at_the_read_time
     names = [f.name for f in view.resolved_features]
     for later in LATER:
         at = anchor + UNIT * later + UNIT / 2
-        read = await read_online(online, view, [(c,) for c in COURIERS], names, at)
+        read = await read_online(online_reads, view, [(c,) for c in COURIERS], names, at)
         values = [[(v.value, _status(v.status.value), v.event_time) for v in row] for row in read]
         _compare(view, rows, at, values, f"read_online at A + {later}.5 units for {log}")
 

@@ -49,7 +49,7 @@ def spec(settings: GatewaySettings) -> ServiceSpec:
     shadows = Shadows(settings.shadow_queue, predictions, metrics)
 
     def predictor(context: ServiceContext) -> Predictor:
-        return Predictor(served, context.redis, predictions, shadows)
+        return Predictor(served, context.redis_reads, predictions, shadows)
 
     def prediction_api(context: ServiceContext) -> PredictionApi:
         metrics.attach(context.metrics.registry)

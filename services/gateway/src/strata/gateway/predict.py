@@ -22,13 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import redis.asyncio
 from google.protobuf.duration_pb2 import Duration
 
 from strata.api.common.v1.refs_pb2 import FeatureViewRef
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import FailedPreconditionError, InvalidArgumentError
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.gateway.models import CHAMPION, LoadedModel, Served
 from strata.gateway.prediction_log import PredictionLog
 from strata.gateway.shadows import CHALLENGER, Shadows
@@ -38,17 +38,17 @@ from strata.transforms.online import OnlineRead, read_online_views
 
 
 class Predictor:
-    """Answers Predict from ``served``, reading features from ``client`` and logging to ``log``."""
+    """Answers Predict from ``served``, features read over ``features``, logged to ``log``."""
 
     def __init__(
         self,
         served: Served,
-        client: redis.asyncio.Redis,
+        features: MultiplexedConnection,
         log: PredictionLog,
         shadows: Shadows,
     ) -> None:
         self._served = served
-        self._redis = client
+        self._features = features
         self._log = log
         self._shadows = shadows
 
@@ -136,7 +136,7 @@ class Predictor:
             OnlineRead(plan.views[name].view, keys[name], plan.features_of(name))
             for name in online_views
         ]
-        values = await read_online_views(self._redis, reads, datetime.now(UTC)) if reads else []
+        values = await read_online_views(self._features, reads, datetime.now(UTC)) if reads else []
         return featurize(plan, rows, dict(zip(online_views, values, strict=True)))
 
 

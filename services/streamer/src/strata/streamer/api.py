@@ -77,6 +77,7 @@ class FeatureApi(FeatureServiceServicer):
         self._current = current
         self._context = context
         self._redis = context.redis
+        self._redis_reads = context.redis_reads
         self._blobs = context.blobs
         self._training_sets = TrainingSetStore(context.pool, context.schema, context.outbox)
         self._compiled: dict[str, FeatureView] = {}
@@ -140,7 +141,7 @@ class FeatureApi(FeatureServiceServicer):
             )
             for name, view in views.items()
         ]
-        answers = await read_online_views(self._redis, reads, datetime.now(UTC))
+        answers = await read_online_views(self._redis_reads, reads, datetime.now(UTC))
         columns: dict[tuple[str, str], list[OnlineValue]] = {}
         for read, values in zip(reads, answers, strict=True):
             for position, feature in enumerate(read.features):
