@@ -37,22 +37,14 @@ from bench.serving import client, inprocess, model, ours, peer, predict, sidebys
 from bench.serving.client import Target
 from bench.serving.plan import FULL, QUICK, Plan
 from bench.serving.report import Report
-from strata.api.features.v1 import features_pb2 as fpb
-from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
-from strata.core import redis
 from strata.core.errors import StrataError
 from strata.core.logging import configure_logging
 from strata.core.postgres import create_pool
-from strata.core.rpc.client import channel
 from strata.core.settings import (
-    AuthSettings,
     PostgresSettings,
-    RedisSettings,
     TelemetrySettings,
     load,
 )
-from strata.transforms.definition import FeatureView
-from strata.transforms.spec import view_to_spec
 
 DEADLINE = 900.0
 """Seconds the measuring may take (the peers' installation not counted); about 400 here."""
@@ -90,7 +82,9 @@ async def run(plan: Plan) -> Report:
             served = data.online_rows(DRIVERS, datetime.now(UTC), np.random.default_rng(model.SEED))
             predict_name = await _step(
                 "features in Redis, the Predict model logged",
-                _features(registry, streamer, view, served, predict_model, predict_sample),
+                predict.serve_features(
+                    registry, streamer, view, served, predict_model, predict_sample
+                ),
             )
             feast = await _step("Feast apply and materialize", _feast(venv, root, served))
             port = ours.free_port()
@@ -142,27 +136,6 @@ async def run(plan: Plan) -> Report:
         swap=swapped,
         predict=predicted,
     )
-
-
-async def _features(
-    registry: str,
-    streamer: str,
-    view: FeatureView,
-    served: pa.Table,
-    fitted: Any,
-    sample: NDArray[np.float32],
-) -> str:
-    """The view applied to the streamer, its values in Redis, the Predict model logged
-    with its bindings; returns the model's name."""
-    async with channel(streamer, load(AuthSettings), mode="development") as chan:
-        request = fpb.ApplyFeatureViewRequest(spec=view_to_spec(view))
-        await FeatureServiceStub(chan).ApplyFeatureView(request)
-    connection = redis.client(load(RedisSettings))
-    try:
-        await predict.store(connection, view, served)
-    finally:
-        await connection.aclose()
-    return await ours.log_predict_model(registry, fitted, sample, view.name, data.FEATURES)
 
 
 async def _feast(venv: Path, root: Path, served: pa.Table) -> FeastWorker:

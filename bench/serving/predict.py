@@ -45,17 +45,23 @@ from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-un
 
 from bench.bus.stats import Distribution, Rates, paired_ratio, rate
 from bench.features.data import ENTITY, FEATURES
+from bench.serving import ours
 from bench.serving.client import BOUND, Target
 from bench.serving.model import SEED, TREES
 from bench.serving.plan import Plan
 from bench.serving.sidebyside import LOAD_WARMUP, Latency
 from strata.api.features.v1 import features_pb2 as fpb
+from strata.api.features.v1.features_pb2_grpc import FeatureServiceStub
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.api.gateway.v1.gateway_pb2_grpc import PredictionServiceStub
 from strata.api.inference import grpc_service_pb2 as oip
 from strata.api.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from strata.core import redis as strata_redis
+from strata.core.rpc.client import channel
+from strata.core.settings import AuthSettings, RedisSettings, load
 from strata.transforms.definition import Column, DatasetSource, Feature, FeatureView
 from strata.transforms.online import write_online
+from strata.transforms.spec import view_to_spec
 from strata.transforms.streaming import EntityKey, FeatureRow
 from strata.transforms.types import ColumnType, FeatureStatus
 
@@ -105,6 +111,27 @@ async def store(client: redis.asyncio.Redis, view: FeatureView, served: pa.Table
         for row in served.to_pylist()
     }
     await write_online(client, view, values)
+
+
+async def serve_features(
+    registry: str,
+    streamer: str,
+    view: FeatureView,
+    served: pa.Table,
+    fitted: Any,
+    sample: NDArray[np.float32],
+) -> str:
+    """The view applied to the streamer, its values in Redis, the Predict model logged
+    with its bindings; returns the model's name."""
+    async with channel(streamer, load(AuthSettings), mode="development") as chan:
+        request = fpb.ApplyFeatureViewRequest(spec=view_to_spec(view))
+        await FeatureServiceStub(chan).ApplyFeatureView(request)
+    connection = strata_redis.client(load(RedisSettings))
+    try:
+        await store(connection, view, served)
+    finally:
+        await connection.aclose()
+    return await ours.log_predict_model(registry, fitted, sample, view.name, FEATURES)
 
 
 Call = Callable[[int], Awaitable[float]]
