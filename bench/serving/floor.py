@@ -10,7 +10,10 @@ all alike:
 - ``aio``: ``grpc.aio.server``, the handler returns at once;
 - ``aio+redis``: ``grpc.aio.server``, the handler first awaits one Redis ``GET``
   through ``redis.asyncio`` (the local stack's Redis), as ``Predict`` and
-  ``GetOnlineFeatures`` await their read.
+  ``GetOnlineFeatures`` awaited their read before they used the multiplexed
+  connection;
+- ``aio+multiplexed``: the same ``GET`` through
+  :class:`~strata.core.redis_multiplexed.MultiplexedConnection`, as they read now.
 
 Prints p50 / p90 / p99 in ms of each round; nothing is written. The Redis server
 comes from the local stack's settings (``make stack-up``).
@@ -31,9 +34,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.serving.ours import free_port
 from strata.core.redis import client as redis_client
+from strata.core.redis_multiplexed import MultiplexedConnection
 from strata.core.settings import RedisSettings, load
 
-SERVERS = ("threads", "aio", "aio+redis")
+SERVERS = ("threads", "aio", "aio+redis", "aio+multiplexed")
 BOUND = 30.0
 """Bound on waiting for a server to answer: a guard against hanging."""
 
@@ -46,14 +50,18 @@ class _Answering(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 class _AnsweringAsync(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
-    def __init__(self, read_redis: bool) -> None:
-        self._redis = redis_client(load(RedisSettings)) if read_redis else None
+    def __init__(self, kind: str) -> None:
+        settings = load(RedisSettings)
+        self._redis = redis_client(settings) if kind == "aio+redis" else None
+        self._multiplexed = MultiplexedConnection(settings) if kind == "aio+multiplexed" else None
 
     async def Check(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: object
     ) -> health_pb2.HealthCheckResponse:
         if self._redis is not None:
             await self._redis.get("bench:floor")
+        if self._multiplexed is not None:
+            await self._multiplexed.execute(("GET", "bench:floor"))
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -69,7 +77,7 @@ def serve(kind: str, port: int) -> None:
 
     async def run() -> None:
         server = grpc.aio.server()
-        servicer = _AnsweringAsync(read_redis=kind == "aio+redis")
+        servicer = _AnsweringAsync(kind)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()

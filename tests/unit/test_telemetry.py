@@ -8,6 +8,7 @@ interceptors put the caller's trace into the call and the server's tracing layer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 from strata.core.rpc.edge import rebuilt
 from strata.core.rpc.tracing import traced_calls
@@ -156,6 +157,16 @@ def server_spans() -> InMemorySpanExporter:
 async def channel(
     tracer: trace.Tracer, server_spans: InMemorySpanExporter
 ) -> AsyncIterator[grpc.aio.Channel]:
+    provider = TracerProvider(sampler=ALWAYS_ON)  # the callers' spans are not sampled
+    provider.add_span_processor(SimpleSpanProcessor(server_spans))
+    async with _echo_server(provider.get_tracer("server")) as channel:
+        yield channel
+
+
+@contextlib.asynccontextmanager
+async def _echo_server(server_tracer: trace.Tracer) -> AsyncIterator[grpc.aio.Channel]:
+    """An Echo server behind the tracing layer of ``server_tracer``, and a channel to it
+    whose calls carry the caller's trace."""
     echo = Echo()
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(
@@ -168,9 +179,7 @@ async def channel(
             echo.count, StringValue.FromString, StringValue.SerializeToString
         ),
     }
-    provider = TracerProvider(sampler=ALWAYS_ON)  # the callers' spans are not sampled
-    provider.add_span_processor(SimpleSpanProcessor(server_spans))
-    layer = traced_calls(provider.get_tracer("server"))
+    layer = traced_calls(server_tracer)
     traced = {
         name: rebuilt(handler, partial(layer, f"/{SERVICE}/{name}"))
         for name, handler in handlers.items()
@@ -179,11 +188,40 @@ async def channel(
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, traced)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", interceptors=client_interceptors()
-    ) as channel:
-        yield channel
-    await server.stop(None)
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", interceptors=client_interceptors()
+        ) as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+async def test_a_server_recording_nothing_still_runs_each_call_in_the_callers_trace(
+    tracer: trace.Tracer,
+) -> None:
+    """Traces off: no span is recorded, yet the call's trace id is the caller's (its logs
+    join the caller's), or a trace of its own when the caller sent none."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    async with _echo_server(provider.get_tracer("server")) as channel:
+        say = channel.unary_unary(
+            f"/{SERVICE}/Say", StringValue.SerializeToString, StringValue.FromString
+        )
+        count = channel.unary_stream(
+            f"/{SERVICE}/Count", StringValue.SerializeToString, StringValue.FromString
+        )
+        with tracer.start_as_current_span("request") as span:
+            reply = await say(StringValue(value="hi"))
+            replies = [r.value async for r in count(StringValue(value="hi"))]
+        alone = [(await say(StringValue(value="hi"))).value for _ in range(2)]
+
+    assert reply.value == format(_trace_id(span), "032x")
+    assert replies == [reply.value] * 2
+    assert all(len(trace_id) == 32 and int(trace_id, 16) for trace_id in alone)
+    assert alone[0] != alone[1] != reply.value
+    assert exported.get_finished_spans() == ()
 
 
 async def test_a_unary_call_runs_in_the_callers_trace(

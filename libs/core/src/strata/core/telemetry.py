@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, Sampler
 
 from strata.core.settings import TelemetrySettings
@@ -114,6 +114,26 @@ def new_trace(context: Context | None = None) -> Context:
         trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
     )
     return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+
+
+def unrecorded_child(parent: Context, ids: IdGenerator) -> Context:
+    """``parent`` with a child span in it that is not recorded: the parent's trace (a new
+    one when it has none), a new span id from ``ids``, the parent's trace state.
+
+    What a tracer whose sampler records nothing starts, without the work of starting a
+    span (the sampler, attributes, a context manager): the server's edge runs every
+    call in one when traces are off (:mod:`strata.core.rpc.tracing`), so the call's
+    logs and outgoing calls still carry the caller's trace id.
+    """
+    above = trace.get_current_span(parent).get_span_context()
+    span_context = trace.SpanContext(
+        trace_id=above.trace_id if above.is_valid else ids.generate_trace_id(),
+        span_id=ids.generate_span_id(),
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        trace_state=above.trace_state if above.is_valid else None,
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), parent)
 
 
 def _span_processor(settings: TelemetrySettings) -> SpanProcessor | None:

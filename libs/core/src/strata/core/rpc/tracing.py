@@ -6,6 +6,12 @@ gRPC instrumentation names it (``/pkg.Service/Method``; ``rpc.system``,
 ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``), so tools that know those
 spans read these. Attributes that cost a parse per call (the peer's address) are
 added only to a span that is recorded (:mod:`strata.core.telemetry`).
+
+When the tracer records nothing (``STRATA_TELEMETRY_TRACES=off``, the default), a
+call runs in an unrecorded child of the caller's span, made directly
+(:func:`~strata.core.telemetry.unrecorded_child`) rather than through the SDK's
+span machinery, which cost the gateway about 40 µs of CPU per ``Predict`` call for a
+span nobody sees (bench/README.md).
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import Tracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, Status, StatusCode
 
 from strata.core.rpc.edge import Behaviour, Layer
-from strata.core.telemetry import extract_metadata
+from strata.core.telemetry import extract_metadata, unrecorded_child
 
 _STATUS_CODE = "rpc.grpc.status_code"
 
@@ -25,6 +35,8 @@ _STATUS_CODE = "rpc.grpc.status_code"
 def traced_calls(tracer: trace.Tracer | None = None) -> Layer:
     """The layer that runs each call in a SERVER span (``tracer``: the global provider's)."""
     spans = tracer or trace.get_tracer(__name__)
+    if isinstance(spans, Tracer) and spans.sampler is ALWAYS_OFF:
+        return _unrecorded_calls(spans.id_generator)
 
     def layer(method: str, behaviour: Behaviour) -> Behaviour:
         service, _, name = method.lstrip("/").partition("/")
@@ -52,6 +64,23 @@ def traced_calls(tracer: trace.Tracer | None = None) -> Layer:
                 if span.is_recording():
                     _ended(span, context, grpc.StatusCode.OK)
                 return result
+
+        return call
+
+    return layer
+
+
+def _unrecorded_calls(ids: IdGenerator) -> Layer:
+    """The layer for a tracer that records nothing: each call in an unrecorded span."""
+
+    def layer(method: str, behaviour: Behaviour) -> Behaviour:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            parent = extract_metadata(context.invocation_metadata())
+            token = otel_context.attach(unrecorded_child(parent, ids))
+            try:
+                return await behaviour(request, context)
+            finally:
+                otel_context.detach(token)
 
         return call
 
