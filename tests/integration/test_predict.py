@@ -27,6 +27,7 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
+from link import Link
 from redis.asyncio import Redis
 from service_processes import running
 from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
@@ -458,6 +459,45 @@ async def test_predictions_buffered_at_sigterm_are_flushed_to_the_log_before_exi
     logged = await _logged(set(ids), group=f"test-sigterm-{uuid.uuid4().hex[:8]}")
     assert set(logged) == set(ids)
     assert "predictions not logged at shutdown" not in gateway.log.read_text()
+
+
+async def test_redis_gone_answers_unavailable_naming_it_and_redis_back_serves_again(
+    world: World, tmp_path: Path
+) -> None:
+    """The gateway reads features through a link to the real Redis that the test cuts:
+    Predict fails UNAVAILABLE naming Redis (not INTERNAL, not a hang), and the next
+    call after the link is back reconnects and answers."""
+    settings = load(RedisSettings)
+    link = Link(settings.host, settings.port)
+    await link.up()
+    auth = load(AuthSettings)
+    request = gpb.PredictRequest(model_name=MODEL, rows=[_row(1, 1.0, 1)])
+    try:
+        async with (
+            running(
+                "gateway",
+                tmp_path,
+                STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion"]}),
+                STRATA_GATEWAY_REGISTRY=world.registry_address,
+                STRATA_GATEWAY_STREAMER=world.streamer_address,
+                STRATA_REDIS_HOST="127.0.0.1",
+                STRATA_REDIS_PORT=str(link.port),
+            ) as gateway,
+            channel(gateway.address, auth, mode="development") as gateway_channel,
+        ):
+            stub = PredictionServiceStub(gateway_channel)
+            before = await _answer_from(stub, request)
+            await link.cut()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Predict(request, timeout=10.0)
+            await link.up()
+            after = await _answer_from(stub, request)
+    finally:
+        await link.cut()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"Redis is not reachable at 127.0.0.1:{link.port}" in str(caught.value.details())
+    assert after.predictions[0].outputs == before.predictions[0].outputs
 
 
 async def test_concurrent_predict_and_model_infer_calls_are_batched_each_with_its_answer(

@@ -128,7 +128,8 @@ async def test_a_connection_stuck_past_the_timeout_fails_every_call_on_it(
     online: Redis, keys: str
 ) -> None:
     await online.hset(f"{keys}hash", mapping={"a": "1"})
-    connection = MultiplexedConnection(load(RedisSettings), timeout=0.3)
+    settings = load(RedisSettings).model_copy(update={"read_timeout": 0.3})
+    connection = MultiplexedConnection(settings)
     try:
         assert await connection.execute(("HGET", f"{keys}hash", "a")) == [b"1"]
         await online.client_pause(1000)

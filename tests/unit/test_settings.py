@@ -68,6 +68,7 @@ def test_bootstrap_servers_list_wins_over_host_and_port(monkeypatch: pytest.Monk
     [
         (KafkaSettings, "STRATA_KAFKA_PORT", "abc"),
         (RedisSettings, "STRATA_REDIS_DB", "-1"),
+        (RedisSettings, "STRATA_REDIS_READ_TIMEOUT", "0"),
         (BlobSettings, "STRATA_BLOB_BACKEND", "gcs"),
         (BlobSettings, "STRATA_BLOB_MULTIPART_CHUNK", "1024"),
         (TelemetrySettings, "STRATA_TELEMETRY_LOG_LEVEL", "LOUD"),

@@ -18,11 +18,12 @@ connections, so one connection loses nothing to a pool of them.
 Only for commands that get exactly one reply each (HMGET, GET, PING...): no
 blocking commands, no pub/sub, no MULTI. Writes and scans stay with redis-py.
 
-Failures: a call waits at most ``timeout``; since replies come in order, a call
-whose reply is that late means the connection is stuck, so the connection is
-closed and every call on it fails with :class:`~strata.core.errors.UnreachableError`
-(UNAVAILABLE at the gRPC edge), as it does when the connection drops. The next
-call connects again. An error reply (``WRONGTYPE``...) fails its call only.
+Failures: a call waits at most ``timeout`` (``STRATA_REDIS_READ_TIMEOUT``, 2 s by
+default); since replies come in order, a call whose reply is that late means the
+connection is stuck, so the connection is closed and every call on it fails with
+:class:`~strata.core.errors.UnreachableError` (UNAVAILABLE at the gRPC edge), as it
+does when the connection drops. The next call connects again. An error reply
+(``WRONGTYPE``...) fails its call only.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class RedisCommandError(StrataError):
 class MultiplexedConnection:
     """Sends every caller's commands over one connection to the configured Redis."""
 
-    def __init__(self, settings: RedisSettings, timeout: float = 2.0) -> None:
+    def __init__(self, settings: RedisSettings, timeout: float | None = None) -> None:
         self._settings = settings
-        self._timeout = timeout
+        self._timeout = settings.read_timeout if timeout is None else timeout
         self._wire: _Wire | None = None
         self._connecting = asyncio.Lock()
         self._closed = False

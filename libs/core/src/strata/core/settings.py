@@ -120,6 +120,13 @@ class RedisSettings(BaseSettings):
     port: int = Field(16379, description="Port of the Redis server.")
     db: int = Field(0, ge=0, description="Redis logical database number.")
     password: SecretStr | None = Field(None, description="Password (AUTH), if the server has one.")
+    read_timeout: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a read on a request's path (online features for Predict and "
+        "GetOnlineFeatures) waits for Redis; past it the request fails UNAVAILABLE and the "
+        "connection is opened again.",
+    )
 
     @property
     def address(self) -> str:
