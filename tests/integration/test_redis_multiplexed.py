@@ -77,6 +77,7 @@ async def test_calls_made_at_once_share_one_connection_and_get_their_own_replies
 
     assert singles == [[[str(n).encode(), big if n == 7 else b"-", None]] for n in range(200)]
     assert pairs == [[str(n).encode(), str(n + 1).encode()] for n in range(0, 198, 2)]
+    assert await linked.execute() == []  # nothing to send: nothing to wait for
     assert link.accepted == 1
 
 

@@ -58,6 +58,8 @@ class MultiplexedConnection:
 
     async def execute(self, *commands: Command) -> list[Any]:
         """The replies to ``commands``, sent together in one write, in their order."""
+        if not commands:
+            return []
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connect()
