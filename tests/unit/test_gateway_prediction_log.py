@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from strata.api.gateway.v1.gateway_pb2 import PredictionLogged
 from strata.core.envelope import open_envelope
@@ -23,17 +24,42 @@ SERVED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 """When the test's predictions were served."""
 
 
+PARTITIONS = [0, 1, 2]
+
+
+class Batch:
+    """A record batch as aiokafka's ``BatchBuilder`` takes records: full after three."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None, headers: Any) -> Any:
+        if len(self.records) == 3:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
 class Producer:
-    """Takes records while ``up``; a send while down fails, as a dead broker's would."""
+    """Takes batches while ``up``; a batch sent while down fails, as a dead broker's would."""
 
     def __init__(self) -> None:
         self.up = asyncio.Event()
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.partition_of: dict[bytes, set[int]] = {}
 
-    async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(PARTITIONS)
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.up.is_set():
-            self.sent.append((topic, value, key))
+            for key, value in batch.records:
+                self.sent.append((topic, value, key))
+                self.partition_of.setdefault(key, set()).add(partition)
             done.set_result(None)
         else:
             done.set_exception(ConnectionError("broker down"))
@@ -77,10 +103,16 @@ async def test_records_kafka_refused_are_kept_and_sent_when_it_returns() -> None
         await _until(lambda: len(bus.producer.sent) == 10)
     finally:
         writer.cancel()
-    events = [open_envelope(value) for _, value, _ in bus.producer.sent]
-    assert [e.event_id for e in events] == [f"p{i}" for i in range(10)], "in order, id kept"
+    keys = {open_envelope(value).event_id: key for _, value, key in bus.producer.sent}
+    assert sorted(keys) == sorted(f"p{i}" for i in range(10)), "each once, its id kept"
+    assert keys["p3"] == b"courier_id=3"
     assert {topic for topic, _, _ in bus.producer.sent} == {"strata.predictions"}
-    assert bus.producer.sent[3][2] == b"courier_id=3"
+    # A key's records go where the producer's own partitioner sends that key.
+    partitioner = DefaultPartitioner()
+    assert bus.producer.partition_of == {
+        key: {partitioner(key, PARTITIONS, PARTITIONS)} for key in keys.values()
+    }
+    assert len({p for ps in bus.producer.partition_of.values() for p in ps}) > 1
     assert metrics.logged._value.get() == 10
     assert metrics.dropped._value.get() == 0
 
@@ -153,7 +185,12 @@ async def test_predictions_wait_the_linger_for_company_but_not_at_shutdown() -> 
     writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writer
-    assert [open_envelope(v).event_id for _, v, _ in bus.producer.sent] == ["p0", "p1", "p2", "p3"]
+    assert sorted(open_envelope(v).event_id for _, v, _ in bus.producer.sent) == [
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+    ]
     assert metrics.dropped._value.get() == 0
 
 
@@ -170,8 +207,8 @@ async def test_a_record_is_sealed_with_when_it_was_served_not_when_it_was_sent()
     with pytest.raises(asyncio.CancelledError):
         await writer
     envelopes = [open_envelope(v).envelope for _, v, _ in bus.producer.sent]
-    occurred = [envelope.occurred_at.ToDatetime(tzinfo=UTC) for envelope in envelopes]
-    assert occurred == [earlier, SERVED]
+    occurred = {e.event_id: e.occurred_at.ToDatetime(tzinfo=UTC) for e in envelopes}
+    assert occurred == {"p0": earlier, "p1": SERVED}
 
 
 def test_a_log_needs_room() -> None:
