@@ -18,6 +18,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from link import Link
 from redis.asyncio import Redis
-from service_processes import running
+from service_processes import ServiceProcess, running
 from sklearn.ensemble import GradientBoostingRegressor  # type: ignore[import-untyped]
 
 from strata.api.features.v1 import features_pb2 as fpb
@@ -416,6 +417,26 @@ async def test_predictions_continue_while_kafka_is_stopped_and_the_log_catches_u
     assert set(logged) == set(ids)
 
 
+@asynccontextmanager
+async def _champion_gateway(
+    world: World, folder: Path, **env: str
+) -> AsyncIterator[tuple[ServiceProcess, PredictionServiceStub]]:
+    """A gateway of the test's own, with ``env``, serving the champion of the world's
+    model, and a stub on it."""
+    async with (
+        running(
+            "gateway",
+            folder,
+            STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion"]}),
+            STRATA_GATEWAY_REGISTRY=world.registry_address,
+            STRATA_GATEWAY_STREAMER=world.streamer_address,
+            **env,
+        ) as gateway,
+        channel(gateway.address, load(AuthSettings), mode="development") as gateway_channel,
+    ):
+        yield gateway, PredictionServiceStub(gateway_channel)
+
+
 async def test_predictions_buffered_at_sigterm_are_flushed_to_the_log_before_exit(
     world: World, tmp_path: Path
 ) -> None:
@@ -424,34 +445,23 @@ async def test_predictions_buffered_at_sigterm_are_flushed_to_the_log_before_exi
     records unsent, and Kafka resumes only once the gateway is stopping: every
     prediction reaches the log only if the shutdown flushes it."""
     kafka_pid = int((Path(os.environ["STRATA_STACK_HOME"]) / "kafka" / "kafka.pid").read_text())
-    auth = load(AuthSettings)
     ids: list[str] = []
-    async with running(
-        "gateway",
-        tmp_path,
-        STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion"]}),
-        STRATA_GATEWAY_REGISTRY=world.registry_address,
-        STRATA_GATEWAY_STREAMER=world.streamer_address,
-        STRATA_GATEWAY_LOG_BATCH="5",
-        STRATA_SERVICE_SHUTDOWN_GRACE="20",
-    ) as gateway:
-        async with channel(gateway.address, auth, mode="development") as gateway_channel:
-            stub = PredictionServiceStub(gateway_channel)
-            probe = gpb.PredictRequest(model_name=MODEL, rows=[_row(1, 1.0, 1)])
-            ids.extend(p.prediction_id for p in (await _answer_from(stub, probe)).predictions)
-            os.kill(kafka_pid, signal.SIGSTOP)
-            try:
-                for i in range(40):
-                    request = gpb.PredictRequest(
-                        model_name=MODEL, rows=[_row(1 + i % 3, 10.0 * i, 7)]
-                    )
-                    reply = await stub.Predict(request, timeout=10.0)
-                    ids.extend(p.prediction_id for p in reply.predictions)
-                gateway.process.send_signal(signal.SIGTERM)
-                async with asyncio.timeout(BOUND):
-                    await _until_logged(gateway.log, '"event": "stopping"')
-            finally:
-                os.kill(kafka_pid, signal.SIGCONT)
+    async with _champion_gateway(
+        world, tmp_path, STRATA_GATEWAY_LOG_BATCH="5", STRATA_SERVICE_SHUTDOWN_GRACE="20"
+    ) as (gateway, stub):
+        probe = gpb.PredictRequest(model_name=MODEL, rows=[_row(1, 1.0, 1)])
+        ids.extend(p.prediction_id for p in (await _answer_from(stub, probe)).predictions)
+        os.kill(kafka_pid, signal.SIGSTOP)
+        try:
+            for i in range(40):
+                request = gpb.PredictRequest(model_name=MODEL, rows=[_row(1 + i % 3, 10.0 * i, 7)])
+                reply = await stub.Predict(request, timeout=10.0)
+                ids.extend(p.prediction_id for p in reply.predictions)
+            gateway.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(BOUND):
+                await _until_logged(gateway.log, '"event": "stopping"')
+        finally:
+            os.kill(kafka_pid, signal.SIGCONT)
         async with asyncio.timeout(BOUND):
             await gateway.process.wait()
 
@@ -470,22 +480,10 @@ async def test_redis_gone_answers_unavailable_naming_it_and_redis_back_serves_ag
     settings = load(RedisSettings)
     link = Link(settings.host, settings.port)
     await link.up()
-    auth = load(AuthSettings)
     request = gpb.PredictRequest(model_name=MODEL, rows=[_row(1, 1.0, 1)])
+    redis_at = {"STRATA_REDIS_HOST": "127.0.0.1", "STRATA_REDIS_PORT": str(link.port)}
     try:
-        async with (
-            running(
-                "gateway",
-                tmp_path,
-                STRATA_GATEWAY_MODELS=json.dumps({MODEL: ["champion"]}),
-                STRATA_GATEWAY_REGISTRY=world.registry_address,
-                STRATA_GATEWAY_STREAMER=world.streamer_address,
-                STRATA_REDIS_HOST="127.0.0.1",
-                STRATA_REDIS_PORT=str(link.port),
-            ) as gateway,
-            channel(gateway.address, auth, mode="development") as gateway_channel,
-        ):
-            stub = PredictionServiceStub(gateway_channel)
+        async with _champion_gateway(world, tmp_path, **redis_at) as (_, stub):
             before = await _answer_from(stub, request)
             await link.cut()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
