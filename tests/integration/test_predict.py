@@ -417,6 +417,27 @@ async def test_predictions_continue_while_kafka_is_stopped_and_the_log_catches_u
     assert set(logged) == set(ids)
 
 
+async def test_a_prediction_too_large_for_kafka_is_dropped_from_the_log_not_the_rest(
+    world: World,
+) -> None:
+    """A request id of 1.5 MB makes its prediction's record larger than Kafka takes (1 MB
+    by default): the call is answered, the record is dropped and counted, and the
+    predictions after it still reach the log."""
+    dropped = "strata_gateway_predictions_dropped_total"
+    before = await _until_metric(world, dropped, lambda value: value >= 0)
+    huge = gpb.PredictRequest(model_name=MODEL, request_id="x" * 1_500_000, rows=[_row(1, 1.0, 1)])
+    refused = await _answer(world, huge)
+    after = await _answer(world, gpb.PredictRequest(model_name=MODEL, rows=[_row(2, 1.0, 1)]))
+
+    (later,) = [p.prediction_id for p in after.predictions]
+    assert set(await _logged({later}, group=f"test-huge-{uuid.uuid4().hex[:8]}")) == {later}
+    assert await _until_metric(world, dropped, lambda value: value >= before + 1) == before + 1
+    (dropped_id,) = [p.prediction_id for p in refused.predictions]
+    warned = [line for line in world.gateway_log.read_text().splitlines() if dropped_id in line]
+    assert len(warned) == 1
+    assert "too large for Kafka" in warned[0]
+
+
 @asynccontextmanager
 async def _champion_gateway(
     world: World, folder: Path, **env: str

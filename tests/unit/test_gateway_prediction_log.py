@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from strata.api.gateway.v1.gateway_pb2 import PredictionLogged
@@ -25,6 +26,8 @@ SERVED = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
 
 PARTITIONS = [0, 1, 2]
+TOO_LARGE = 1_048_588
+"""Bytes of a batch the fake broker refuses, as Kafka does by default (message.max.bytes)."""
 
 
 class Batch:
@@ -56,7 +59,9 @@ class Producer:
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.up.is_set():
+        if sum(len(value) for _, value in batch.records) > TOO_LARGE:
+            done.set_exception(MessageSizeTooLargeError())
+        elif self.up.is_set():
             for key, value in batch.records:
                 self.sent.append((topic, value, key))
                 self.partition_of.setdefault(key, set()).add(partition)
@@ -115,6 +120,28 @@ async def test_records_kafka_refused_are_kept_and_sent_when_it_returns() -> None
     assert len({p for ps in bus.producer.partition_of.values() for p in ps}) > 1
     assert metrics.logged._value.get() == 10
     assert metrics.dropped._value.get() == 0
+
+
+async def test_a_record_too_large_for_kafka_is_dropped_and_counted_the_rest_sent() -> None:
+    bus, metrics = FakeBus(), GatewayMetrics()
+    bus.producer.up.set()
+    log = PredictionLog(capacity=100, batch=10, metrics=metrics)
+    writer = asyncio.create_task(log.run(_context(bus)))
+    try:
+        records = _records(10)
+        records[4].request_id = "x" * TOO_LARGE  # sent, Kafka would refuse its batch for good
+        log.record(records, SERVED)
+        await _until(lambda: metrics.logged._value.get() == 9)
+        log.record(_records(1, start=10), SERVED)  # the log keeps flowing after it
+        await _until(lambda: metrics.logged._value.get() == 10)
+    finally:
+        writer.cancel()
+    sent = sorted(open_envelope(value).event_id for _, value, _ in bus.producer.sent)
+    assert sent == sorted(f"p{i}" for i in range(11) if i != 4)
+    assert metrics.log_failures._value.get() == 0, "never sent, so never refused"
+    assert metrics.dropped._value.get() == 1
+    assert metrics.logged._value.get() == 10
+    assert metrics.buffered._value.get() == 0
 
 
 async def test_what_overflows_the_buffer_is_dropped_and_counted() -> None:

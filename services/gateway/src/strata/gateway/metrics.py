@@ -21,7 +21,8 @@ class GatewayMetrics:
         )
         self.dropped = Counter(
             "strata_gateway_predictions_dropped",
-            "Predictions not logged because the log's buffer was full (Kafka down too long).",
+            "Predictions not logged: the log's buffer was full (Kafka down too long), or "
+            "Kafka refused them for good (larger than it takes).",
             registry=None,
         )
         self.buffered = Gauge(

@@ -25,6 +25,9 @@ redelivery.
 
 The buffer is bounded (``capacity`` records): past it, new records are dropped,
 counted (``strata_gateway_predictions_dropped_total``) and logged, never silently.
+A record too large for Kafka (``MAX_RECORD_BYTES``) is dropped and counted the same
+way, with its prediction id in the warning, and only it: sent, Kafka would refuse its
+batch for good, and one oversized prediction would stop the log.
 On SIGTERM the task flushes the buffer within the service's shutdown grace before it
 ends; what Kafka did not take by then is counted the same way.
 
@@ -65,6 +68,12 @@ ROUTE = route_of(PredictionLogged(entity_key="-"))
 entity (all its features came with the request) is keyed by its id instead."""
 WARN_EVERY = 5.0
 """Seconds between two warnings about the same trouble (drops, Kafka refusing)."""
+MAX_RECORD_BYTES = 1_000_000
+"""The largest record the log sends. Kafka refuses a batch over its ``message.max.bytes``
+(1,048,588 bytes by default) for good; an idempotent producer's refused batch leaves
+its sequence numbers behind, and later batches of that partition fail out of order.
+So a record over this size (the batch's own header on top still fits) is dropped and
+counted here, never sent."""
 _PARTITIONER = DefaultPartitioner()
 """The producer's own default: a key goes to the partition ``producer.send`` would pick."""
 
@@ -174,11 +183,12 @@ class PredictionLog:
         """Send the next batch; False (the batch back at the front) if Kafka refused it.
 
         A batch interrupted by cancellation or a timeout goes back too, so the flush
-        at shutdown sends it again (with its event ids: duplicates are dropped).
+        at shutdown sends it again (with its event ids: duplicates are dropped). A
+        record too large for Kafka is dropped and counted instead of being sent.
         """
         batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
         try:
-            await _send(bus, batch)
+            too_large = await _send(bus, batch)
         except Exception as error:
             self._buffer.extendleft(reversed(batch))
             self._metrics.log_failures.inc()
@@ -192,7 +202,15 @@ class PredictionLog:
         except BaseException:
             self._buffer.extendleft(reversed(batch))
             raise
-        self._metrics.logged.inc(len(batch))
+        for prediction_id, size in too_large:
+            log.warning(
+                "a prediction is too large for Kafka; it is dropped from the log",
+                prediction_id=prediction_id,
+                bytes=size,
+                limit=MAX_RECORD_BYTES,
+            )
+        self._metrics.dropped.inc(len(too_large))
+        self._metrics.logged.inc(len(batch) - len(too_large))
         self._metrics.buffered.set(len(self._buffer))
         return True
 
@@ -204,10 +222,12 @@ class PredictionLog:
         return True
 
 
-async def _send(bus: Bus, batch: Sequence[_Served]) -> None:
-    """Send ``batch`` at once and wait until Kafka acknowledged every record."""
+async def _send(bus: Bus, batch: Sequence[_Served]) -> list[tuple[str, int]]:
+    """Send ``batch`` at once and wait until Kafka acknowledged every record; the
+    records too large for Kafka are not sent: their prediction ids and sizes."""
     producer = bus.producer
     batches = _Batches(producer, sorted(await producer.partitions_for(ROUTE.topic)))
+    too_large = []
     for record, served_at in batch:
         key = record.entity_key or record.prediction_id
         envelope = seal(
@@ -218,9 +238,14 @@ async def _send(bus: Bus, batch: Sequence[_Served]) -> None:
             event_id=record.prediction_id,
             occurred_at=served_at,
         )
+        value = envelope.SerializeToString()
+        if len(value) + len(key) > MAX_RECORD_BYTES:
+            too_large.append((record.prediction_id, len(value)))
+            continue
         headers = event_headers(envelope.type, envelope.event_id, {})
-        await batches.add(key.encode(), envelope.SerializeToString(), headers)
+        await batches.add(key.encode(), value, headers)
     await batches.acknowledged()
+    return too_large
 
 
 class _Batches:
