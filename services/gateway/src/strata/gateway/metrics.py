@@ -22,7 +22,7 @@ class GatewayMetrics:
         self.dropped = Counter(
             "strata_gateway_predictions_dropped",
             "Predictions not logged: the log's buffer was full (Kafka down too long), or "
-            "Kafka refused them for good (larger than it takes).",
+            "the record was too large for Kafka.",
             registry=None,
         )
         self.buffered = Gauge(
