@@ -57,7 +57,13 @@ from strata.transforms.definition import (
     RequestSource,
     Transform,
 )
-from strata.transforms.online import OnlineRead, read_online, read_online_views, write_online
+from strata.transforms.online import (
+    OnlineRead,
+    read_online,
+    read_online_views,
+    select,
+    write_online,
+)
 from strata.transforms.spec import view_to_spec
 from strata.transforms.streaming import EntityKey, FeatureRow
 from strata.transforms.types import ColumnType, FeatureStatus
@@ -633,8 +639,8 @@ async def test_the_features_of_every_view_and_row_come_in_one_round_trip(online:
         await write_online(online, other, store_rows)
         CountingReads.calls = 0
         views = [
-            OnlineRead(couriers(), [(1,), (2,), (3,)], ["minutes", "deliveries"]),
-            OnlineRead(other, [("a",), ("b",), ("a",)], ["size"]),
+            OnlineRead(select(couriers(), ["minutes", "deliveries"]), [(1,), (2,), (3,)]),
+            OnlineRead(select(other, ["size"]), [("a",), ("b",), ("a",)]),
         ]
         together = await read_online_views(connection, views, now)
         assert CountingReads.calls == 1

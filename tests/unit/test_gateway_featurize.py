@@ -116,11 +116,23 @@ def test_a_binding_that_cannot_fill_the_model_is_refused_at_load(
         plan(bindings, inputs, VIEWS)
 
 
-def test_a_mistyped_entity_key_names_the_column_and_the_type() -> None:
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (fpb.Value(string_value="7"), "expected int64_value, got string_value"),
+        (fpb.Value(null_value=0), "expected int64_value, got null"),
+        (None, "missing: feature view 'couriers' is keyed by courier_id (expected int64_value)"),
+    ],
+)
+def test_a_mistyped_or_missing_entity_key_names_the_column_and_the_type(
+    key: fpb.Value | None, reason: str
+) -> None:
     bound = plan([BINDING], [X], VIEWS)
-    row = _row(7, 1.0, 1)
-    row.entity_keys["courier_id"].CopyFrom(fpb.Value(string_value="7"))
+    good, row = _row(8, 1.0, 1), _row(7, 1.0, 1)
+    del row.entity_keys["courier_id"]
+    if key is not None:
+        row.entity_keys["courier_id"].CopyFrom(key)
     with pytest.raises(InvalidArgumentError) as caught:
-        entity_keys(bound, [row])
-    assert caught.value.field == "rows[0].entity_keys[courier_id]"
-    assert "int64_value" in caught.value.message
+        entity_keys(bound, [good, row])
+    assert caught.value.field == "rows[1].entity_keys[courier_id]"
+    assert reason in caught.value.message

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,7 @@ from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import InvalidArgumentError
 from strata.transforms.definition import FeatureView, RequestSource, ResolvedFeature
-from strata.transforms.online import OnlineValue
+from strata.transforms.online import OnlineValue, Selection, select
 from strata.transforms.request import request_features
 from strata.transforms.streaming import EntityKey
 from strata.transforms.types import ColumnType, FeatureStatus, Scalar
@@ -150,29 +151,62 @@ class ViewUse:
 
 @dataclass(frozen=True)
 class FeaturePlan:
-    """How a model version's inputs are filled; see the module docstring."""
+    """How a model version's inputs are filled; see the module docstring.
+
+    What every prediction would otherwise work out again from the bindings (the
+    views read, the features of each, where each lands) is worked out on first
+    use and kept: a plan lives as long as its model version, and a row scored
+    online should cost the plan's walk through the slots and nothing more.
+    """
 
     inputs: tuple[BoundInput, ...]
     views: Mapping[str, ViewUse]
 
-    @property
-    def online_views(self) -> list[str]:
+    @cached_property
+    def online_views(self) -> tuple[str, ...]:
         """The views read from the online store, in order of first use."""
         return self._views_of(Origin.ONLINE)
 
-    @property
-    def request_views(self) -> list[str]:
+    @cached_property
+    def request_views(self) -> tuple[str, ...]:
         """The request-source views, in order of first use."""
         return self._views_of(Origin.REQUEST_VIEW)
 
-    def features_of(self, view: str) -> list[str]:
+    def features_of(self, view: str) -> tuple[str, ...]:
         """The features of ``view`` the inputs use, each once."""
-        found = [s.name for b in self.inputs for s in b.slots if s.view == view]
-        return list(dict.fromkeys(found))
+        return self._features.get(view, ())
 
-    def _views_of(self, origin: Origin) -> list[str]:
+    @cached_property
+    def selections(self) -> Mapping[str, Selection]:
+        """The online read of each online view (:func:`strata.transforms.online.select`)."""
+        return {
+            name: select(self.views[name].view, self._features[name]) for name in self.online_views
+        }
+
+    @cached_property
+    def positions(self) -> Mapping[str, Mapping[str, int]]:
+        """Where each feature of a view sits among ``features_of(view)``."""
+        return {view: {f: i for i, f in enumerate(found)} for view, found in self._features.items()}
+
+    @cached_property
+    def entity_columns(self) -> Mapping[str, tuple[tuple[str, str], ...]]:
+        """Each view's key columns with the ``Value`` kind each must arrive as."""
+        return {
+            name: tuple((column, KINDS[use.view.columns[column]]) for column in use.view.entities)
+            for name, use in self.views.items()
+        }
+
+    @cached_property
+    def _features(self) -> Mapping[str, tuple[str, ...]]:
+        found: dict[str, dict[str, None]] = {}
+        for bound in self.inputs:
+            for slot in bound.slots:
+                found.setdefault(slot.view, {})[slot.name] = None
+        return {view: tuple(names) for view, names in found.items()}
+
+    def _views_of(self, origin: Origin) -> tuple[str, ...]:
         found = [s.view for b in self.inputs for s in b.slots if s.origin is origin]
-        return list(dict.fromkeys(found))
+        return tuple(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
@@ -250,29 +284,39 @@ def _feature(view: FeatureView, name: str) -> ResolvedFeature | None:
 
 def entity_keys(plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> dict[str, list[EntityKey]]:
     """Each online view's entity key for every row, checked against the view's key types."""
-    keys: dict[str, list[EntityKey]] = {}
-    for name in plan.online_views:
-        view = plan.views[name].view
-        keys[name] = [_entity_key(view, row, index) for index, row in enumerate(rows)]
-    return keys
+    return {
+        name: [_entity_key(plan, name, row, index) for index, row in enumerate(rows)]
+        for name in plan.online_views
+    }
 
 
-def _entity_key(view: FeatureView, row: gpb.PredictRow, index: int) -> EntityKey:
+def _entity_key(plan: FeaturePlan, name: str, row: gpb.PredictRow, index: int) -> EntityKey:
+    given = row.entity_keys
     key: list[Scalar] = []
-    for column in view.entities:
-        field = f"rows[{index}].entity_keys[{column}]"
-        kind = KINDS[view.columns[column]]
-        if column not in row.entity_keys:
-            raise InvalidArgumentError(
-                field,
-                f"missing: feature view {view.name!r} is keyed by {', '.join(view.entities)} "
-                f"(expected {kind})",
-            )
-        value = typed(row.entity_keys[column], (kind,), field, f"key of feature view {view.name!r}")
-        if value is None:
-            raise InvalidArgumentError(field, f"expected {kind}, got null")
-        key.append(value)
+    for column, kind in plan.entity_columns[name]:
+        value = given.get(column)
+        if value is not None and kind != "timestamp_value" and value.WhichOneof("kind") == kind:
+            key.append(getattr(value, kind))  # a key of the expected kind: most calls
+        else:
+            key.append(_key_value(plan.views[name].view, value, column, kind, index))
     return tuple(key)
+
+
+def _key_value(
+    view: FeatureView, value: fpb.Value | None, column: str, kind: str, index: int
+) -> Scalar:
+    """A key column's value taken the long way: a timestamp, or refused naming the field."""
+    field = f"rows[{index}].entity_keys[{column}]"
+    if value is None:
+        raise InvalidArgumentError(
+            field,
+            f"missing: feature view {view.name!r} is keyed by {', '.join(view.entities)} "
+            f"(expected {kind})",
+        )
+    found = typed(value, (kind,), field, f"key of feature view {view.name!r}")
+    if found is None:
+        raise InvalidArgumentError(field, f"expected {kind}, got null")
+    return found
 
 
 def request_rows(
@@ -286,7 +330,7 @@ def request_rows(
         keys = set(view.entities)
         found[name] = []
         for index, row in enumerate(rows):
-            key = dict(zip(view.entities, _entity_key(view, row, index), strict=True))
+            key = dict(zip(view.entities, _entity_key(plan, name, row, index), strict=True))
             found[name].append(
                 {
                     column.name: key[column.name]
@@ -318,9 +362,9 @@ def featurize(
     every view of ``plan.online_views`` (read online by Predict, point in time by batch
     prediction); request-time features are computed here from the rows' values.
     """
-    supplied = request_rows(plan, rows)
     computed = {
-        name: request_features(plan.views[name].view, values) for name, values in supplied.items()
+        name: request_features(plan.views[name].view, values)
+        for name, values in request_rows(plan, rows).items()
     }
     return assemble(plan, rows, stored, computed)
 
@@ -337,7 +381,7 @@ def assemble(
     ``computed[view][row]`` the request-time features by name. A row's value under
     a feature's own reference replaces the stored one.
     """
-    positions = {view: {f: i for i, f in enumerate(plan.features_of(view))} for view in online}
+    positions = plan.positions
     served: list[dict[str, OnlineValue]] = [{} for _ in rows]
     feeds: dict[str, Array] = {}
     for bound in plan.inputs:
@@ -382,6 +426,8 @@ def _number(value: Scalar, slot: Slot, spec: TensorSpec, index: int) -> float:
             f"feature {slot.ref!r} has no value and declares no default; input "
             f"{spec.name!r} ({spec.datatype}) cannot hold a null",
         )
+    if type(value) is float or type(value) is int:  # exactly these: most calls
+        return float(value)
     if isinstance(value, datetime | str):
         raise InvalidArgumentError(f"rows[{index}]", f"feature {slot.ref!r} is not a number")
     return float(value)

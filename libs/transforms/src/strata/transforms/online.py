@@ -67,6 +67,9 @@ _WINDOW = "__window"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCAN_BATCH = 1000
 """Keys asked for per SCAN step and removed per UNLINK."""
+_KEY_JSON = json.JSONEncoder(separators=(",", ":"))
+"""The entity part of a key, as ``json.dumps(..., separators=(",", ":"))`` writes it
+(that builds an encoder per call, a cost on every read)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def online_key(view: FeatureView, entity: EntityKey) -> str:
             "entities",
             f"feature view {view.name!r} is keyed by {', '.join(view.entities)}; got {entity!r}",
         )
-    return f"{key_prefix(view)}{json.dumps(list(entity), separators=(',', ':'))}"
+    return f"{key_prefix(view)}{_KEY_JSON.encode(list(entity))}"
 
 
 def key_prefix(view: FeatureView) -> str:
@@ -175,9 +178,9 @@ def decode_row(
     view: FeatureView, features: Sequence[str], stored: Mapping[str, bytes], now: datetime
 ) -> list[OnlineValue]:
     """``features`` at ``now`` from one entity's hash as ``read_online`` reads it (no I/O)."""
-    wanted = _wanted(view, features)
-    reply = [stored.get(field) for field in _fields(wanted)]
-    (row,) = _rows(view, wanted, [reply], _micros(now))
+    selection = select(view, features)
+    reply = [stored.get(field) for field in selection.fields]
+    (row,) = _rows(selection, [reply], _micros(now))
     return row
 
 
@@ -189,17 +192,84 @@ async def read_online(
     now: datetime,
 ) -> list[list[OnlineValue]]:
     """``features`` of each entity at ``now``, in request order, in one round trip."""
-    (rows,) = await read_online_views(connection, [OnlineRead(view, entities, features)], now)
+    read = OnlineRead(select(view, features), entities)
+    (rows,) = await read_online_views(connection, [read], now)
     return rows
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Some features of one view, resolved for reading: what the HMGET of an entity asks
+    for, and how its reply becomes values.
+
+    Made by :func:`select` from the view's definition. A reader that asks for the same
+    features call after call makes it once: a model version's feature plan holds one
+    per view it reads (:class:`strata.transforms.featurize.FeaturePlan`), so a
+    prediction resolves nothing per call.
+    """
+
+    view: FeatureView
+    features: tuple[str, ...]
+    wanted: tuple[ResolvedFeature, ...]
+    fields: tuple[str, ...]
+    """The hash fields read: the event time, the plain values, then the window if any."""
+    parsers: tuple[Callable[[bytes], Scalar] | None, ...]
+    """Per wanted feature: the parser of its stored value; None for a windowed one."""
+    windowed: bool
+    window_columns: tuple[str, ...]
+    window_kinds: tuple[ColumnType, ...]
+    prefix: str
+
+    def key(self, entity: EntityKey) -> str:
+        """The Redis key of ``entity``'s hash (:func:`online_key`)."""
+        if len(entity) != len(self.view.entities):
+            return online_key(self.view, entity)  # raises, naming the view's key columns
+        if len(entity) == 1 and type(entity[0]) is int:
+            return f"{self.prefix}[{entity[0]}]"  # the JSON of [n], without the encoder
+        return f"{self.prefix}{_KEY_JSON.encode(list(entity))}"
+
+
+def select(view: FeatureView, features: Sequence[str]) -> Selection:
+    """``features`` of ``view`` resolved for reading; NotFoundError names an unknown one."""
+    by_name = {f.name: f for f in view.resolved_features}
+    wanted: list[ResolvedFeature] = []
+    for name in features:
+        feature = by_name.get(name)
+        if feature is None:
+            raise NotFoundError(f"feature '{view.name}:{name}'")
+        wanted.append(feature)
+    windowed = any(f.function is not None for f in wanted)
+    fields = [_EVENT_TIME, *(f.name for f in wanted if f.function is None)]
+    if windowed:
+        fields.append(_WINDOW)
+    columns = window_columns(view)
+    return Selection(
+        view=view,
+        features=tuple(features),
+        wanted=tuple(wanted),
+        fields=tuple(fields),
+        parsers=tuple(_PARSERS[f.type] if f.function is None else None for f in wanted),
+        windowed=windowed,
+        window_columns=columns,
+        window_kinds=tuple(view.columns[name] for name in columns),
+        prefix=key_prefix(view),
+    )
 
 
 @dataclass(frozen=True)
 class OnlineRead:
     """One view's share of :func:`read_online_views`: its entities and the features wanted."""
 
-    view: FeatureView
+    selection: Selection
     entities: Sequence[EntityKey]
-    features: Sequence[str]
+
+    @property
+    def view(self) -> FeatureView:
+        return self.selection.view
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.selection.features
 
 
 async def read_online_views(
@@ -213,52 +283,28 @@ async def read_online_views(
     (:mod:`strata.core.redis_multiplexed`), not redis-py's pool, which costs more
     than the round trip itself.
     """
-    wanted = [_wanted(read.view, read.features) for read in reads]
     commands = [
-        ("HMGET", online_key(read.view, entity), *_fields(features))
-        for read, features in zip(reads, wanted, strict=True)
+        ("HMGET", read.selection.key(entity), *read.selection.fields)
+        for read in reads
         for entity in read.entities
     ]
     replies: list[list[bytes | None]] = await connection.execute(*commands)
     now_us = _micros(now)
     answers: list[list[list[OnlineValue]]] = []
     start = 0
-    for read, features in zip(reads, wanted, strict=True):
+    for read in reads:
         end = start + len(read.entities)
-        answers.append(_rows(read.view, features, replies[start:end], now_us))
+        answers.append(_rows(read.selection, replies[start:end], now_us))
         start = end
     return answers
 
 
-def _fields(wanted: Sequence[ResolvedFeature]) -> list[str]:
-    """The hash fields read for ``wanted``: the event time, plain values, then the window."""
-    fields = [_EVENT_TIME, *(f.name for f in wanted if f.function is None)]
-    if any(f.function is not None for f in wanted):
-        fields.append(_WINDOW)
-    return fields
-
-
-def _wanted(view: FeatureView, features: Sequence[str]) -> list[ResolvedFeature]:
-    by_name = {f.name: f for f in view.resolved_features}
-    wanted: list[ResolvedFeature] = []
-    for name in features:
-        feature = by_name.get(name)
-        if feature is None:
-            raise NotFoundError(f"feature '{view.name}:{name}'")
-        wanted.append(feature)
-    return wanted
-
-
 def _rows(
-    view: FeatureView,
-    wanted: Sequence[ResolvedFeature],
-    replies: Sequence[Sequence[bytes | None]],
-    now_us: int,
+    selection: Selection, replies: Sequence[Sequence[bytes | None]], now_us: int
 ) -> list[list[OnlineValue]]:
     """The statuses of the module docstring applied to one view's HMGET replies."""
-    ttl = view.ttl_us
-    columns = window_columns(view)
-    kinds = [view.columns[name] for name in columns]
+    ttl = selection.view.ttl_us
+    wanted = selection.wanted
     rows: list[list[OnlineValue]] = []
     for reply in replies:
         stamp = reply[0]
@@ -270,14 +316,16 @@ def _rows(
         if ttl is not None and now_us - event_us >= ttl:
             rows.append([OnlineValue(f.default, event_time, FeatureStatus.EXPIRED) for f in wanted])
             continue
-        window = _Window(kinds, reply[-1], now_us)
+        window = _Window(selection.window_kinds, reply[-1], now_us) if selection.windowed else None
         stored = iter(reply[1:])
         row = []
-        for feature in wanted:
-            if feature.function is None:
-                value = _decode(feature.type, next(stored))
+        for feature, parse in zip(wanted, selection.parsers, strict=True):
+            if parse is not None:
+                raw = next(stored)
+                value = None if raw is None or raw == b"null" else parse(raw)
             else:
-                value = window.value(feature, columns)
+                assert window is not None, "a windowed feature makes the selection windowed"
+                value = window.value(feature, selection.window_columns)
             value = feature.default if value is None else value
             row.append(OnlineValue(value, event_time, FeatureStatus.PRESENT))
         rows.append(row)
@@ -333,7 +381,8 @@ def _encode_window(row: FeatureRow) -> bytes:
 def _micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise InvalidArgumentError("now", f"time {moment} has no time zone")
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    since = moment - _EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def _encode(kind: ColumnType, value: Scalar) -> bytes:
@@ -355,18 +404,12 @@ def _encoded(value: Scalar) -> Scalar:
     return _micros(value) if isinstance(value, datetime) else value
 
 
-def _decode(kind: ColumnType, raw: bytes | None) -> Scalar:
-    """A stored plain value: JSON (timestamps as epoch microseconds), parsed by its type."""
-    if raw is None or raw == b"null":
-        return None
-    return _PARSERS[kind](raw)
-
-
 def _timestamp(raw: bytes) -> datetime:
     return _EPOCH + timedelta(microseconds=int(raw))
 
 
 _PARSERS: dict[ColumnType, Callable[[bytes], Scalar]] = {
+    # A stored plain value is JSON (timestamps as epoch microseconds; null is None).
     # JSON's integer and number texts (NaN and Infinity as json.dumps writes them)
     # are what int() and float() read, at a fraction of json.loads' cost per value.
     ColumnType.INT64: int,

@@ -132,10 +132,7 @@ class Predictor:
     async def _featurize(self, plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> Featurized:
         keys = entity_keys(plan, rows)
         online_views = plan.online_views
-        reads = [
-            OnlineRead(plan.views[name].view, keys[name], plan.features_of(name))
-            for name in online_views
-        ]
+        reads = [OnlineRead(plan.selections[name], keys[name]) for name in online_views]
         values = await read_online_views(self._features, reads, datetime.now(UTC)) if reads else []
         return featurize(plan, rows, dict(zip(online_views, values, strict=True)))
 

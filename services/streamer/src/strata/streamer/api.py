@@ -52,7 +52,13 @@ from strata.streamer.store import (
 )
 from strata.streamer.values import entity_key
 from strata.transforms.definition import FeatureView
-from strata.transforms.online import OnlineRead, OnlineValue, delete_online, read_online_views
+from strata.transforms.online import (
+    OnlineRead,
+    OnlineValue,
+    delete_online,
+    read_online_views,
+    select,
+)
 from strata.transforms.spec import value_of, view_from_spec
 from strata.transforms.types import FeatureStatus
 
@@ -135,9 +141,8 @@ class FeatureApi(FeatureServiceServicer):
         _check_features(refs, views)
         reads = [
             OnlineRead(
-                view,
+                select(view, [ref.feature for ref in refs if ref.view == name]),
                 [entity_key(view, row, f"entities[{i}]") for i, row in enumerate(request.entities)],
-                [ref.feature for ref in refs if ref.view == name],
             )
             for name, view in views.items()
         ]
