@@ -57,6 +57,7 @@ class GatewayMetrics:
             registry=None,
         )
         self._attached: set[int] = set()
+        self._runs: dict[tuple[str, int], tuple[Counter, Counter]] = {}
 
     def attach(self, registry: CollectorRegistry) -> None:
         """Serve these metrics from ``registry``; again with the same registry is a no-op."""
@@ -76,6 +77,16 @@ class GatewayMetrics:
             registry.register(collector)
 
     def count_run(self, model: str, version: int, calls: int) -> None:
-        """One session run of ``model`` ``version`` served ``calls`` calls."""
-        self.session_runs.labels(model, str(version)).inc()
-        self.batched_calls.labels(model, str(version)).inc(calls)
+        """One session run of ``model`` ``version`` served ``calls`` calls.
+
+        Every call runs this, so each version's labelled counters are looked up once
+        and kept (``labels`` takes a lock and builds its key each time).
+        """
+        counters = self._runs.get((model, version))
+        if counters is None:
+            labels = (model, str(version))
+            counters = self.session_runs.labels(*labels), self.batched_calls.labels(*labels)
+            self._runs[model, version] = counters
+        runs, batched = counters
+        runs.inc()
+        batched.inc(calls)

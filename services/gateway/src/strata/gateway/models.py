@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import onnxruntime as ort
 
@@ -60,8 +61,12 @@ class LoadedModel:
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Outputs by name for ``feeds`` (checked by :func:`tensors.decode_inputs`)."""
-        names = [spec.name for spec in self.outputs]
+        names = self.output_names
         return dict(zip(names, self.session.run(names, dict(feeds)), strict=True))
+
+    @cached_property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
 
 
 def load(name: str, version: int, sha256: str, onnx: bytes, *, threads: int = 1) -> LoadedModel:

@@ -33,19 +33,39 @@ def feature_value(
 
 
 def output_value(row: Array) -> fpb.Value:
-    """One row's slice of an output tensor: a scalar, or a list for a vector (flattened)."""
+    """One row's slice of an output tensor as a new ``Value`` (see :func:`put_output`)."""
+    value = fpb.Value()
+    put_output(value, row)
+    return value
+
+
+def put_output(target: fpb.Value, row: Array) -> None:
+    """Set ``target`` to one row's slice of an output tensor: a scalar, or a list for a
+    vector (flattened).
+
+    In place, so an answer is written straight into the reply: building ``Value``
+    messages and then copying them into it cost Predict more than its model run
+    (bench/README.md).
+    """
     if row.ndim == 0:
         item = row.item()
         if isinstance(item, bool | np.bool_):
-            return fpb.Value(bool_value=bool(item))
-        if isinstance(item, int):
-            return fpb.Value(int64_value=item)
-        return fpb.Value(double_value=float(item))
+            target.bool_value = bool(item)
+        elif isinstance(item, int):
+            target.int64_value = item
+        else:
+            target.double_value = float(item)
+        return
     flat = row.ravel()
-    if flat.dtype == np.bool_:
-        return fpb.Value(bool_list_value=fpb.BoolList(values=flat.tolist()))
-    if np.issubdtype(flat.dtype, np.integer):
-        return fpb.Value(int64_list_value=fpb.Int64List(values=flat.tolist()))
-    if flat.dtype == np.float64:
-        return fpb.Value(double_list_value=fpb.DoubleList(values=flat.tolist()))
-    return fpb.Value(float_list_value=fpb.FloatList(values=flat.astype(np.float32).tolist()))
+    kind = flat.dtype.kind  # by kind letter: np.issubdtype costs more than the rest of this
+    listed: fpb.BoolList | fpb.Int64List | fpb.DoubleList | fpb.FloatList
+    if kind == "b":
+        listed = target.bool_list_value
+    elif kind in ("i", "u"):
+        listed = target.int64_list_value
+    elif kind == "f" and flat.dtype.itemsize == 8:
+        listed = target.double_list_value
+    else:
+        listed = target.float_list_value
+        flat = flat.astype(np.float32, copy=False)
+    listed.values.extend(flat.tolist())  # sets the oneof even when empty
