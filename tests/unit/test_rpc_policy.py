@@ -8,7 +8,7 @@ import pytest
 
 from strata.api.registry.v1 import registry_pb2
 from strata.core.errors import ConfigError
-from strata.core.rpc.auth import ADMIN_ROLE, AccessPolicy, Principal, is_open
+from strata.core.rpc.auth import ADMIN_ROLE, AccessPolicy, Principal, TokenBook, is_open
 from strata.core.rpc.client import retry_config
 from strata.core.rpc.server import Service, access_policy
 
@@ -37,6 +37,26 @@ def test_a_method_nobody_listed_is_admin_only() -> None:
     assert policy.roles_for("/strata.other.v1.Other/Do") == frozenset()
     assert not Principal("ana", frozenset({"reader"})).may(frozenset())
     assert Principal("root", frozenset({ADMIN_ROLE})).may(frozenset())
+
+
+def test_asking_again_gives_the_same_roles_for_every_method() -> None:
+    """The roles of each method are kept once worked out; asking again changes nothing,
+    and a method asked for after many unknown ones is still answered by the rules."""
+    for n in range(5_000):
+        assert POLICY.roles_for(f"/strata.other.v1.Other/Do{n}") == frozenset()
+    for _ in range(2):
+        assert POLICY.roles_for(f"/{REGISTRY}/GetModel") == {"reader", "deployer"}
+        assert POLICY.roles_for(f"/{REGISTRY}/DeleteModel") == {"deployer"}
+
+
+def test_a_token_is_known_by_its_text_after_its_first_use_and_others_stay_unknown() -> None:
+    ana = Principal("ana", frozenset({"reader"}))
+    book = TokenBook({"ana-token": ana, "bob-token": Principal("bob", frozenset())})
+    for _ in range(2):
+        assert book.principal_of("ana-token") is ana
+        assert book.principal_of("ana-tokem") is None
+        assert book.principal_of("") is None
+    assert book.principal_of("bob-token") == Principal("bob", frozenset())
 
 
 def test_a_principal_needs_only_one_of_the_roles() -> None:

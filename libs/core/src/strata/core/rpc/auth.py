@@ -60,10 +60,17 @@ def act_as(principal: Principal) -> None:
 
 
 class TokenBook:
-    """The issued tokens; a token is looked up by its SHA-256 so no comparison leaks timing."""
+    """The issued tokens; a token is looked up by its SHA-256 so no comparison leaks timing.
+
+    A token once found is kept by its text too, so the calls that follow skip the
+    digest. Only issued tokens are kept (at most one entry each, whatever callers
+    send), and a dict finds a text by its hash, randomised per process, before it
+    compares any characters: a wrong token is still answered by the digest lookup.
+    """
 
     def __init__(self, grants: Mapping[str, Principal]) -> None:
         self._by_digest = {_digest(token): principal for token, principal in grants.items()}
+        self._found: dict[str, Principal] = {}
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> TokenBook:
@@ -74,7 +81,12 @@ class TokenBook:
         return cls(grants)
 
     def principal_of(self, token: str) -> Principal | None:
-        return self._by_digest.get(_digest(token))
+        principal = self._found.get(token)
+        if principal is None:
+            principal = self._by_digest.get(_digest(token))
+            if principal is not None:
+                self._found[token] = principal
+        return principal
 
 
 def check_auth_settings(auth: AuthSettings, mode: Mode) -> None:
@@ -116,6 +128,9 @@ def client_token(auth: AuthSettings, mode: Mode) -> str:
     )
 
 
+_METHODS_KEPT = 4096
+"""Methods whose roles :class:`AccessPolicy` keeps worked out (a server has far fewer)."""
+
 _DEVELOPMENT_ONLY = "the local-stack defaults are accepted only with STRATA_MODE=development"
 _TOKENS_EXAMPLE = '{"<token>": {"principal": "<who>", "roles": ["<role>"]}}'
 
@@ -125,11 +140,17 @@ class AccessPolicy:
 
     def __init__(self, rules: Mapping[str, Iterable[str]]) -> None:
         self._rules = {key: frozenset(roles) for key, roles in rules.items()}
+        self._by_method: dict[str, frozenset[str]] = {}
 
     def roles_for(self, method: str) -> frozenset[str]:
         """The roles allowed on ``method``; none listed means admin only."""
-        service = method.rsplit("/", 1)[0]
-        return self._rules.get(method, self._rules.get(f"{service}/*", frozenset()))
+        roles = self._by_method.get(method)
+        if roles is None:
+            service = method.rsplit("/", 1)[0]
+            roles = self._rules.get(method, self._rules.get(f"{service}/*", frozenset()))
+            if len(self._by_method) < _METHODS_KEPT:  # callers may name any method
+                self._by_method[method] = roles
+        return roles
 
 
 class Gatekeeper:

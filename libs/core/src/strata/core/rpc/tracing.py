@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import Tracer
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
@@ -30,6 +30,7 @@ from strata.core.rpc.edge import Behaviour, Layer
 from strata.core.telemetry import extract_metadata, unrecorded_child
 
 _STATUS_CODE = "rpc.grpc.status_code"
+_NO_PARENT = otel_context.Context()
 
 
 def traced_calls(tracer: trace.Tracer | None = None) -> Layer:
@@ -71,11 +72,19 @@ def traced_calls(tracer: trace.Tracer | None = None) -> Layer:
 
 
 def _unrecorded_calls(ids: IdGenerator) -> Layer:
-    """The layer for a tracer that records nothing: each call in an unrecorded span."""
+    """The layer for a tracer that records nothing: each call in an unrecorded span.
+
+    The caller's context is extracted only from a call whose metadata holds a field
+    the propagators read (``traceparent``...): most calls carry none, and the
+    extraction would find nothing at the price of a walk through every propagator.
+    """
+    fields = frozenset(propagate.get_global_textmap().fields)
 
     def layer(method: str, behaviour: Behaviour) -> Behaviour:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            parent = extract_metadata(context.invocation_metadata())
+            metadata = context.invocation_metadata() or ()
+            carried = any(key in fields for key, _ in metadata)
+            parent = extract_metadata(metadata) if carried else _NO_PARENT
             token = otel_context.attach(unrecorded_child(parent, ids))
             try:
                 return await behaviour(request, context)
