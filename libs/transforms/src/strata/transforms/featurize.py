@@ -362,10 +362,14 @@ def featurize(
     every view of ``plan.online_views`` (read online by Predict, point in time by batch
     prediction); request-time features are computed here from the rows' values.
     """
-    computed = {
-        name: request_features(plan.views[name].view, values)
-        for name, values in request_rows(plan, rows).items()
-    }
+    computed = (
+        {
+            name: request_features(plan.views[name].view, values)
+            for name, values in request_rows(plan, rows).items()
+        }
+        if plan.request_views
+        else {}
+    )
     return assemble(plan, rows, stored, computed)
 
 
@@ -393,9 +397,17 @@ def assemble(
                 served[index][slot.ref] = value
                 values.append(_number(value.value, slot, bound.spec, index))
             matrix.append(values)
-        array = np.asarray(matrix, dtype=np.float64).reshape(len(rows), len(bound.slots))
-        feeds[bound.spec.name] = array.astype(DTYPES[bound.spec.datatype])
+        feeds[bound.spec.name] = _tensor(matrix, bound, len(rows))
     return Featurized(feeds, served)
+
+
+def _tensor(matrix: list[list[float]], bound: BoundInput, rows: int) -> Array:
+    """``matrix`` as ``bound``'s input tensor: floats straight in its type (a double to a
+    float rounds alike either way), other types through doubles, as they always were."""
+    dtype = DTYPES[bound.spec.datatype]
+    if bound.spec.datatype in _FLOATS:
+        return np.array(matrix, dtype=dtype).reshape(rows, len(bound.slots))
+    return np.asarray(matrix, dtype=np.float64).reshape(rows, len(bound.slots)).astype(dtype)
 
 
 def _served(

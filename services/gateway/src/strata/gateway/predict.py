@@ -68,30 +68,37 @@ class Predictor:
             for name, array in outputs.items():
                 put_output(prediction.outputs[name], array[index])
         answers = [prediction.outputs for prediction in response.predictions]
-        latency = Duration()
-        latency.FromNanoseconds(int((time.perf_counter() - received) * 1e9))
-        context = _Context(request, model, alias, plan, featurized, latency)
+        elapsed = time.perf_counter() - received
         asyncio.get_running_loop().call_soon(
-            self._log_answers, context, rows, ids, answers, datetime.now(UTC)
+            self._log_answers, request, model, alias, plan, featurized, ids, answers, elapsed
         )
         return response
 
     def _log_answers(
         self,
-        context: _Context,
-        rows: Sequence[gpb.PredictRow],
+        request: gpb.PredictRequest,
+        model: LoadedModel,
+        alias: str,
+        plan: FeaturePlan,
+        featurized: Featurized,
         ids: Sequence[str],
         answers: Sequence[Mapping[str, fpb.Value]],
-        served_at: datetime,
+        elapsed: float,
     ) -> None:
         """Hand the call's records to the log (or to the challenger first). Called by the
-        loop once the answer is on its way, so building them never delays it."""
-        records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(rows))]
-        challenger = self._challenger(context.model, context.alias)
+        loop once the answer is on its way, so building them never delays it; so is all
+        that only the log needs (its latency, its time), even its shared part."""
+        served_at = datetime.now(UTC)
+        latency = Duration()
+        latency.FromNanoseconds(int(elapsed * 1e9))
+        context = _Context(request, model, alias, plan, featurized, latency)
+        rows = request.rows
+        records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(ids))]
+        challenger = self._challenger(model, alias)
         if challenger is None:
             self._log.record(records, served_at)
         else:
-            self._shadows.offer(challenger, rows, records, served_at)
+            self._shadows.offer(challenger, list(rows), records, served_at)
 
     async def shadow(self, model: LoadedModel, rows: Sequence[gpb.PredictRow]) -> dict[str, Array]:
         """What ``model`` answers for ``rows``, as Predict computes it (for a challenger)."""
