@@ -43,7 +43,7 @@ from strata.api.registry.v1 import registry_pb2 as pb
 from strata.api.registry.v1.registry_pb2_grpc import ModelRegistryServiceStub
 from strata.core import kafka, redis
 from strata.core.envelope import open_envelope
-from strata.core.redis_multiplexed import Command, MultiplexedConnection
+from strata.core.redis_multiplexed import Command, Meanwhile, MultiplexedConnection
 from strata.core.rpc.client import channel
 from strata.core.rpc.status import field_violations
 from strata.core.settings import AuthSettings, KafkaSettings, RedisSettings, load
@@ -607,9 +607,9 @@ class CountingReads(MultiplexedConnection):
 
     calls = 0
 
-    async def execute(self, *commands: Command) -> list[Any]:
+    async def execute(self, *commands: Command, meanwhile: Meanwhile | None = None) -> list[Any]:
         CountingReads.calls += 1
-        return await super().execute(*commands)
+        return await super().execute(*commands, meanwhile=meanwhile)
 
 
 async def test_the_features_of_every_view_and_row_come_in_one_round_trip(online: Redis) -> None:

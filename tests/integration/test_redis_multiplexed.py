@@ -11,10 +11,12 @@ waits for the pause to end, so it also waits out the pause).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 from link import Link
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -98,6 +100,38 @@ async def test_an_error_reply_fails_its_own_call_only(
     assert "WRONGTYPE" in str(wrong)
     assert right == [[b"1"]]
     assert await linked.execute(("HGET", f"{keys}hash", "a")) == [b"1"]
+
+
+async def test_meanwhile_runs_once_the_commands_are_sent_and_its_failure_loses_no_reply(
+    keys: str,
+) -> None:
+    """What runs meanwhile sees the call's command already done by Redis (read from another
+    connection); when it fails, the call's reply is still taken, so the next call gets
+    its own. Straight to Redis: a link would forward nothing while meanwhile holds the loop."""
+    settings = load(RedisSettings)
+    linked = MultiplexedConnection(settings)
+    password = settings.password.get_secret_value() if settings.password else None
+    peer = redis.Redis(host=settings.host, port=settings.port, db=settings.db, password=password)
+    seen: list[object] = []
+
+    def look() -> None:
+        time.sleep(0.05)  # Redis runs what it was sent meanwhile
+        seen.append(peer.get(f"{keys}sent"))
+
+    def fail() -> None:
+        raise ValueError("meanwhile failed")
+
+    try:
+        assert await linked.execute(("SET", f"{keys}sent", "yes"), meanwhile=look) == [b"OK"]
+        assert seen == [b"yes"]
+        with pytest.raises(ValueError, match="meanwhile failed"):
+            await linked.execute(("SET", f"{keys}other", "1"), meanwhile=fail)
+        assert await linked.execute(("GET", f"{keys}sent")) == [b"yes"]
+        assert await linked.execute(meanwhile=lambda: seen.append(None)) == []
+        assert seen == [b"yes", None]
+    finally:
+        peer.close()
+        await linked.aclose()
 
 
 async def test_a_dropped_connection_fails_its_waiting_calls_and_the_next_call_connects_again(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 
 from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
@@ -120,7 +121,7 @@ def test_a_binding_that_cannot_fill_the_model_is_refused_at_load(
     ("key", "reason"),
     [
         (fpb.Value(string_value="7"), "expected int64_value, got string_value"),
-        (fpb.Value(null_value=0), "expected int64_value, got null"),
+        (fpb.Value(null_value=struct_pb2.NULL_VALUE), "expected int64_value, got null"),
         (None, "missing: feature view 'couriers' is keyed by courier_id (expected int64_value)"),
     ],
 )

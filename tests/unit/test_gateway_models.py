@@ -159,3 +159,15 @@ async def test_a_model_within_the_inline_budget_runs_on_the_loop_a_slower_one_in
     assert quick_runs.threads == [loop]
     assert len(slow_runs.threads) == 1
     assert slow_runs.threads[0] != loop
+
+
+def test_warming_runs_a_model_within_the_inline_budget_on_its_example_and_no_other() -> None:
+    served = Served({"eta": ["champion"], "slow": ["champion"]}, inline_budget=0.001)
+    quick, quick_runs = _recorded(_load(1, 2.0), row_seconds=0.0001)
+    slow, slow_runs = _recorded(_load(1, 2.0, "slow"), row_seconds=0.01)
+    served.warm(quick)
+    served.warm(slow)
+    assert quick_runs.threads == [threading.get_ident()]
+    assert slow_runs.threads == []
+    assert set(quick.example) == {"x"}
+    assert quick.example["x"].shape == (1, 2)

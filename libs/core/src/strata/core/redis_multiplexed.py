@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ from strata.core.errors import StrataError, UnreachableError
 from strata.core.settings import RedisSettings
 
 Command = Sequence[str | bytes | int]
+Meanwhile = Callable[[], object]
+"""Work done while a call's replies are on their way (:meth:`MultiplexedConnection.execute`)."""
 
 
 class RedisCommandError(StrataError):
@@ -56,14 +58,21 @@ class MultiplexedConnection:
         self._connecting = asyncio.Lock()
         self._closed = False
 
-    async def execute(self, *commands: Command) -> list[Any]:
-        """The replies to ``commands``, sent together in one write, in their order."""
+    async def execute(self, *commands: Command, meanwhile: Meanwhile | None = None) -> list[Any]:
+        """The replies to ``commands``, sent together in one write, in their order.
+
+        ``meanwhile`` is called once the commands are written and before their replies
+        are awaited: work that does not need the replies overlaps the round trip
+        (called all the same when there is nothing to send).
+        """
         if not commands:
+            if meanwhile is not None:
+                meanwhile()
             return []
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connect()
-        return await wire.call(commands)
+        return await wire.call(commands, meanwhile)
 
     async def aclose(self) -> None:
         """Close the connection; calls waiting on it fail, later calls raise."""
@@ -137,7 +146,9 @@ class _Wire(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
-    async def call(self, commands: Sequence[Command]) -> list[Any]:
+    async def call(
+        self, commands: Sequence[Command], meanwhile: Meanwhile | None = None
+    ) -> list[Any]:
         if self.lost is not None or self._transport is None:
             raise UnreachableError("Redis", self._address, self.lost or "not connected")
         future: asyncio.Future[list[Any]] = self._loop.create_future()
@@ -146,7 +157,11 @@ class _Wire(asyncio.Protocol):
         self._transport.write(b"".join(_packed(command) for command in commands))
         if self._watch is None:
             self._watch = self._loop.call_at(deadline, self._check_deadline)
-        replies = await future
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:  # the replies are settled (and awaited) even when meanwhile fails
+            replies = await future
         errors = [reply for reply in replies if isinstance(reply, hiredis.ReplyError)]
         if errors:
             raise RedisCommandError(f"Redis refused a command: {errors[0]}")

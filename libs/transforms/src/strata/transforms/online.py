@@ -55,7 +55,7 @@ from typing import Any
 import redis.asyncio
 
 from strata.core.errors import InvalidArgumentError, NotFoundError
-from strata.core.redis_multiplexed import MultiplexedConnection
+from strata.core.redis_multiplexed import Meanwhile, MultiplexedConnection
 from strata.transforms.definition import FeatureView, ResolvedFeature
 from strata.transforms.streaming import EntityKey, FeatureRow, aggregate, window_columns
 from strata.transforms.types import ColumnType, FeatureStatus, Scalar
@@ -273,7 +273,10 @@ class OnlineRead:
 
 
 async def read_online_views(
-    connection: MultiplexedConnection, reads: Sequence[OnlineRead], now: datetime
+    connection: MultiplexedConnection,
+    reads: Sequence[OnlineRead],
+    now: datetime,
+    meanwhile: Meanwhile | None = None,
 ) -> list[list[list[OnlineValue]]]:
     """Each read's values as :func:`read_online` gives them, for every view in ONE round trip.
 
@@ -281,14 +284,14 @@ async def read_online_views(
     pipeline for all of them costs one network round trip instead of one per view.
     The reads go over the shared multiplexed connection
     (:mod:`strata.core.redis_multiplexed`), not redis-py's pool, which costs more
-    than the round trip itself.
+    than the round trip itself. ``meanwhile`` runs while the replies are on their way.
     """
     commands = [
         ("HMGET", read.selection.key(entity), *read.selection.fields)
         for read in reads
         for entity in read.entities
     ]
-    replies: list[list[bytes | None]] = await connection.execute(*commands)
+    replies: list[list[bytes | None]] = await connection.execute(*commands, meanwhile=meanwhile)
     now_us = _micros(now)
     answers: list[list[list[OnlineValue]]] = []
     start = 0

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import onnxruntime as ort
@@ -58,6 +58,8 @@ class LoadedModel:
     row_seconds: float = math.inf
     """The fastest of a few one-row runs timed at load: how long a small run blocks
     whoever runs it (:meth:`Served.run` decides from it what runs on the event loop)."""
+    example: Mapping[str, Array] = field(default_factory=dict)
+    """Zeros in the shape of one row of each input: what :meth:`Served.warm` runs."""
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Outputs by name for ``feeds`` (checked by :func:`tensors.decode_inputs`)."""
@@ -94,7 +96,8 @@ def load(name: str, version: int, sha256: str, onnx: bytes, *, threads: int = 1)
     )
     example = {spec.name: spec.example() for spec in model.inputs}
     model.run(example)
-    return dataclasses.replace(model, row_seconds=min(_timed(model, example) for _ in range(5)))
+    fastest = min(_timed(model, example) for _ in range(5))
+    return dataclasses.replace(model, row_seconds=fastest, example=example)
 
 
 def _timed(model: LoadedModel, feeds: Mapping[str, Array]) -> float:
@@ -218,6 +221,16 @@ class Served:
                 counted=lambda calls: self._counted(model.name, model.version, calls),
             )
         return await batcher.run(feeds)
+
+    def warm(self, model: LoadedModel) -> None:
+        """Run ``model`` once on its example, if a small run of it may run on the loop.
+
+        For a call alone in the gateway: run while it waits for its features, this brings
+        the model back into the CPU's caches, which the time between calls emptied, for
+        the real run that follows (bench/README.md). Nothing is counted or returned.
+        """
+        if model.example and self._inline_rows(model) > 0:
+            model.run(model.example)
 
     def _inline_rows(self, model: LoadedModel) -> int:
         """Most rows of ``model`` that run on the event loop within the inline budget."""

@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from google.protobuf.duration_pb2 import Duration
 
 from strata.api.common.v1.refs_pb2 import FeatureViewRef
-from strata.api.features.v1 import features_pb2 as fpb
 from strata.api.gateway.v1 import gateway_pb2 as gpb
 from strata.core.errors import FailedPreconditionError, InvalidArgumentError
-from strata.core.redis_multiplexed import MultiplexedConnection
+from strata.core.redis_multiplexed import Meanwhile, MultiplexedConnection
 from strata.gateway.models import CHAMPION, LoadedModel, Served
 from strata.gateway.prediction_log import PredictionLog
 from strata.gateway.shadows import CHALLENGER, Shadows
@@ -51,6 +51,8 @@ class Predictor:
         self._features = features
         self._log = log
         self._shadows = shadows
+        self._in_flight = 0
+        """Predict calls being answered: one alone may spend the CPU warming its model."""
 
     async def predict(self, request: gpb.PredictRequest, received: float) -> gpb.PredictResponse:
         """One Predict; ``received`` is the ``time.perf_counter()`` of its arrival."""
@@ -58,21 +60,33 @@ class Predictor:
         if not request.rows:
             raise InvalidArgumentError("rows", "expected at least one row to predict")
         rows = list(request.rows)
-        plan, featurized, outputs = await self._answer(model, rows)
-        ids = prediction_ids(len(rows))
         response = gpb.PredictResponse(
             model_name=model.name, model_version=model.version, alias=alias
         )
-        for index, prediction_id in enumerate(ids):
-            prediction = response.predictions.add(prediction_id=prediction_id)
+        prepare = partial(self._prepare, response, model, len(rows))
+        self._in_flight += 1
+        try:
+            plan, featurized, outputs = await self._answer(model, rows, prepare)
+        finally:
+            self._in_flight -= 1
+        predictions = response.predictions
+        for index, prediction in enumerate(predictions):
             for name, array in outputs.items():
                 put_output(prediction.outputs[name], array[index])
-        answers = [prediction.outputs for prediction in response.predictions]
         elapsed = time.perf_counter() - received
         asyncio.get_running_loop().call_soon(
-            self._log_answers, request, model, alias, plan, featurized, ids, answers, elapsed
+            self._log_answers, request, model, alias, plan, featurized, predictions, elapsed
         )
         return response
+
+    def _prepare(self, response: gpb.PredictResponse, model: LoadedModel, rows: int) -> None:
+        """What a call does while its features are on their way: its predictions, with their
+        ids, and, when it is the only call in flight, the model warmed (:meth:`Served.warm`;
+        with others in flight the CPU has better things to do)."""
+        for prediction_id in prediction_ids(rows):
+            response.predictions.add(prediction_id=prediction_id)
+        if self._in_flight == 1:
+            self._served.warm(model)
 
     def _log_answers(
         self,
@@ -81,8 +95,7 @@ class Predictor:
         alias: str,
         plan: FeaturePlan,
         featurized: Featurized,
-        ids: Sequence[str],
-        answers: Sequence[Mapping[str, fpb.Value]],
+        predictions: Sequence[gpb.Prediction],
         elapsed: float,
     ) -> None:
         """Hand the call's records to the log (or to the challenger first). Called by the
@@ -93,7 +106,7 @@ class Predictor:
         latency.FromNanoseconds(int(elapsed * 1e9))
         context = _Context(request, model, alias, plan, featurized, latency)
         rows = request.rows
-        records = [context.logged(rows[i], ids[i], i, answers[i]) for i in range(len(ids))]
+        records = [context.logged(rows[i], p, i) for i, p in enumerate(predictions)]
         challenger = self._challenger(model, alias)
         if challenger is None:
             self._log.record(records, served_at)
@@ -106,7 +119,10 @@ class Predictor:
         return outputs
 
     async def _answer(
-        self, model: LoadedModel, rows: Sequence[gpb.PredictRow]
+        self,
+        model: LoadedModel,
+        rows: Sequence[gpb.PredictRow],
+        meanwhile: Meanwhile | None = None,
     ) -> tuple[FeaturePlan, Featurized, dict[str, Array]]:
         plan = model.features
         if plan is None:
@@ -114,7 +130,7 @@ class Predictor:
                 f"version {model.version} of model {model.name!r} has no feature bindings; "
                 "send it tensors with ModelInfer"
             )
-        featurized = await self._featurize(plan, rows)
+        featurized = await self._featurize(plan, rows, meanwhile)
         return plan, featurized, await self._served.run(model, featurized.feeds)
 
     def _challenger(self, model: LoadedModel, alias: str) -> LoadedModel | None:
@@ -134,11 +150,14 @@ class Predictor:
         alias = request.alias if selector == "alias" else CHAMPION
         return alias, self._served.by_alias(request.model_name, alias)
 
-    async def _featurize(self, plan: FeaturePlan, rows: Sequence[gpb.PredictRow]) -> Featurized:
+    async def _featurize(
+        self, plan: FeaturePlan, rows: Sequence[gpb.PredictRow], meanwhile: Meanwhile | None
+    ) -> Featurized:
         keys = entity_keys(plan, rows)
         online_views = plan.online_views
         reads = [OnlineRead(plan.selections[name], keys[name]) for name in online_views]
-        values = await read_online_views(self._features, reads, datetime.now(UTC)) if reads else []
+        now = datetime.now(UTC)
+        values = await read_online_views(self._features, reads, now, meanwhile)
         return featurize(plan, rows, dict(zip(online_views, values, strict=True)))
 
 
@@ -183,14 +202,10 @@ class _Context:
     latency: Duration
 
     def logged(
-        self,
-        row: gpb.PredictRow,
-        prediction_id: str,
-        index: int,
-        outputs: Mapping[str, fpb.Value],
+        self, row: gpb.PredictRow, prediction: gpb.Prediction, index: int
     ) -> gpb.PredictionLogged:
         return gpb.PredictionLogged(
-            prediction_id=prediction_id,
+            prediction_id=prediction.prediction_id,
             request_id=self.request.request_id,
             entity_key=entity_key(row),
             model_name=self.model.name,
@@ -204,6 +219,6 @@ class _Context:
                 FeatureViewRef(name=name, version=use.version)
                 for name, use in self.plan.views.items()
             ],
-            outputs=outputs,
+            outputs=prediction.outputs,
             latency=self.latency,
         )
