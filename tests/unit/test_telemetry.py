@@ -19,9 +19,11 @@ import grpc
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 from opentelemetry import trace
+from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 from strata.core.rpc.edge import rebuilt
@@ -41,6 +43,7 @@ from strata.core.telemetry import (
     records_span,
     span_sampler,
     trace_carrier,
+    unrecorded_child,
 )
 
 SERVICE = "test.Echo"
@@ -222,6 +225,39 @@ async def test_a_server_recording_nothing_still_runs_each_call_in_the_callers_tr
     assert all(len(trace_id) == 32 and int(trace_id, 16) for trace_id in alone)
     assert alone[0] != alone[1] != reply.value
     assert exported.get_finished_spans() == ()
+
+
+class _CountedIds(RandomIdGenerator):
+    def __init__(self) -> None:
+        self.drawn = 0
+
+    def generate_span_id(self) -> int:
+        self.drawn += 1
+        return super().generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        self.drawn += 1
+        return super().generate_trace_id()
+
+
+def test_an_unrecorded_child_draws_its_ids_once_and_only_when_asked(
+    tracer: trace.Tracer,
+) -> None:
+    ids = _CountedIds()
+    alone = trace.get_current_span(unrecorded_child(Context(), ids))
+    assert ids.drawn == 0
+    first = alone.get_span_context()
+    assert ids.drawn == 2
+    assert alone.get_span_context() is first
+    assert ids.drawn == 2
+    assert first.is_valid
+    assert not first.is_remote
+    assert not alone.is_recording()
+    with tracer.start_as_current_span("caller") as caller:
+        child = trace.get_current_span(unrecorded_child(get_current(), ids))
+        assert child.get_span_context().trace_id == _trace_id(caller)
+        assert child.get_span_context().span_id != caller.get_span_context().span_id
+    assert ids.drawn == 3
 
 
 async def test_a_unary_call_runs_in_the_callers_trace(

@@ -123,17 +123,45 @@ def unrecorded_child(parent: Context, ids: IdGenerator) -> Context:
     What a tracer whose sampler records nothing starts, without the work of starting a
     span (the sampler, attributes, a context manager): the server's edge runs every
     call in one when traces are off (:mod:`strata.core.rpc.tracing`), so the call's
-    logs and outgoing calls still carry the caller's trace id.
+    logs and outgoing calls still carry the caller's trace id. The ids are drawn the
+    first time something asks for them (:class:`_UnrecordedChild`).
     """
     above = trace.get_current_span(parent).get_span_context()
-    span_context = trace.SpanContext(
-        trace_id=above.trace_id if above.is_valid else ids.generate_trace_id(),
-        span_id=ids.generate_span_id(),
-        is_remote=False,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
-        trace_state=above.trace_state if above.is_valid else None,
-    )
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), parent)
+    return trace.set_span_in_context(_UnrecordedChild(above, ids), parent)
+
+
+class _UnrecordedChild(trace.NonRecordingSpan):
+    """A span that records nothing, whose ids are drawn when first asked for.
+
+    Most calls never ask (no log line, no outgoing call): drawing two random ids and
+    building a span context for each of them was half the edge's tracing cost with
+    traces off (bench/README.md). Asked from two threads at once, both get the same ids.
+    """
+
+    def __init__(self, parent: trace.SpanContext, ids: IdGenerator) -> None:
+        super().__init__(trace.INVALID_SPAN_CONTEXT)
+        self._parent = parent
+        self._ids = ids
+
+    def get_span_context(self) -> trace.SpanContext:
+        drawn: trace.SpanContext | None = self.__dict__.get("_drawn")
+        if drawn is None:
+            above, ids = self._parent, self._ids
+            child = trace.SpanContext(
+                trace_id=above.trace_id if above.is_valid else ids.generate_trace_id(),
+                span_id=ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=_UNSAMPLED,
+                trace_state=above.trace_state if above.is_valid else None,
+            )
+            drawn = self.__dict__.setdefault("_drawn", child)  # atomic: one winner
+        return drawn
+
+    def __repr__(self) -> str:
+        return f"_UnrecordedChild({self.get_span_context()!r})"
+
+
+_UNSAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
 def _span_processor(settings: TelemetrySettings) -> SpanProcessor | None:
