@@ -164,9 +164,9 @@ class Predictor:
 def prediction_ids(count: int) -> list[str]:
     """``count`` new random (version 4) UUIDs as text, the ids of a call's predictions.
 
-    What ``str(uuid.uuid4())`` gives, formatted straight from the random bytes: building
-    ``uuid.UUID`` objects to format them cost 17 µs per id on a Predict's path, this 4 µs
-    (bench/README.md).
+    What ``str(uuid.uuid4())`` gives, formatted straight from the random bytes: with the
+    CPU's caches cold, as they are on a Predict's path, a ``uuid.UUID`` object built to
+    be formatted cost 17 to 20 µs per id, this 6 to 14 µs (bench/README.md).
     """
     return [_random_uuid(os.urandom(16).hex()) for _ in range(count)]
 
