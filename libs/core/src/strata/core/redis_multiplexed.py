@@ -32,7 +32,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -143,8 +143,9 @@ class _Wire(asyncio.Protocol):
         self.lost: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream connection's transport writes; uvloop's are not asyncio.Transport
+        # subclasses, so this is a cast, not an isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
 
     async def call(
         self, commands: Sequence[Command], meanwhile: Meanwhile | None = None
