@@ -302,6 +302,24 @@ async def test_shutdown_ends_within_the_grace_even_with_a_call_that_never_ends(
     assert "stopping" in events
 
 
+async def test_work_stuck_past_the_grace_is_abandoned_and_named(example: Example) -> None:
+    """A background task that ignores cancellation cannot hold the process: it exits 0
+    a little past the grace, and the warning says where the stop was and what still ran."""
+    await example.postgres.up()
+    await example.until_health(SERVING)
+    example.fault.write_text("ignore cancellation")
+    await asyncio.sleep(0.5)  # the next beat is stuck now
+    example.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(BOUND):
+        code = await example.process.wait()
+
+    assert code == 0, example.log.read_text()
+    abandoned = [x for x in example.lines() if x["event"].startswith("shutdown grace passed")]
+    assert len(abandoned) == 1, example.log.read_text()
+    assert abandoned[0]["stage"] == "stopping tasks"
+    assert any("heartbeat" in task for task in abandoned[0]["pending"]), abandoned[0]
+
+
 async def test_sigterm_while_a_rejoin_waits_for_a_dead_member_still_stops_on_time(
     example: Example,
 ) -> None:

@@ -116,7 +116,7 @@ async def test_a_service_serves_health_and_exits_0_on_sigterm(
     finally:
         code = await service.terminate()
     assert code == 0, service.log.read_text()
-    assert service.lines()[-1]["event"] == "stopped"
+    assert service.lines()[-1]["event"] == "stopped", service.log.read_text()
     assert _warned_of_the_public_token(service)
     assert {line["service"] for line in service.lines()} == {name}
 

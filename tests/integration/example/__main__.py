@@ -4,7 +4,8 @@ It has each part a real service has: a gRPC servicer (the Open Inference
 Protocol's metadata calls, answering which partitions of a dataset it heard of),
 an event handler (``DataArrived`` events, recorded in its own Postgres schema) and
 a background loop (a heartbeat that fails while the file named by
-``EXAMPLE_FAULT_FILE`` exists). Everything it uses comes from the context.
+``EXAMPLE_FAULT_FILE`` exists, or never ends when that file says ``ignore
+cancellation``). Everything it uses comes from the context.
 
 Run as ``python -m example <name> <grpc port> <metrics port>`` from this folder's parent.
 """
@@ -100,10 +101,22 @@ def record_arrivals(context: ServiceContext) -> None:
 
 
 async def heartbeat(context: ServiceContext) -> None:
+    """Fails while the fault file exists; when it says ``ignore cancellation``, the beat
+    instead never ends, even when the service stops (work stuck at shutdown)."""
     fault = Path(os.environ.get("EXAMPLE_FAULT_FILE", "/nonexistent"))
     injected: bool = await asyncio.to_thread(fault.exists)
+    if injected and await asyncio.to_thread(fault.read_text) == "ignore cancellation":
+        await _beat_forever()
     if injected:
         raise RuntimeError(f"fault injected through {fault}")
+
+
+async def _beat_forever() -> None:
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            continue
 
 
 def spec(name: str) -> ServiceSpec:

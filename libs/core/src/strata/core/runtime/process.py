@@ -163,18 +163,26 @@ async def _shut_down(
 ) -> int:
     """In-flight calls get ``grace`` seconds while consumers and tasks wind down beside them.
 
-    What is still running half a second past the grace is abandoned; the watchdog
-    (:class:`_StopRequest`) ends the process a second past it, whatever happens.
+    What is still running half a second past the grace is abandoned, named in a warning
+    (where the stop was, which tasks still ran) and not waited for: a task that ignores
+    its cancellation would hold a wait for it. The watchdog (:class:`_StopRequest`) ends
+    the process a second past the grace, whatever happens.
     """
     log.info("stopping", grace=grace)
     stopping.set()
-    try:
-        async with asyncio.timeout(grace + HARD_EXIT_MARGIN / 2):
-            await asyncio.gather(_drain(server, life, grace), _settled(body))
-    except TimeoutError:
-        log.warning("shutdown grace passed: abandoning the work still in hand", grace=grace)
-        body.cancel()
+    ending = asyncio.gather(_drain(server, life, grace), _settled(body))
+    await asyncio.wait([ending], timeout=grace + HARD_EXIT_MARGIN / 2)
+    if not ending.done():
+        log.warning(
+            "shutdown grace passed: abandoning the work still in hand",
+            grace=grace,
+            stage=life.stage,
+            pending=_pending_tasks(),
+        )
+        ending.cancel()
         return EXIT_OK
+    try:
+        ending.result()
     except Exception:
         log.exception("service failed")
         return EXIT_FAILED
@@ -188,6 +196,17 @@ async def _drain(server: RpcServer, life: _Life, grace: float) -> None:
         await server.stop(grace)
     finally:
         life.calls_drained.set()
+
+
+def _pending_tasks() -> list[str]:
+    """The service's own tasks still running (those given a name: its life, its loops,
+    its consumers), each with the coroutine it runs; clients' unnamed tasks are left out."""
+    current = asyncio.current_task()
+    return sorted(
+        f"{task.get_name()} ({getattr(task.get_coro(), '__qualname__', '?')})"
+        for task in asyncio.all_tasks()
+        if task is not current and not task.get_name().startswith("Task-")
+    )
 
 
 async def _settled(body: asyncio.Task[None]) -> None:
@@ -210,6 +229,8 @@ class _Life:
         self.late, self.health = late, health
         self.calls_drained = asyncio.Event()
         """Set once the gRPC server stopped: no call needs the context any more."""
+        self.stage = "starting"
+        """Where the service's life is, named in the warning of a shutdown past its grace."""
 
     async def run(self, stopping: asyncio.Event) -> None:
         async with AsyncExitStack() as stack:
@@ -221,6 +242,7 @@ class _Life:
                 self._open_endpoints(context)
                 self._start_tasks(context, supervisor)
                 await self.health.ready()
+                self.stage = "serving"
                 await stopping.wait()
             finally:
                 await self._wind_down(context, supervisor)
@@ -234,12 +256,16 @@ class _Life:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.service.shutdown_grace
+        self.stage = "stopping tasks"
         await supervisor.stop()
         if self.spec.uses("Kafka"):
+            self.stage = "stopping consumers"
             await context.bus.stop_consuming(within=max(deadline - loop.time(), 0.0))
+        self.stage = "draining calls"
         await self.calls_drained.wait()
         for gate in self.late:
             gate.close()
+        self.stage = "closing clients"
 
     async def _open(self, stopping: asyncio.Event, stack: AsyncExitStack) -> ServiceContext | None:
         """The context, once every dependency answered; None if stopped before that.
